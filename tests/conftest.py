@@ -1,0 +1,43 @@
+"""Shared fixtures: real data sets only (scikit-learn digits, Fashion-MNIST, CIFAR-10 tarball)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.xz"
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn digits as (uint8 images [1797, 8, 8] scaled to 0..255, int64 labels)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, bunch.target.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """Directory of the Debian `dataset-fashion-mnist` idx files."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} "
+                    "(apt-get install dataset-fashion-mnist; scripts/setup.sh does it as root)")
+    return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared CIFAR-10 JPEG tree extracted once per session; returns `.../cifar10-jpeg`."""
+    if not CIFAR10_TARBALL.exists():
+        pytest.skip(f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data folder)")
+    target = tmp_path_factory.mktemp("cifar10")
+    subprocess.run(["tar", "-xJf", str(CIFAR10_TARBALL), "-C", str(target)], check=True)
+    return target / "cifar10-jpeg"
