@@ -1,0 +1,180 @@
+"""lade_tf.shift_eval: the shift protocol against a NumPy re-implementation, on digits logits."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lade_tf import priors, shift_eval
+from lade_tf.priors import SHIFT_NAMES
+
+TRAIN_COUNTS = priors.long_tail_counts(100, 10, 20)  # 100, 71, ..., 5
+TEST_PER_CLASS, VAL_PER_CLASS = 50, 20
+
+
+@pytest.fixture(scope="module")
+def digits_logits(digits):
+    """Logistic regression (a CE model) trained on a long-tailed digits subset: logits of a
+    balanced test split (50 per class) and a balanced val split (20 per class)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    images, labels = digits
+    features = images.reshape(len(images), -1) / 255.0
+    rng = np.random.default_rng(0)
+    test, val, train = [], [], []
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        test += list(members[:TEST_PER_CLASS])
+        val += list(members[TEST_PER_CLASS:TEST_PER_CLASS + VAL_PER_CLASS])
+        start = TEST_PER_CLASS + VAL_PER_CLASS
+        train += list(members[start:start + TRAIN_COUNTS[c]])
+    with threadpool_limits(1):  # BLAS threads fight over the shared cores: 0.2 s vs 10 s
+        model = LogisticRegression(max_iter=500).fit(features[train], labels[train])
+    return dict(logits=model.decision_function(features[test]), labels=labels[test],
+                val_logits=model.decision_function(features[val]), val_labels=labels[val])
+
+
+def _reference_accuracy(logits, labels, train_counts, train_loss, name, seeds, corrected=True):
+    """DESIGN section 5 for one distribution, written directly with NumPy."""
+    counts = np.asarray(train_counts, dtype=float)
+    num_classes = counts.size
+    rank = np.empty(num_classes)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(num_classes)
+    m = np.bincount(labels).min()
+    rho = 1.0 if name == "U" else float(name[1:])
+    exponent = (num_classes - 1 - rank if name[0] == "B" else rank) / (num_classes - 1)
+    keep = np.floor(m * (1.0 / rho) ** exponent).astype(int)
+    target = keep / keep.sum()
+    scores = []
+    for seed in seeds:
+        # The documented seeded protocol: one generator, classes in label order.
+        rng = np.random.default_rng(seed)
+        rows = np.sort(np.concatenate([
+            rng.choice(np.flatnonzero(labels == c), size=keep[c], replace=False)
+            for c in range(num_classes)]))
+        f = logits[rows]
+        if corrected:
+            with np.errstate(divide="ignore"):
+                log_target = np.log(target)
+            if train_loss == "ce":
+                f = f - np.log(counts / counts.sum())
+            f = f + log_target
+        scores.append(np.mean(np.argmax(f, axis=1) == labels[rows]))
+    return np.mean(scores), np.std(scores)
+
+
+@pytest.mark.parametrize("train_loss", ["ce", "lade"])
+@pytest.mark.parametrize("corrected", [True, False])
+def test_matches_numpy_reference(digits_logits, train_loss, corrected):
+    logits, labels = digits_logits["logits"], digits_logits["labels"]
+    result = shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, train_loss,
+                                             corrected=corrected, seeds=(0, 1, 2, 3))
+    assert tuple(result) == SHIFT_NAMES
+    for name in ("F25", "U", "B10"):
+        mean, std = _reference_accuracy(logits, labels, TRAIN_COUNTS, train_loss, name,
+                                        (0, 1, 2, 3), corrected)
+        assert result[name]["mean"] == pytest.approx(mean, abs=1e-12)
+        assert result[name]["std"] == pytest.approx(std, abs=1e-12)
+    assert result["U"]["std"] == 0.0  # "U" keeps every image whatever the seed
+
+
+def test_classes_ranked_by_training_frequency_not_label(digits_logits):
+    logits, labels = digits_logits["logits"], digits_logits["labels"]
+    shuffled_counts = list(np.random.default_rng(5).permutation(TRAIN_COUNTS))
+    # per_class=40 < 50 images per class: even "U" is a seeded subsample.
+    result = shift_eval.evaluate_under_shift(logits, labels, shuffled_counts, "ce",
+                                             per_class=40, seeds=(7,))
+    for name in ("B50", "U"):
+        counts = priors.shifted_test_counts(shuffled_counts, 40, name)
+        rows = priors.subsample_by_counts(labels, counts, 7)
+        with np.errstate(divide="ignore"):  # B50 keeps no image of some classes: log 0
+            adjusted = (logits[rows] - np.log(priors.source_prior(shuffled_counts))
+                        + np.log(counts / counts.sum()))
+        assert result[name]["mean"] == pytest.approx(np.mean(adjusted.argmax(1) == labels[rows]))
+
+
+def test_prior_correction_and_estimation_on_real_digits(digits_logits):
+    d = digits_logits
+    val = dict(val_logits=d["val_logits"], val_labels=d["val_labels"])
+    run = lambda **kw: shift_eval.evaluate_under_shift(d["logits"], d["labels"], TRAIN_COUNTS,
+                                                       "ce", **kw)
+    results = {"softmax": run(corrected=False), "known": run(), "em": run(estimate="em"),
+               "em_val": run(estimate="em", **val), "bbse": run(estimate="bbse", **val),
+               "em_bcts": run(estimate="em", calibration="bcts", **val),
+               "em_temperature": run(estimate="em", calibration="temperature", **val)}
+    average = {k: np.mean([v[n]["mean"] for n in SHIFT_NAMES]) for k, v in results.items()}
+    # Measured averages over the 11 distributions: softmax 0.831, known 0.890, em 0.827,
+    # bbse 0.878, em_bcts 0.887, em_temperature 0.867. Logistic regression is under-confident
+    # (T = 0.55), so EM on raw posteriors misestimates p_t; BCTS on val repairs it.
+    assert average["known"] > average["softmax"] + 0.04
+    assert results["known"]["B50"]["mean"] > results["softmax"]["B50"]["mean"] + 0.1
+    assert average["em_bcts"] > average["em"] + 0.04
+    assert average["em_bcts"] > average["known"] - 0.015
+    assert average["bbse"] > average["softmax"] + 0.03
+    assert average["em_temperature"] > average["em"] + 0.02
+    # Without calibration EM does not depend on the reference prior (val or training prior).
+    for name in SHIFT_NAMES:
+        assert results["em_val"][name]["mean"] == pytest.approx(results["em"][name]["mean"])
+    json.dumps(results, allow_nan=False)
+    assert all(type(v) is float for r in results.values() for s in r.values() for v in s.values())
+
+
+def test_uniform_summary_against_numpy(digits_logits):
+    logits, labels = digits_logits["logits"], digits_logits["labels"]
+    summary = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", many_threshold=50,
+                                         few_threshold=10)
+    assert list(summary) == ["accuracy", "balanced_accuracy", "many", "medium", "few", "ece",
+                             "nll", "brier"]
+    adjusted = logits - np.log(priors.source_prior(TRAIN_COUNTS)) + np.log(0.1)
+    probs = np.exp(adjusted - adjusted.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    correct = probs.argmax(1) == labels
+    per_class = np.array([correct[labels == c].mean() for c in range(10)])
+    counts = np.array(TRAIN_COUNTS)
+    assert summary["accuracy"] == pytest.approx(correct.mean())
+    assert summary["balanced_accuracy"] == pytest.approx(per_class.mean())
+    assert summary["many"] == pytest.approx(per_class[counts > 50].mean())
+    assert summary["medium"] == pytest.approx(per_class[(counts >= 10) & (counts <= 50)].mean())
+    assert summary["few"] == pytest.approx(per_class[counts < 10].mean())
+    assert summary["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
+    assert summary["brier"] == pytest.approx(np.mean(((probs - np.eye(10)[labels]) ** 2).sum(1)))
+    assert 0.0 <= summary["ece"] <= 1.0
+    # The same method on the whole balanced split as the "U" entry of the shift protocol.
+    shifted = shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, "ce", seeds=(0,))
+    assert summary["accuracy"] == pytest.approx(shifted["U"]["mean"])
+    plain = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", corrected=False)
+    assert plain["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert plain["few"] < summary["few"]  # measured 0.72 vs 0.86 with the default groups
+    estimated = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", estimate="bbse",
+                                           val_logits=digits_logits["val_logits"],
+                                           val_labels=digits_logits["val_labels"])
+    assert all(type(v) is float for v in estimated.values())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(corrected=False, estimate="em"), "corrected=False"),
+    (dict(estimate="bbse"), "val_logits and val_labels"),
+    (dict(calibration="bcts"), "only serves a prior estimate"),
+    (dict(estimate="em", calibration="platt", val_logits=np.zeros((10, 10)),
+          val_labels=np.arange(10)), "calibration = 'platt'"),
+    (dict(estimate="em", val_logits=np.zeros((9, 10)), val_labels=np.arange(9)),
+     r"class\(es\) \[9\]"),
+    (dict(per_class=51), "per_class = 51"),
+    (dict(seeds=()), "seeds"),
+])
+def test_invalid_options(digits_logits, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        shift_eval.evaluate_under_shift(digits_logits["logits"], digits_logits["labels"],
+                                        TRAIN_COUNTS, "ce", **kwargs)
+
+
+def test_invalid_inputs(digits_logits):
+    logits, labels = digits_logits["logits"], digits_logits["labels"]
+    with pytest.raises(ValueError, match=r"expected \[N, 10\]"):
+        shift_eval.evaluate_under_shift(logits[:, :9], labels, TRAIN_COUNTS, "ce")
+    with pytest.raises(ValueError, match="integer labels"):
+        shift_eval.uniform_summary(logits, labels[:-1], TRAIN_COUNTS, "ce")
+    with pytest.raises(ValueError, match="train_loss|focal"):
+        shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, "focal")
