@@ -1,0 +1,210 @@
+"""The inference rule: logits of a trained model adjusted to a target label prior (PC Softmax).
+
+`PriorCorrection` is the Keras layer a served model uses; `adjust_logits_numpy` is its NumPy twin
+for the evaluator. Both implement DESIGN section 1:
+
+    trained with "ce":                                  f - log p_s + log p_t   (PC Softmax)
+    trained with "lade" / "balanced_softmax" / "logit_adjusted":     f + log p_t
+
+p_t is normalised to sum to 1. A class with p_t(c) = 0 gets the adjusted logit ZERO_PRIOR_LOGIT
+(-1e9, the value Keras's masked softmax uses), a finite number whose softmax probability is exactly
+0 in float32 and float64 whenever the other logits are above -1e9 + 104: outputs stay finite (JSON
+safe), gradients stay free of NaN, and argmax never picks that class.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from lade_tf.losses import LOSS_NAMES, _counts_config
+from lade_tf.priors import source_prior
+
+#: Adjusted logit given to classes whose target prior is 0.
+ZERO_PRIOR_LOGIT = -1e9
+
+
+def _check_train_loss(train_loss: str) -> None:
+    if train_loss not in LOSS_NAMES:
+        raise ValueError(f"train_loss = {train_loss!r}: expected one of {LOSS_NAMES}")
+
+
+def _validate_prior_values(prior: np.ndarray, num_classes: int) -> None:
+    """Raise ValueError naming the bad target prior (eager check, NumPy values)."""
+    if prior.ndim not in (1, 2) or prior.shape[-1] != num_classes:
+        raise ValueError(
+            f"target_prior has shape {prior.shape}: expected [{num_classes}] or "
+            f"[batch, {num_classes}] (one entry per class)")
+    shown = np.array2string(prior, threshold=24, separator=", ")
+    if not np.all(np.isfinite(prior)):
+        raise ValueError(f"target_prior {shown} has NaN or infinite entries: expected "
+                         "finite, non-negative class weights")
+    if np.any(prior < 0):
+        raise ValueError(f"target_prior {shown} has negative entries: expected "
+                         "non-negative class weights")
+    if np.any(prior.sum(axis=-1) <= 0):
+        raise ValueError(f"target_prior {shown} sums to 0 (in some row): expected at "
+                         "least one positive class weight")
+
+
+def adjust_logits_numpy(logits: np.ndarray, class_counts: Sequence[float], train_loss: str,
+                        target_prior: np.ndarray | Sequence[float] | None) -> np.ndarray:
+    """NumPy twin of `PriorCorrection`: logits adjusted to `target_prior`, float64 [N, C].
+
+    Formula:
+        ce:     f - log p_s + log p_t;  lade / balanced_softmax / logit_adjusted: f + log p_t
+        p_t normalised to sum to 1; p_t(c) = 0 gives ZERO_PRIOR_LOGIT (probability exactly 0).
+
+    Args:
+        logits: raw model logits f [N, C].
+        class_counts: training images per class [C] (defines p_s).
+        train_loss: the loss the model was trained with, one of LOSS_NAMES.
+        target_prior: p_t [C] or [N, C], non-negative (normalised here); None = no correction,
+            the plain model output (plain Softmax for a CE model).
+
+    Returns:
+        float64 [N, C] adjusted logits.
+
+    Raises:
+        ValueError: bad train_loss, class counts, logits shape, or target prior (negative,
+            non-finite, all zero, wrong length); the message names the value.
+    """
+    _check_train_loss(train_loss)
+    log_source = np.log(source_prior(class_counts))
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] != log_source.size:
+        raise ValueError(f"logits have shape {logits.shape}: expected [N, {log_source.size}]")
+    if target_prior is None:
+        return logits.copy()
+    prior = np.asarray(target_prior, dtype=np.float64)
+    _validate_prior_values(prior, log_source.size)
+    if prior.ndim == 2 and prior.shape[0] != logits.shape[0]:
+        raise ValueError(f"target_prior has {prior.shape[0]} rows for {logits.shape[0]} logits "
+                         "rows: expected one prior per example, or a single [C] prior")
+    prior = prior / prior.sum(axis=-1, keepdims=True)
+    base = logits - log_source if train_loss == "ce" else logits
+    with np.errstate(divide="ignore"):
+        adjusted = base + np.log(prior)
+    return np.where(prior > 0, adjusted, ZERO_PRIOR_LOGIT)
+
+
+def _concrete_value(tensor: Any) -> np.ndarray | None:
+    """The NumPy value of `tensor` when it has one now (eager), None inside a traced graph."""
+    if not ops.is_tensor(tensor):
+        return np.asarray(tensor, dtype=np.float64)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return None if tf.is_symbolic_tensor(tensor) else tensor.numpy().astype(np.float64)
+    if backend == "jax":
+        import jax
+
+        return None if isinstance(tensor, jax.core.Tracer) else np.asarray(tensor, np.float64)
+    if backend == "torch":
+        return tensor.detach().cpu().numpy().astype(np.float64)
+    return np.asarray(tensor, dtype=np.float64)
+
+
+def _static_rank(tensor: Any) -> int | None:
+    """Rank of `tensor`, or None while tracing a TensorFlow graph with an unknown-rank input."""
+    try:
+        return len(tensor.shape)
+    except ValueError:  # tf.TensorShape(None) has no length
+        return None
+
+
+@keras.saving.register_keras_serializable(package="lade_tf")
+class PriorCorrection(keras.layers.Layer):
+    """Adjusts logits to a target label prior with the inference rule of the training loss.
+
+    Formula:
+        ce:     adjusted = f - log p_s + log p_t        (PC Softmax)
+        lade, balanced_softmax, logit_adjusted:  adjusted = f + log p_t
+        p_t = target_prior / sum(target_prior) (per row); p_t(c) = 0 gives ZERO_PRIOR_LOGIT, so
+        softmax(adjusted)[c] is exactly 0.
+
+    Called as `layer(logits, target_prior)` with logits [batch, C] and target_prior [C] or
+    [batch, C]; returns float32 [batch, C] (math in float32, also under mixed precision).
+
+    Invalid priors (negative, NaN/inf, all zero in a row, wrong length) raise ValueError naming the
+    value when the prior is a concrete value (eager call, NumPy input); inside a TensorFlow graph
+    (tf.function, SavedModel) `tf.debugging` assertions fail with InvalidArgumentError instead.
+    Under a traced JAX function no check can run; invalid priors then give NaN outputs, never a
+    silent answer.
+
+    Args:
+        class_counts: training images per class [C] (defines p_s).
+        train_loss: the loss the model was trained with, one of LOSS_NAMES (default "ce").
+        **kwargs: standard Layer arguments (name, ...); dtype defaults to "float32".
+
+    Examples:
+        >>> layer = PriorCorrection([3, 1], train_loss="balanced_softmax")
+        >>> ops.convert_to_numpy(layer(np.zeros((1, 2), "float32"), np.array([1.0, 0.0]))).tolist()
+        [[0.0, -1000000000.0]]
+    """
+
+    def __init__(self, class_counts: Sequence[float], train_loss: str = "ce", **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        _check_train_loss(train_loss)
+        self.class_counts = _counts_config(class_counts)
+        self.num_classes = len(self.class_counts)
+        self.train_loss = train_loss
+        log_source = np.log(source_prior(self.class_counts)).astype(np.float32)
+        self._logit_shift = -log_source if train_loss == "ce" else np.zeros_like(log_source)
+
+    def call(self, logits: Any, target_prior: Any) -> Any:
+        logits = ops.cast(logits, "float32")
+        concrete = _concrete_value(target_prior)
+        if concrete is not None:
+            _validate_prior_values(concrete, self.num_classes)
+            rows = logits.shape[0]
+            if concrete.ndim == 2 and rows is not None and concrete.shape[0] != rows:
+                raise ValueError(f"target_prior has {concrete.shape[0]} rows for {rows} logits "
+                                 "rows: expected one prior per example, or a single [C] prior")
+        prior = ops.cast(ops.convert_to_tensor(target_prior), "float32")
+        rank = _static_rank(prior)
+        if rank is not None and (rank not in (1, 2)
+                                 or prior.shape[-1] not in (None, self.num_classes)):
+            raise ValueError(f"target_prior has shape {tuple(prior.shape)}: expected "
+                             f"[{self.num_classes}] or [batch, {self.num_classes}]")
+        if concrete is None and keras.backend.backend() == "tensorflow":
+            prior = self._graph_checked(prior)
+        prior = prior / ops.sum(prior, axis=-1, keepdims=True)
+        is_zero = ops.equal(prior, 0.0)
+        # log of a placeholder 1 where p_t = 0 keeps -inf (and its NaN gradient) out of the graph;
+        # negative entries still give NaN, so a prior that escaped the checks is never silent.
+        log_prior = ops.log(ops.where(is_zero, 1.0, prior))
+        adjusted = logits + ops.convert_to_tensor(self._logit_shift) + log_prior
+        return ops.where(is_zero, ZERO_PRIOR_LOGIT, adjusted)
+
+    def _graph_checked(self, prior: Any) -> Any:
+        """`prior` behind tf.debugging assertions (graph-mode counterpart of the eager checks)."""
+        import tensorflow as tf
+
+        # Chained, so a prior breaking several rules reports the first one, as the eager check does.
+        checks = [
+            lambda: tf.debugging.assert_equal(
+                tf.shape(prior)[-1], self.num_classes,
+                message=f"target_prior must have {self.num_classes} entries per row"),
+            lambda: tf.debugging.assert_all_finite(
+                prior, message="target_prior has NaN or infinite entries"),
+            lambda: tf.debugging.assert_non_negative(
+                prior, message="target_prior has negative entries"),
+            lambda: tf.debugging.assert_positive(
+                tf.reduce_sum(prior, axis=-1), message="target_prior sums to 0 (in some row)"),
+        ]
+        for check in checks:
+            with tf.control_dependencies([check()]):
+                prior = tf.identity(prior)
+        return prior
+
+    def compute_output_shape(self, logits_shape: tuple, target_prior_shape: tuple) -> tuple:
+        return tuple(logits_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_counts": self.class_counts,
+                "train_loss": self.train_loss}
