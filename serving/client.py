@@ -1,0 +1,302 @@
+"""Client for a served LADE model, through TF Serving's standard REST API only.
+
+Works against `serving.server` and against real TF Serving. As a library:
+
+    client = ServingClient("http://127.0.0.1:8501", "lade")
+    prior = resolve_prior("source", client)         # or "uniform", [..], "prior.json"
+    outputs = client.predict_images(images, prior)  # images float [B, H, W, C] 0..255
+
+As a command (image files are sent as PNG/JPEG bytes to `predict_encoded`, `.npy` arrays of raw
+pixels, [H, W, C] or [B, H, W, C] (grey: also [H, W] or [B, H, W]), to `serving_default`; one
+prior for all of them):
+
+    python -m serving.client --url http://127.0.0.1:8501 --model-name lade \
+        --prior uniform --top-k 3 digit.png batch.npy
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
+
+
+class ServingRequestError(RuntimeError):
+    """A REST call answered with an error: HTTP status and the server's `error` message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class ServingClient:
+    """Thin client of one model's REST endpoints (`/v1/models/<name>[/versions/<v>|/labels/<l>]`).
+
+    Args:
+        url: server root, e.g. "http://127.0.0.1:8501".
+        model_name: the served model's name.
+        version: a specific version (default: the latest the server serves).
+        label: a version label (exclusive with `version`).
+        timeout: seconds per HTTP call.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8501", model_name: str = "lade", *,
+                 version: int | None = None, label: str | None = None, timeout: float = 30.0):
+        if version is not None and label is not None:
+            raise ValueError(f"give version ({version}) or label ({label!r}), not both")
+        self.url = url.rstrip("/")
+        self.model_name = model_name
+        self.timeout = timeout
+        self.model_path = f"/v1/models/{model_name}" + (
+            f"/versions/{int(version)}" if version is not None else
+            f"/labels/{label}" if label is not None else "")
+        self._specs: dict[str, dict] = {}
+
+    def _call(self, path: str, payload: dict | None = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode("utf-8")
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            try:
+                message = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = body.decode("utf-8", errors="replace")
+            raise ServingRequestError(error.code, message) from None
+
+    def status(self) -> dict:
+        """GET the model status (`model_version_status`)."""
+        return self._call(self.model_path)
+
+    def metadata(self) -> dict:
+        """GET the model metadata (signature defs)."""
+        return self._call(self.model_path + "/metadata")
+
+    def predict(self, inputs: dict | Any, *, signature_name: str | None = None,
+                row_format: bool = False) -> Any:
+        """POST a predict request; returns `outputs` (columnar) or `predictions` (row format)."""
+        payload: dict[str, Any] = {"instances" if row_format else "inputs": inputs}
+        if signature_name:
+            payload["signature_name"] = signature_name
+        reply = self._call(self.model_path + ":predict", payload)
+        return reply["predictions" if row_format else "outputs"]
+
+    def input_shapes(self, signature_name: str = "serving_default") -> dict[str, list[int]]:
+        """Input name -> shape (-1 for any size) of a signature, from the metadata endpoint."""
+        if signature_name not in self._specs:
+            signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            if signature_name not in signatures:
+                raise ValueError(f"signature {signature_name!r} not served; served: "
+                                 f"{sorted(signatures)}")
+            self._specs[signature_name] = {
+                name: [int(dim["size"]) for dim in info["tensor_shape"].get("dim", [])]
+                for name, info in signatures[signature_name]["inputs"].items()}
+        return self._specs[signature_name]
+
+    def num_classes(self) -> int:
+        """C, read from the shape of serving_default's `target_prior` input."""
+        return self.input_shapes()["target_prior"][-1]
+
+    def class_info(self) -> dict[str, np.ndarray]:
+        """class_names, source_prior and class_counts of every class (`class_info` signature)."""
+        outputs = self.predict({"class_ids": list(range(self.num_classes()))},
+                               signature_name="class_info")
+        return {"class_names": np.array(outputs["class_names"], dtype=object),
+                "source_prior": np.array(outputs["source_prior"], dtype=np.float64),
+                "class_counts": np.array(outputs["class_counts"], dtype=np.int64)}
+
+    def predict_images(self, images: np.ndarray, target_prior: Sequence[float]) -> dict:
+        """Predictions for raw-pixel images [B, H, W, C] under one prior (tiled over the batch).
+
+        Returns:
+            probabilities float32 [B, C], logits (adjusted) float32 [B, C], class_ids int64 [B].
+        """
+        images = np.asarray(images, dtype=np.float32)
+        prior = np.asarray(target_prior, dtype=np.float64).tolist()
+        outputs = self.predict({"images": images.tolist(),
+                                "target_prior": [prior] * len(images)})
+        return _as_arrays(outputs)
+
+    def predict_encoded(self, encoded_images: Sequence[bytes],
+                        target_prior: Sequence[float]) -> dict:
+        """Predictions for PNG/JPEG/GIF/BMP bytes (sent as {"b64": ...}) under one prior."""
+        prior = np.asarray(target_prior, dtype=np.float64).tolist()
+        outputs = self.predict(
+            {"image_bytes": [{"b64": base64.b64encode(data).decode("ascii")}
+                             for data in encoded_images],
+             "target_prior": [prior] * len(encoded_images)},
+            signature_name="predict_encoded")
+        return _as_arrays(outputs)
+
+
+def _as_arrays(outputs: dict) -> dict:
+    return {"probabilities": np.array(outputs["probabilities"], dtype=np.float32),
+            "logits": np.array(outputs["logits"], dtype=np.float32),
+            "class_ids": np.array(outputs["class_ids"], dtype=np.int64)}
+
+
+def _read_metadata_file(path: str) -> dict:
+    if os.path.isdir(path):
+        path = os.path.join(path, "assets", "lade_metadata.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def resolve_prior(spec: str | Sequence[float], client: ServingClient, *,
+                  metadata_file: str | None = None) -> np.ndarray:
+    """The target prior [C] a prior argument names.
+
+    Args:
+        spec: "uniform"; "source" (the training prior, from the served `class_info` signature,
+            or from `metadata_file` when given); a JSON file holding a list or
+            {"target_prior": [...]}; a JSON list or comma-separated numbers; or a sequence.
+        client: used for the number of classes and the source prior.
+        metadata_file: the model's `assets/lade_metadata.json` (or its SavedModel directory).
+
+    Returns:
+        float64 [C] non-negative weights (the model normalises them).
+
+    Raises:
+        ValueError: unreadable spec, wrong length, negative / non-finite / all-zero weights.
+    """
+    if isinstance(spec, str):
+        if spec == "uniform":
+            count = client.num_classes()
+            return np.full(count, 1.0 / count)
+        if spec == "source":
+            if metadata_file:
+                return np.asarray(_read_metadata_file(metadata_file)["source_prior"], np.float64)
+            return client.class_info()["source_prior"]
+        if os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as handle:
+                loaded = json.load(handle)
+            values = loaded["target_prior"] if isinstance(loaded, dict) else loaded
+        else:
+            try:
+                values = json.loads(spec) if spec.lstrip().startswith("[") else [
+                    float(part) for part in spec.split(",")]
+            except ValueError:
+                raise ValueError(f"prior {spec!r}: expected uniform, source, a JSON file, a JSON "
+                                 "list or comma-separated numbers") from None
+    else:
+        values = spec
+    prior = np.asarray(values, dtype=np.float64)
+    count = client.num_classes()
+    if prior.shape != (count,):
+        raise ValueError(f"prior has shape {prior.shape}: expected {count} class weights")
+    if not np.all(np.isfinite(prior)) or np.any(prior < 0) or prior.sum() <= 0:
+        raise ValueError(f"prior {prior.tolist()}: expected finite, non-negative weights with a "
+                         "positive sum")
+    return prior
+
+
+def top_k(probabilities: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """The k most probable (class_id, probability) pairs of each row, most probable first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(row[c])) for c in ids] for row, ids in zip(probabilities, order)]
+
+
+def _load_array(path: str, image_shape: Sequence[int]) -> np.ndarray:
+    """A .npy file as a batch [B, H, W, C] for a model whose input is `image_shape` (H, W, C)."""
+    array = np.load(path)
+    height, width, channels = image_shape
+    if array.shape == (height, width, channels):
+        array = array[None]
+    elif channels == 1 and array.shape[-2:] == (height, width) and array.ndim in (2, 3):
+        array = array.reshape(-1, height, width, 1)  # grey image(s) without a channel axis
+    if array.ndim != 4 or array.shape[1:] != (height, width, channels):
+        raise ValueError(f"{path}: array of shape {array.shape}, expected raw pixels shaped "
+                         f"[{height}, {width}, {channels}] or [B, {height}, {width}, {channels}]"
+                         + (f" (or [{height}, {width}], [B, {height}, {width}])"
+                            if channels == 1 else ""))
+    return array.astype(np.float32)
+
+
+def predict_files(client: ServingClient, paths: Sequence[str],
+                  prior: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(label, probabilities [C]) per input image, in input order; one request per kind."""
+    images = [p for p in paths if p.lower().endswith(IMAGE_SUFFIXES)]
+    arrays = [p for p in paths if p.lower().endswith(".npy")]
+    unknown = sorted(set(paths) - set(images) - set(arrays))
+    if unknown:
+        raise ValueError(f"unsupported inputs {unknown}: expected image files "
+                         f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
+    results: dict[str, list[tuple[str, np.ndarray]]] = {}
+    if images:
+        encoded = []
+        for path in images:
+            with open(path, "rb") as handle:
+                encoded.append(handle.read())
+        probabilities = client.predict_encoded(encoded, prior)["probabilities"]
+        for path, row in zip(images, probabilities):
+            results[path] = [(path, row)]
+    if arrays:
+        image_shape = client.input_shapes()["images"][1:]
+        loaded = [_load_array(path, image_shape) for path in arrays]
+        probabilities = client.predict_images(np.concatenate(loaded), prior)["probabilities"]
+        start = 0
+        for path, array in zip(arrays, loaded):
+            rows = probabilities[start:start + len(array)]
+            start += len(array)
+            results[path] = [(path if len(array) == 1 else f"{path}[{i}]", row)
+                             for i, row in enumerate(rows)]
+    return [entry for path in paths for entry in results[path]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m serving.client`."""
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files and/or .npy arrays")
+    parser.add_argument("--url", default="http://127.0.0.1:8501", help="server root URL")
+    parser.add_argument("--model-name", default="lade")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--version", type=int, help="model version (default: latest)")
+    group.add_argument("--label", help="model version label")
+    parser.add_argument("--prior", default="uniform",
+                        help="uniform | source | prior.json | '[w0, w1, ...]' | 'w0,w1,...'")
+    parser.add_argument("--metadata-file", help="assets/lade_metadata.json (or the SavedModel "
+                        "directory) for --prior source without the class_info signature")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    client = ServingClient(args.url, args.model_name, version=args.version, label=args.label,
+                           timeout=args.timeout)
+    try:
+        prior = resolve_prior(args.prior, client, metadata_file=args.metadata_file)
+        try:
+            names = [str(n) for n in client.class_info()["class_names"]]
+        except (ServingRequestError, ValueError, KeyError):
+            names = [str(c) for c in range(len(prior))]
+        results = predict_files(client, args.inputs, prior)
+    except (ServingRequestError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    k = max(1, min(args.top_k, len(prior)))
+    rows = [(label, top_k(probabilities[None], k)[0]) for label, probabilities in results]
+    if args.json:
+        print(json.dumps([{"input": label, "top_k": [
+            {"class_id": c, "class_name": names[c], "probability": p} for c, p in best]}
+            for label, best in rows], indent=2))
+    else:
+        for label, best in rows:
+            ranked = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in best)
+            print(f"{label}: {ranked}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Models, versions and labels, managed the way TF Serving's ServerCore manages them.
+
+Each model has a base path whose numeric sub-directories are versions (SavedModels). A poll of
+the file system (TF Serving's FileSystemStoragePathSource) loads the versions the model's version
+policy asks for (default: the latest one) and unloads the others; a new version is loaded before
+the old one is unloaded, so the model never stops answering (and a version that fails to load
+leaves the previous one serving). Version labels come from the model config. Status and metadata
+are rendered as the JSON of TF Serving's GetModelStatusResponse and GetModelMetadataResponse
+protos.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format, text_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
+                                    status_pb2)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.json_tensor import TensorSpec
+from serving.status import ServingError, from_tensorflow_error, invalid_argument
+
+log = logging.getLogger("serving")
+
+DEFAULT_SIGNATURE = "serving_default"
+_ERROR_CODES = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
+_SERVE_TAG = "serve"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One entry of TF Serving's model_config_list."""
+
+    name: str
+    base_path: str
+    policy: str = "latest"  # "latest" | "all" | "specific"
+    num_versions: int = 1  # for "latest"
+    versions: tuple[int, ...] = ()  # for "specific"
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+
+def parse_model_config(text: str) -> list[ModelConfig]:
+    """Model configs from TF Serving's text-proto ModelServerConfig (`model_config_list`).
+
+    Raises:
+        ValueError: unparsable text, a platform other than "tensorflow", a missing name or
+            base_path, or a duplicate model name.
+    """
+    try:
+        proto = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"model config is not a text ModelServerConfig: {error}") from None
+    if proto.WhichOneof("config") != "model_config_list":
+        raise ValueError("model config: expected a model_config_list (custom_model_config is "
+                         "not supported)")
+    configs = []
+    for entry in proto.model_config_list.config:
+        if not entry.name or not entry.base_path:
+            raise ValueError(f"model config entry {text_format.MessageToString(entry)!r}: "
+                             "expected both name and base_path")
+        if entry.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"model {entry.name!r}: model_platform {entry.model_platform!r} is "
+                             "not supported, expected \"tensorflow\"")
+        choice = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
+        policy = entry.model_version_policy
+        configs.append(ModelConfig(
+            name=entry.name, base_path=entry.base_path, policy=choice,
+            num_versions=max(1, policy.latest.num_versions) if choice == "latest" else 1,
+            versions=tuple(policy.specific.versions) if choice == "specific" else (),
+            labels=dict(entry.version_labels)))
+    names = [config.name for config in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model config: duplicate model names in {names}")
+    return configs
+
+
+def read_model_config_file(path: str) -> list[ModelConfig]:
+    """`parse_model_config` of a file (TF Serving's --model_config_file)."""
+    with open(path, encoding="utf-8") as handle:
+        return parse_model_config(handle.read())
+
+
+@dataclass
+class Signature:
+    """A callable signature of a loaded version and its input specs."""
+
+    name: str
+    inputs: dict[str, TensorSpec]
+    function: object
+
+    def run(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the signature; TensorFlow errors become ServingErrors with their code."""
+        try:
+            feeds = {name: tf.constant(value, dtype=self.inputs[name].dtype)
+                     for name, value in tensors.items()}
+            outputs = self.function(**feeds)
+            return {name: value.numpy() for name, value in outputs.items()}
+        except tf.errors.OpError as error:
+            raise from_tensorflow_error(error) from None
+        except (TypeError, ValueError) as error:
+            raise invalid_argument(str(error)) from None
+
+
+class LoadedVersion:
+    """One loaded SavedModel version: its signatures and its signature_def map as JSON."""
+
+    def __init__(self, model_name: str, version: int, path: str):
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        self._saved_model = tf.saved_model.load(path, tags=[_SERVE_TAG])
+        self.signatures: dict[str, Signature] = {}
+        for name, function in self._saved_model.signatures.items():
+            specs = function.structured_input_signature[1]
+            self.signatures[name] = Signature(name, {
+                key: TensorSpec(spec.dtype.name,
+                                None if spec.shape.rank is None else tuple(spec.shape.as_list()))
+                for key, spec in specs.items()}, function)
+        self.signature_def_map = self._read_signature_defs(path)
+
+    @staticmethod
+    def _read_signature_defs(path: str) -> get_model_metadata_pb2.SignatureDefMap:
+        saved_model = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
+            saved_model.ParseFromString(handle.read())
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        for meta_graph in saved_model.meta_graphs:
+            if _SERVE_TAG in meta_graph.meta_info_def.tags:
+                for key, value in meta_graph.signature_def.items():
+                    signature_defs.signature_def[key].CopyFrom(value)
+        return signature_defs
+
+    def signature(self, name: str) -> Signature:
+        """The named signature ("" = serving_default), or INVALID_ARGUMENT as in TF Serving."""
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+        return self.signatures[name]
+
+
+@dataclass
+class VersionState:
+    state: str  # START | LOADING | AVAILABLE | UNLOADING | END
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+def _versions_on_disk(base_path: str) -> dict[int, str]:
+    """Numeric sub-directories of `base_path` (hidden staging directories are not numeric)."""
+    try:
+        entries = list(os.scandir(base_path))
+    except FileNotFoundError:
+        return {}
+    versions = {}
+    for entry in entries:
+        if entry.name.isdigit() and entry.is_dir():
+            versions[int(entry.name)] = entry.path
+    return versions
+
+
+def _tree_stamp(path: str) -> tuple:
+    """Changes whenever files under `path` are added, removed or rewritten."""
+    stamp = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                info = os.stat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            stamp.append((root, name, info.st_size, info.st_mtime_ns))
+    return tuple(sorted(stamp))
+
+
+class ModelVersions:
+    """The versions of one model: what is loaded, what each version's state is, its labels."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.available: dict[int, LoadedVersion] = {}
+        self.states: dict[int, VersionState] = {}
+        self._failed: dict[int, tuple] = {}  # version -> tree stamp of the failed load
+
+    def aspired(self, on_disk: Mapping[int, str]) -> set[int]:
+        """Versions the policy wants loaded."""
+        versions = sorted(on_disk)
+        if self.config.policy == "all":
+            return set(versions)
+        if self.config.policy == "specific":
+            return set(versions) & set(self.config.versions)
+        return set(versions[-self.config.num_versions:])
+
+    def sync(self) -> None:
+        """One poll: load aspired versions not yet loaded, then unload the others (blocking)."""
+        on_disk = _versions_on_disk(self.config.base_path)
+        if not on_disk and not self.available:
+            log.warning("No versions of servable %s found under base path %s",
+                        self.config.name, self.config.base_path)
+        aspired = self.aspired(on_disk)
+        for version in sorted(aspired - set(self.available), reverse=True):
+            path = on_disk[version]
+            stamp = _tree_stamp(path)
+            if self._failed.get(version) == stamp:
+                continue  # retried only once its files change
+            self.states[version] = VersionState("LOADING")
+            try:
+                loaded = LoadedVersion(self.config.name, version, path)
+            except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
+                code = from_tensorflow_error(error).code
+                message = f"Loading servable: {{name: {self.config.name} version: {version}}} " \
+                          f"failed: {type(error).__name__}: {error}"
+                log.error(message)
+                self.states[version] = VersionState("END", code if code != "INTERNAL" else
+                                                    "UNKNOWN", message)
+                self._failed[version] = stamp
+                continue
+            self._failed.pop(version, None)
+            self.available = {**self.available, version: loaded}
+            self.states[version] = VersionState("AVAILABLE")
+            log.info("Successfully loaded servable version {name: %s version: %d} from %s",
+                     self.config.name, version, path)
+        # AvailabilityPreservingPolicy: keep old versions until an aspired one is available.
+        if aspired and not aspired & set(self.available):
+            return
+        for version in sorted(set(self.available) - aspired):
+            self.states[version] = VersionState("UNLOADING")
+            self.available = {v: loaded for v, loaded in self.available.items() if v != version}
+            self.states[version] = VersionState("END")
+            log.info("Unloaded servable version {name: %s version: %d}", self.config.name,
+                     version)
+
+    def unload_all(self) -> None:
+        """Marks every loaded version END and drops it (the model left the config)."""
+        for version in list(self.available):
+            self.states[version] = VersionState("END")
+        self.available = {}
+
+    def version_for_label(self, label: str) -> int:
+        """The version a label names, or INVALID_ARGUMENT as in TF Serving."""
+        if label not in self.config.labels:
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        return self.config.labels[label]
+
+
+class ModelManager:
+    """All served models; `poll` is the file-system poll, the rest answers requests."""
+
+    def __init__(self, configs: list[ModelConfig]):
+        self._lock = threading.Lock()
+        self.models: dict[str, ModelVersions] = {c.name: ModelVersions(c) for c in configs}
+
+    def reconfigure(self, configs: list[ModelConfig]) -> None:
+        """Applies a new model config list: new models are added, removed ones unloaded."""
+        with self._lock:
+            models = {}
+            for config in configs:
+                current = self.models.get(config.name)
+                if current is None or current.config.base_path != config.base_path:
+                    models[config.name] = ModelVersions(config)
+                else:
+                    current.config = config
+                    models[config.name] = current
+            for name, current in self.models.items():
+                if models.get(name) is not current:
+                    current.unload_all()
+            self.models = models
+
+    def poll(self) -> None:
+        """Syncs every model with its base path (blocking: call it off the event loop)."""
+        with self._lock:
+            for model in list(self.models.values()):
+                model.sync()
+
+    def _label_version(self, name: str, label: str) -> int:
+        model = self.models.get(name)
+        if model is None:
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        return model.version_for_label(label)
+
+    def resolve(self, name: str, version: int | None = None,
+                label: str | None = None) -> LoadedVersion:
+        """The loaded version a request names (latest when neither version nor label is given).
+
+        Raises:
+            ServingError: NOT_FOUND "Servable not found for request: ..." or INVALID_ARGUMENT
+                for an unknown label, with TF Serving's messages.
+        """
+        if label is not None:
+            version = self._label_version(name, label)
+        model = self.models.get(name)
+        available = model.available if model is not None else {}
+        if version is None:
+            if not available:
+                raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+            return available[max(available)]
+        if version not in available:
+            raise ServingError("NOT_FOUND",
+                               f"Servable not found for request: Specific({name}, {version})")
+        return available[version]
+
+    def status_json(self, name: str, version: int | None = None,
+                    label: str | None = None) -> dict:
+        """GetModelStatusResponse as TF Serving's REST API renders it.
+
+        Raises:
+            ServingError: NOT_FOUND for an unknown model or version.
+        """
+        if label is not None:
+            version = self._label_version(name, label)
+        model = self.models.get(name)
+        states = dict(model.states) if model is not None else {}
+        response = get_model_status_pb2.GetModelStatusResponse()
+        if version is not None:
+            if version not in states:
+                raise ServingError("NOT_FOUND",
+                                   f"Could not find version {version} of model {name}")
+            selected = [version]
+        else:
+            if not states:
+                raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+            selected = sorted(states, reverse=True)
+        for number in selected:
+            state = states[number]
+            entry = response.model_version_status.add()
+            entry.version = number
+            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            entry.status.error_code = _ERROR_CODES.values_by_name[state.error_code].number
+            entry.status.error_message = state.error_message
+        return json_format.MessageToDict(response, including_default_value_fields=True,
+                                         preserving_proto_field_name=True)
+
+    def metadata_json(self, name: str, version: int | None = None,
+                      label: str | None = None) -> dict:
+        """GetModelMetadataResponse (signature_def only, like TF Serving) as REST JSON."""
+        loaded = self.resolve(name, version, label)
+        spec = model_pb2.ModelSpec(name=name)
+        spec.version.value = loaded.version
+        options = {"including_default_value_fields": True, "preserving_proto_field_name": True}
+        return {"model_spec": json_format.MessageToDict(spec, **options),
+                "metadata": {"signature_def": json_format.MessageToDict(
+                    loaded.signature_def_map, **options)}}

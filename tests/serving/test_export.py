@@ -1,0 +1,227 @@
+"""lade_tf.export: the serving SavedModel against NumPy references of DESIGN sections 1, 6 and 7."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from lade_tf.export import (EM_MAX_ITERATIONS, EM_TOLERANCE, SIGNATURE_NAMES,
+                            export_serving_model, read_serving_metadata)
+from tests.serving.serving_support import CLASS_NAMES, REPO_ROOT, run_signature
+
+
+def softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def raw_logits(model, images):
+    return np.asarray(model(images, training=False), np.float64)
+
+
+def reference_adjusted(raw, counts, train_loss, prior):
+    """Independent inference rule: CE f - log p_s + log p_t, else f + log p_t (p_t normalised)."""
+    source = np.asarray(counts, np.float64) / np.sum(counts)
+    prior = np.asarray(prior, np.float64)
+    prior = prior / prior.sum(axis=-1, keepdims=True)
+    shift = -np.log(source) if train_loss == "ce" else 0.0
+    with np.errstate(divide="ignore"):
+        return raw + shift + np.log(prior)
+
+
+def check_against_reference(outputs, reference):
+    """Outputs of a prediction signature equal the reference adjusted logits (-inf = prior 0)."""
+    finite = np.isfinite(reference)
+    np.testing.assert_allclose(outputs["logits"][finite], reference[finite], rtol=1e-5, atol=1e-4)
+    assert np.all(outputs["logits"][~finite] <= -1e8)
+    np.testing.assert_allclose(outputs["probabilities"], softmax(np.where(finite, reference, -1e9)),
+                               atol=1e-6)
+    assert np.all(outputs["probabilities"][~finite] == 0.0)
+    np.testing.assert_array_equal(outputs["class_ids"], reference.argmax(axis=1))
+
+
+def test_signatures_have_the_contract_inputs_and_outputs(saved_model):
+    signatures = saved_model.signatures
+    assert set(signatures) == set(SIGNATURE_NAMES)
+    specs = {name: fn.structured_input_signature[1] for name, fn in signatures.items()}
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in specs["serving_default"].items()} == {
+        "images": (tf.float32, [None, 8, 8, 1]), "target_prior": (tf.float32, [None, 10])}
+    assert set(specs["predict_uniform"]) == {"images"}
+    assert specs["predict_encoded"]["image_bytes"].dtype == tf.string
+    assert set(specs["estimate_prior"]) == {"images"}
+    for name in ("serving_default", "predict_uniform", "predict_encoded"):
+        outputs = signatures[name].structured_outputs
+        assert {k: v.dtype for k, v in outputs.items()} == {
+            "probabilities": tf.float32, "logits": tf.float32, "class_ids": tf.int64}
+
+
+def test_serving_default_is_pc_softmax(saved_model, trained_model, digits_split):
+    images = digits_split["test_x"][:40]
+    rng = np.random.default_rng(1)
+    priors = rng.dirichlet(np.ones(10), size=len(images)).astype(np.float32)
+    priors[::4, 3] = 0.0  # zero entries: probability exactly 0
+    priors[1] *= 7.0  # unnormalised rows are normalised
+    outputs = run_signature(saved_model, "serving_default", images=images, target_prior=priors)
+    reference = reference_adjusted(raw_logits(trained_model, images), digits_split["counts"],
+                                   "ce", priors)
+    check_against_reference(outputs, reference)
+
+
+def test_lade_trained_model_uses_f_plus_log_prior(tmp_path, trained_model, digits_split):
+    path = export_serving_model(trained_model, tmp_path / "1", class_counts=digits_split["counts"],
+                                train_loss="lade", alpha=0.1)
+    loaded = tf.saved_model.load(path)
+    images = digits_split["test_x"][:16]
+    prior = np.tile(np.linspace(1.0, 3.0, 10, dtype=np.float32), (16, 1))
+    outputs = run_signature(loaded, "serving_default", images=images, target_prior=prior)
+    reference = reference_adjusted(raw_logits(trained_model, images), digits_split["counts"],
+                                   "lade", prior)
+    check_against_reference(outputs, reference)
+    assert read_serving_metadata(path)["alpha"] == 0.1
+
+
+def test_predict_uniform_equals_a_uniform_target_prior(saved_model, digits_split):
+    images = digits_split["test_x"][:20]
+    uniform = np.full((20, 10), 0.1, np.float32)
+    expected = run_signature(saved_model, "serving_default", images=images, target_prior=uniform)
+    outputs = run_signature(saved_model, "predict_uniform", images=images)
+    for name in expected:
+        np.testing.assert_allclose(outputs[name], expected[name], rtol=1e-6, atol=1e-6)
+
+
+def encode(image: np.ndarray, fmt: str, mode: str = "L", scale: int = 1) -> bytes:
+    picture = Image.fromarray(image[..., 0].astype(np.uint8), mode="L").convert(mode)
+    if scale != 1:
+        picture = picture.resize((8 * scale, 8 * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_predict_encoded_decodes_to_the_model_input(saved_model, digits_split):
+    images = digits_split["test_x"][:20]
+    prior = np.tile(np.asarray(digits_split["counts"], np.float32)[::-1], (20, 1))
+    expected = run_signature(saved_model, "serving_default", images=images, target_prior=prior)
+    png = np.array([encode(image, "PNG") for image in images], dtype=object)
+    outputs = run_signature(saved_model, "predict_encoded", image_bytes=png, target_prior=prior)
+    for name in expected:  # lossless, same size: bit-exact
+        np.testing.assert_array_equal(outputs[name], expected[name])
+    # RGB JPEGs at twice the size are converted to one channel and resized to 8x8.
+    jpeg = np.array([encode(image, "JPEG", "RGB", scale=2) for image in images], dtype=object)
+    outputs = run_signature(saved_model, "predict_encoded", image_bytes=jpeg, target_prior=prior)
+    assert outputs["probabilities"].shape == (20, 10)
+    assert np.mean(outputs["class_ids"] == expected["class_ids"]) >= 0.8
+
+
+def numpy_em(posterior, source):
+    """Saerens et al. (2002) EM, written independently of lade_tf."""
+    prior = source.copy()
+    for _ in range(EM_MAX_ITERATIONS):
+        weighted = posterior * (prior / source)
+        updated = (weighted / weighted.sum(axis=1, keepdims=True)).mean(axis=0)
+        change = np.abs(updated - prior).max()
+        prior = updated
+        if change < EM_TOLERANCE:
+            break
+    return prior
+
+
+def test_estimate_prior_is_em_on_the_source_posterior(saved_model, trained_model, digits_split):
+    labels = digits_split["test_y"]
+    # A tail-heavy target sample: class c keeps 2 (c + 1) of its test images.
+    keep = np.concatenate([np.flatnonzero(labels == c)[:2 * (c + 1)] for c in range(10)])
+    images = digits_split["test_x"][keep]
+    counts = np.asarray(digits_split["counts"], np.float64)
+    source = counts / counts.sum()
+    expected = numpy_em(softmax(raw_logits(trained_model, images)), source)  # CE: p_s(y|x)
+    outputs = run_signature(saved_model, "estimate_prior", images=images)
+    assert outputs["target_prior"].shape == (len(images), 10)
+    np.testing.assert_allclose(outputs["target_prior"], np.tile(expected, (len(images), 1)),
+                               atol=1e-5)
+    assert expected[5:].sum() > source[5:].sum()  # moved towards the tail-heavy truth
+    reference = reference_adjusted(raw_logits(trained_model, images), counts, "ce",
+                                   outputs["target_prior"][0])
+    check_against_reference(outputs, np.broadcast_to(reference, outputs["logits"].shape))
+
+
+def test_class_info_and_metadata_asset(saved_model, export_base, digits_split):
+    counts = digits_split["counts"]
+    outputs = run_signature(saved_model, "class_info", class_ids=np.array([0, 9, 4], np.int64))
+    assert [name.decode() for name in outputs["class_names"]] == ["zero", "nine", "four"]
+    np.testing.assert_array_equal(outputs["class_counts"], [counts[0], counts[9], counts[4]])
+    source = np.asarray(counts) / np.sum(counts)
+    np.testing.assert_allclose(outputs["source_prior"], source[[0, 9, 4]], rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class_ids must be < 10"):
+        run_signature(saved_model, "class_info", class_ids=np.array([10], np.int64))
+
+    metadata = read_serving_metadata(export_base / "1")
+    assert metadata["class_names"] == CLASS_NAMES
+    assert metadata["class_counts"] == list(counts)
+    np.testing.assert_allclose(metadata["source_prior"], source)
+    assert metadata["train_loss"] == "ce" and metadata["alpha"] is None
+    assert metadata["input_shape"] == [8, 8, 1]
+    assert metadata["signatures"]["serving_default"]["inputs"] == ["images", "target_prior"]
+    assert metadata["dataset"].startswith("sklearn digits")
+
+
+@pytest.mark.parametrize("prior, message", [
+    ([-0.1] + [0.1] * 9, "negative"), ([float("nan")] + [0.1] * 9, "NaN or infinite"),
+    ([0.0] * 10, "sums to 0")])
+def test_invalid_prior_fails_in_graph(saved_model, digits_split, prior, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        run_signature(saved_model, "serving_default", images=digits_split["test_x"][:2],
+                      target_prior=np.tile(np.asarray(prior, np.float32), (2, 1)))
+
+
+def test_export_is_atomic_and_refuses_a_non_empty_directory(tmp_path, trained_model,
+                                                            digits_split):
+    counts = digits_split["counts"]
+    base = tmp_path / "base"
+    (base / "2").mkdir(parents=True)  # an empty target directory is fine
+    export_serving_model(trained_model, base / "2", class_counts=counts, train_loss="ce")
+    assert sorted(os.listdir(base)) == ["2"]  # no staging directory left behind
+    with pytest.raises(ValueError, match="not empty"):
+        export_serving_model(trained_model, base / "2", class_counts=counts, train_loss="ce")
+    with pytest.raises(ValueError, match="reserved"):
+        export_serving_model(trained_model, base / "3", class_counts=counts, train_loss="ce",
+                             metadata={"class_names": []})
+    assert sorted(os.listdir(base)) == ["2"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"class_names": ["a", "b"]}, "class_names has 2 entries"),
+    ({"class_counts": [10] * 9}, r"expected \(batch, 9\)"),
+    ({"class_counts": [10] * 9 + [0]}, r"class_counts\[9\]"),
+    ({"train_loss": "focal"}, "train_loss"),
+])
+def test_export_rejects_bad_arguments(tmp_path, trained_model, digits_split, kwargs, message):
+    arguments = {"class_counts": digits_split["counts"], "train_loss": "ce", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export_serving_model(trained_model, tmp_path / "1", **arguments)
+    assert not (tmp_path / "1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_saved_model_loads_without_this_package(export_base, digits_split):
+    """Plain TensorFlow loads and runs it: no lade_tf import, no custom ops."""
+    script = (
+        "import sys, json, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(export_base / '1')!r})\n"
+        "out = m.signatures['predict_uniform'](images=tf.zeros([2, 8, 8, 1]))\n"
+        "print(json.dumps({'lade': [k for k in sys.modules if k.startswith('lade_tf')],"
+        " 'shape': out['probabilities'].shape.as_list()}))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=380,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"lade": [], "shape": [2, 10]}

@@ -1,0 +1,189 @@
+"""serving.json_tensor: TF Serving's REST JSON formats and error messages (no TensorFlow needed).
+
+Expected strings are the ones tensorflow_serving/util/json_tensor.cc produces and its tests check.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from serving.json_tensor import (COLUMNAR, ROW, TensorSpec, parse_json, predict_inputs,
+                                 predict_response, signature_name_of)
+from serving.status import ServingError
+
+TWO_INPUTS = {"images": TensorSpec("float32", (None, 2, 2)),
+              "target_prior": TensorSpec("float32", (None, 3))}
+ONE_INPUT = {"x": TensorSpec("float32", (None,))}
+BYTES_INPUT = {"image_bytes": TensorSpec("string", (None,))}
+
+
+def parse(payload, specs):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return predict_inputs(parse_json(body), body, specs)
+
+
+def error_of(payload, specs=TWO_INPUTS) -> ServingError:
+    with pytest.raises(ServingError) as caught:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        document = parse_json(body)
+        signature_name_of(document)
+        predict_inputs(document, body, specs)
+    return caught.value
+
+
+IMAGE = [[1, 2], [3, 4.5]]
+
+
+def test_row_format_with_named_inputs_batches_on_axis_0():
+    tensors, request_format = parse({"instances": [{"images": IMAGE, "target_prior": [1, 0, 0]},
+                                                   {"images": IMAGE, "target_prior": [0, 1, 0]}]},
+                                    TWO_INPUTS)
+    assert request_format == ROW
+    assert tensors["images"].dtype == np.float32 and tensors["images"].shape == (2, 2, 2)
+    np.testing.assert_array_equal(tensors["target_prior"], [[1, 0, 0], [0, 1, 0]])
+
+
+def test_row_format_plain_list_for_a_single_input():
+    tensors, request_format = parse({"instances": [1.0, 2, 5.5]}, ONE_INPUT)
+    assert request_format == ROW
+    np.testing.assert_array_equal(tensors["x"], np.float32([1.0, 2.0, 5.5]))
+
+
+def test_columnar_format_and_b64_strings():
+    tensors, request_format = parse({"inputs": {"images": [IMAGE], "target_prior": [[1, 2, 3]],
+                                                "ignored_extra_key": 1}}, TWO_INPUTS)
+    assert request_format == COLUMNAR and tensors["images"].shape == (1, 2, 2)
+    payload = {"inputs": [{"b64": base64.b64encode(b"\x89PNG\x00").decode()}, "plain"]}
+    tensors, _ = parse(payload, BYTES_INPUT)
+    assert tensors["image_bytes"].tolist() == [b"\x89PNG\x00", b"plain"]
+    # A lone b64 object is the (only) input's value, not an object of named inputs.
+    tensors, _ = parse({"instances": [{"b64": "YWJj"}]}, BYTES_INPUT)
+    assert tensors["image_bytes"].tolist() == [b"abc"]
+
+
+def test_nan_and_infinity_tokens_are_accepted():
+    tensors, _ = parse(b'{"instances": [NaN, Infinity, -Infinity]}', ONE_INPUT)
+    assert np.isnan(tensors["x"][0]) and tensors["x"][1] == np.inf and tensors["x"][2] == -np.inf
+
+
+@pytest.mark.parametrize("payload, specs, code, message", [
+    (b"", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: The document is empty"),
+    (b"instances = [1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: "),
+    (b"[1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "Is not object"),
+    ({"signature_name": 100}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "'signature_name' key must be a string value."),
+    ({"foo": 1}, TWO_INPUTS, "INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key"),
+    ({"instances": [], }, TWO_INPUTS, "INVALID_ARGUMENT", "No values in 'instances' array"),
+    ({"instances": {"x": 1}}, ONE_INPUT, "INVALID_ARGUMENT",
+     "Excepting 'instances' to be an list/array"),
+    ({"instances": [1], "inputs": [1]}, ONE_INPUT, "INVALID_ARGUMENT",
+     "expecting only one of 'inputs' or 'instances' keys to exist"),
+    ({"instances": ["x", "y"]}, ONE_INPUT, "INVALID_ARGUMENT", "not of expected type: float"),
+    ({"instances": [True]}, ONE_INPUT, "INVALID_ARGUMENT", "Type: True is not of expected type"),
+    ({"instances": [1e39]}, ONE_INPUT, "INVALID_ARGUMENT",
+     "to float without loss of precision"),
+    ({"instances": [IMAGE]}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "instances is a plain list, but expecting list of objects"),
+    ({"instances": [{"images": IMAGE}]}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "keys must be equal to: images,target_prior"),
+    ({"instances": [{"images": IMAGE, "target_prior": [1, 1, 1], "x": 1}]}, TWO_INPUTS,
+     "INVALID_ARGUMENT", "does not have named input: x"),
+    ({"instances": [{"images": IMAGE, "target_prior": [1, 1, 1]},
+                    {"images": [[1, 2]], "target_prior": [1, 1, 1]}]}, TWO_INPUTS,
+     "INVALID_ARGUMENT", "Expecting tensor size: 4 but got: 2"),
+    ({"instances": [[1, 2], [3]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting "
+     "tensor size: 2 but got: 1"),
+    ({"inputs": [[1, 2], [3]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
+     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+    ({"inputs": [[1, [2]]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
+     "Encountered list at unexpected level: 2 expected < 2"),
+    ({"inputs": {"images": [IMAGE]}}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "Missing named input: target_prior in 'inputs' object."),
+    ({"inputs": [IMAGE]}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "inputs is a plain value/list, but expecting an object"),
+    ({"inputs": {"images": [IMAGE], "target_prior": [[1, 1]]}}, TWO_INPUTS, "INVALID_ARGUMENT",
+     "input tensor 'target_prior' has shape [1,2], but the signature expects [-1,3]"),
+    ({"inputs": [{"b64": "not base64!"}]}, BYTES_INPUT, "INVALID_ARGUMENT",
+     "Unable to base64 decode"),
+    ({"inputs": [{"b64": "YWJj", "extra": 1}]}, BYTES_INPUT, "INVALID_ARGUMENT",
+     "not formatted correctly for base64 data"),
+    ({"inputs": [1]}, BYTES_INPUT, "INVALID_ARGUMENT", "is not of expected type: string"),
+])
+def test_bad_requests_get_tf_serving_errors(payload, specs, code, message):
+    error = error_of(payload, specs)
+    assert error.code == code and error.http_status == 400
+    assert message in error.message
+
+
+def test_row_response_single_and_several_outputs():
+    single = json.loads(predict_response({"y": np.float32([[0.2, 1.0], [3.5, 4]])}, ROW))
+    assert single == {"predictions": [[0.2, 1.0], [3.5, 4.0]]}
+    several = json.loads(predict_response(
+        {"class_ids": np.int64([3, 1]), "probabilities": np.float32([[0.25, 0.75], [1, 0]])}, ROW))
+    assert several == {"predictions": [{"class_ids": 3, "probabilities": [0.25, 0.75]},
+                                       {"class_ids": 1, "probabilities": [1.0, 0.0]}]}
+
+
+def test_columnar_response_single_and_several_outputs():
+    assert json.loads(predict_response({"y": np.float32([3.5, 4.0])}, COLUMNAR)) == {
+        "outputs": [3.5, 4.0]}
+    assert json.loads(predict_response(
+        {"a": np.int64([1, 2]), "b": np.float32(0.5)}, COLUMNAR)) == {
+        "outputs": {"a": [1, 2], "b": 0.5}}
+
+
+def test_floats_read_back_exactly_and_special_values_are_tokens():
+    values = np.float32([0.1, 1 / 3, 1e-45, 3.4e38, 16777216, -0.0, np.nan, np.inf, -np.inf])
+    text = predict_response({"y": values}, COLUMNAR).decode()
+    assert "NaN, Infinity, -Infinity" in text and "0.1," in text and "16777216.0" in text
+    decoded = np.float32(json.loads(text)["outputs"])
+    np.testing.assert_array_equal(decoded, values)
+
+
+def test_bytes_outputs_are_b64_and_strings_are_text():
+    body = json.loads(predict_response(
+        {"image_bytes": np.array([b"\x00\xff"], object), "names": np.array([b"zero"], object)},
+        COLUMNAR))
+    assert body["outputs"]["image_bytes"] == [{"b64": base64.b64encode(b"\x00\xff").decode()}]
+    assert body["outputs"]["names"] == ["zero"]
+
+
+def test_row_response_needs_a_common_batch_size():
+    with pytest.raises(ServingError, match="inconsistent batch size"):
+        predict_response({"a": np.zeros(2), "b": np.zeros(3)}, ROW)
+    with pytest.raises(ServingError, match="has no shape information"):
+        predict_response({"a": np.float32(1.0)}, ROW)
+
+
+def test_fast_and_exact_paths_agree():
+    rng = np.random.default_rng(0)
+    images = (rng.random((3, 2, 2)) * 255).round(3)
+    payload = {"instances": [{"images": im.tolist(), "target_prior": [1, 2, 3]} for im in images]}
+    fast, _ = parse(payload, TWO_INPUTS)
+    # A `true` anywhere in the body (here in an ignored key) forces the exact element-wise path.
+    slow, _ = parse({**payload, "unused": True}, TWO_INPUTS)
+    for name in fast:
+        np.testing.assert_array_equal(fast[name], slow[name])
+        assert fast[name].dtype == slow[name].dtype == np.float32
+
+
+def test_without_orjson_the_standard_parser_gives_the_same_tensors(monkeypatch):
+    import serving.json_tensor as json_tensor
+
+    body = b'{"instances": [1.5, NaN, 2]}'
+    with_orjson, _ = parse(body, ONE_INPUT)
+    monkeypatch.setattr(json_tensor, "orjson", None)
+    without, _ = parse(body, ONE_INPUT)
+    np.testing.assert_array_equal(with_orjson["x"], without["x"])
+    assert "JSON Parse error" in error_of(b"{", ONE_INPUT).message
+
+
+def test_absurdly_nested_json_is_a_bad_request():
+    deep = b"[" * 5000 + b"]" * 5000
+    assert "nested too deeply" in error_of(b'{"instances": ' + deep + b"}", ONE_INPUT).message
+    medium = b"[" * 990 + b"1" + b"]" * 990
+    assert error_of(b'{"inputs": ' + medium + b"}", ONE_INPUT).http_status == 400

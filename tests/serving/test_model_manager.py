@@ -1,0 +1,120 @@
+"""serving.model_manager: model configs, version policies, loading, status and metadata JSON."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from serving.model_manager import ModelConfig, ModelManager, parse_model_config, \
+    read_model_config_file
+from serving.status import ServingError
+from tests.serving.serving_support import REPO_ROOT
+
+
+def available(version: str) -> dict:
+    return {"version": version, "state": "AVAILABLE",
+            "status": {"error_code": "OK", "error_message": ""}}
+
+
+def test_shipped_models_config_parses():
+    (config,) = read_model_config_file(str(REPO_ROOT / "serving" / "models.config"))
+    assert config == ModelConfig(name="lade", base_path="/models/lade", policy="latest",
+                                 num_versions=2, labels={"stable": 1, "canary": 2})
+
+
+def test_model_config_policies_and_errors():
+    configs = parse_model_config("""
+        model_config_list {
+          config { name: "a" base_path: "/a" model_version_policy { all {} } }
+          config { name: "b" base_path: "/b" model_platform: "tensorflow"
+                   model_version_policy { specific { versions: 1 versions: 3 } } }
+        }""")
+    assert [(c.policy, c.versions) for c in configs] == [("all", ()), ("specific", (1, 3))]
+    for text, message in [
+            ('model_config_list { config { name: "a" } }', "expected both name and base_path"),
+            ('model_config_list { config { name: "a" base_path: "/a" model_platform: "onnx" } }',
+             "not supported"),
+            ('model_config_list { config { name: "a" base_path: "/a" } '
+             'config { name: "a" base_path: "/b" } }', "duplicate"),
+            ("model_config_list { config { nmae: 'a' } }", "not a text ModelServerConfig")]:
+        with pytest.raises(ValueError, match=message):
+            parse_model_config(text)
+
+
+@pytest.fixture()
+def two_versions(tmp_path, export_base):
+    base = tmp_path / "m"
+    for version in ("1", "2"):
+        shutil.copytree(export_base / "1", base / version)
+    (base / ".3.tmp-abc").mkdir()  # a staging directory is not a version
+    (base / "notes").mkdir()
+    return base
+
+
+def test_latest_policy_serves_the_highest_version(two_versions):
+    manager = ModelManager([ModelConfig("m", str(two_versions), labels={"old": 1})])
+    manager.poll()
+    assert manager.status_json("m") == {"model_version_status": [available("2")]}
+    assert manager.resolve("m").version == 2
+    with pytest.raises(ServingError, match=r"Servable not found for request: Specific\(m, 1\)"):
+        manager.resolve("m", 1)
+    with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(x\)") as e:
+        manager.resolve("x")
+    assert e.value.http_status == 404
+    with pytest.raises(ServingError, match="Unrecognized servable version label: new") as e:
+        manager.resolve("m", label="new")
+    assert e.value.http_status == 400
+    with pytest.raises(ServingError, match="Could not find version 1 of model m"):
+        manager.status_json("m", label="old")
+    with pytest.raises(ServingError, match="Could not find any versions of model x"):
+        manager.status_json("x")
+
+
+def test_all_and_specific_policies(two_versions):
+    manager = ModelManager([ModelConfig("all", str(two_versions), policy="all"),
+                            ModelConfig("one", str(two_versions), policy="specific",
+                                        versions=(1,))])
+    manager.poll()
+    assert sorted(manager.models["all"].available) == [1, 2]
+    assert manager.status_json("all")["model_version_status"] == [available("2"), available("1")]
+    assert list(manager.models["one"].available) == [1]
+
+
+def test_new_version_replaces_old_and_a_broken_one_keeps_it_serving(two_versions):
+    manager = ModelManager([ModelConfig("m", str(two_versions))])
+    manager.poll()
+    broken = two_versions / "3"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    manager.poll()
+    assert manager.resolve("m").version == 2  # still serving
+    status = {s["version"]: s for s in manager.status_json("m")["model_version_status"]}
+    assert status["3"]["state"] == "END" and status["3"]["status"]["error_code"] != "OK"
+    assert "Loading servable: {name: m version: 3} failed" in status["3"]["status"][
+        "error_message"]
+    shutil.rmtree(broken)
+    shutil.copytree(two_versions / "1", broken)  # files changed: the load is retried
+    manager.poll()
+    assert manager.resolve("m").version == 3
+    states = {s["version"]: s["state"] for s in manager.status_json("m")["model_version_status"]}
+    assert states == {"3": "AVAILABLE", "2": "END"}
+
+
+def test_metadata_is_tf_serving_signature_def_json(two_versions):
+    manager = ModelManager([ModelConfig("m", str(two_versions))])
+    manager.poll()
+    metadata = manager.metadata_json("m", 2)
+    assert metadata["model_spec"] == {"name": "m", "signature_name": "", "version": "2"}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    images = signature["inputs"]["images"]
+    assert images["dtype"] == "DT_FLOAT"
+    assert images["tensor_shape"] == {"dim": [{"size": size, "name": ""} for size in
+                                              ("-1", "8", "8", "1")], "unknown_rank": False}
+    assert images["name"].endswith(":0")
+    assert signature["outputs"]["class_ids"]["dtype"] == "DT_INT64"
+    loaded = manager.resolve("m")
+    outputs = loaded.signature("").run({"images": np.zeros((2, 8, 8, 1), np.float32),
+                                        "target_prior": np.ones((2, 10), np.float32)})
+    assert outputs["probabilities"].shape == (2, 10)
