@@ -1,0 +1,81 @@
+"""LongTailExampleGen in a real TFX LocalDagRunner run with StatisticsGen, SchemaGen and
+ExampleValidator consuming its output (SQLite MLMD in a temporary directory)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.tfx
+
+
+@pytest.fixture(scope="module")
+def digits_folder(digits, tmp_path_factory) -> Path:
+    """The digits as a PNG folder tree with train/ and test/ (every fifth image is test)."""
+    images, labels = digits
+    root = tmp_path_factory.mktemp("digits_folder")
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_folder, tmp_path):
+    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
+
+    from lade_tf.priors import long_tail_counts
+    from lade_tf.records import read_class_info
+    from pipeline.beam_args import beam_pipeline_args
+    from pipeline.example_gen import LongTailExampleGen
+
+    example_gen = LongTailExampleGen(source=f"folder:{digits_folder}", imbalance_ratio=10.0,
+                                     n_max=100, val_per_class=5, seed=3)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
+    validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                schema=schema_gen.outputs["schema"])
+    metadata_path = str(tmp_path / "metadata.sqlite")
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="long_tail_example_gen_test",
+        pipeline_root=str(tmp_path / "root"),
+        components=[example_gen, statistics_gen, schema_gen, validator],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            metadata_path),
+        beam_pipeline_args=beam_pipeline_args("in_memory"))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
+        executions = store.store.get_executions()
+        assert len(executions) == 4
+        assert all(e.last_known_state == e.COMPLETE for e in executions)
+        [examples] = store.store.get_artifacts_by_type("Examples")
+    assert json.loads(examples.properties["split_names"].string_value) == ["train", "val", "test"]
+    assert json.loads(examples.custom_properties["class_names"].string_value) == [
+        f"digit_{d}" for d in range(10)]
+    info = read_class_info(examples.uri)
+    assert info["counts"]["train"] == long_tail_counts(100, 10, 10.0)
+    assert info["counts"]["val"] == [5] * 10
+    assert sorted(os.listdir(examples.uri)) == [
+        "Split-test", "Split-train", "Split-val", "class_info.json"]
+    assert not [p for p in os.listdir(os.path.dirname(examples.uri)) if ".tmp-" in p]
+
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
+        [anomalies] = store.store.get_artifacts_by_type("ExampleAnomalies")
+        [statistics] = store.store.get_artifacts_by_type("ExampleStatistics")
+    for split in ("train", "val", "test"):
+        anomalies_file = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
+        with open(anomalies_file, "rb") as f:
+            report = anomalies_pb2.Anomalies.FromString(f.read())
+        assert not report.anomaly_info, f"{split}: {report.anomaly_info}"
+        assert os.path.exists(os.path.join(statistics.uri, f"Split-{split}"))
+    assert np.sum(info["counts"]["test"]) == len(range(0, 1797, 5))
