@@ -1,0 +1,339 @@
+"""Every command-line flag of the project's pipeline and training entry points, defined once.
+
+`pipeline/run.py` builds its parser with `build_parser()`; `python -m pipeline.tune` adds the same
+training, data and tuner flags with `add_training_flags` / `add_data_flags` / `add_tuner_flags`.
+Both parse with `parse_args(parser, argv)`, which reads an optional `--config FILE.yaml` holding the
+same settings (keys are flag names, `epochs` or `batch-size`); flags given on the command line win
+over the file. `training_config_from_args(args, loss)` turns the parsed flags into the
+`lade_tf.training.TrainConfig` a Trainer receives.
+
+Training flags default to None, meaning "TrainConfig's default"; `--quick` (QUICK_SETTINGS) and,
+for run.py only, PIPELINE_DEFAULTS (its 15-minute budget) fill flags that are still unset.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lade_tf.losses import LOSS_NAMES
+from lade_tf.training import STRATEGIES, TrainConfig
+
+RUNNERS = ("local", "beam", "kubeflow")
+TUNERS = ("random", "bayesian", "hyperband")
+
+#: What `--quick` sets for flags not given explicitly: a smoke test of the whole pipeline (a few
+#: epochs on a subset of the training data, in-process Beam, 200 test images per class).
+QUICK_SETTINGS = {"epochs": 2, "max_train_examples": 3000, "beam_mode": "in_memory",
+                  "eval_test_per_class": 200}
+
+#: What `python pipeline/run.py` uses for flags left unset (after --quick). Epochs: its no-flag run
+#: must finish in 15 minutes on 2 CPU cores (issue 4), and one small-CNN epoch of Fashion-MNIST-LT
+#: costs about 65 CPU-seconds here, twice (CE and LADE); other entry points keep TrainConfig's.
+PIPELINE_DEFAULTS = {"epochs": 8, "beam_mode": "multi_processing", "eval_test_per_class": 0}
+
+#: TrainConfig fields set from the command line, one flag each (flag dest == field name).
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "loss")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number > 0")
+    return value
+
+
+def parse_losses(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Parses `ce,lade` (or a YAML list) into a tuple of distinct loss names, order kept.
+
+    Raises:
+        argparse.ArgumentTypeError: for an unknown or repeated name, or an empty list.
+    """
+    names = text.split(",") if isinstance(text, str) else [str(n) for n in text]
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--losses is empty: expected e.g. ce,lade")
+    for name in names:
+        if name not in LOSS_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"--losses: unknown loss {name!r}; expected names from {', '.join(LOSS_NAMES)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"--losses {','.join(names)}: a loss is repeated")
+    return tuple(names)
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds `--config FILE.yaml` (applied by `parse_args`) unless the parser already has it."""
+    if any("--config" in action.option_strings for action in parser._actions):
+        return
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="FILE.yaml",
+        help="YAML file of flag settings (keys are flag names, e.g. `epochs: 30`, `losses: "
+             "[ce, lade]`); command-line flags override it")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the training flags (one per TrainConfig field), `--quick` and `--config`.
+
+    Every flag defaults to None, which keeps TrainConfig's own default.
+    """
+    add_config_flag(parser)
+    group = parser.add_argument_group("training (TrainConfig; unset = TrainConfig default)")
+    group.add_argument("--alpha", type=_non_negative_float, default=None,
+                       help="LADE: weight of the LADER regulariser")
+    group.add_argument("--lambda", dest="remine_lambda", type=_non_negative_float, default=None,
+                       help="LADE: ReMINE regularisation lambda on the DV term")
+    group.add_argument("--importance", choices=("sample", "class"), default=None,
+                       help="LADE importance weights: sample (paper) or class (reference code)")
+    group.add_argument("--lader-classes", choices=("all", "present"), default=None,
+                       help="LADE: classes summed in LADER (all, or those present in the batch)")
+    group.add_argument("--tau", type=_non_negative_float, default=None,
+                       help="logit-adjusted loss temperature tau")
+    group.add_argument("--arch", default=None,
+                       help="auto | small_cnn | resnet32 | resnet32_bbn | app:<KerasAppName>")
+    group.add_argument("--epochs", type=_positive_int, default=None)
+    group.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    group.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
+    group.add_argument("--learning-rate", "--lr", dest="learning_rate", type=_positive_float,
+                       default=None, help="peak learning rate (after warm-up)")
+    group.add_argument("--schedule", choices=("cosine", "step", "constant"), default=None,
+                       help="learning-rate decay after the linear warm-up")
+    group.add_argument("--warmup-epochs", type=_non_negative_float, default=None)
+    group.add_argument("--weight-decay", type=_non_negative_float, default=None)
+    group.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum")
+    group.add_argument("--seed", type=int, default=None, help="training seed")
+    group.add_argument("--strategy", choices=STRATEGIES, default=None,
+                       help="tf.distribute strategy")
+    group.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                       help="mixed_float16 compute (losses stay float32)")
+    group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the train step with XLA (jit_compile)")
+    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="data augmentation suited to the images (crop+flip for 32x32 RGB)")
+    group.add_argument("--max-train-examples", type=_positive_int, default=None,
+                       help="train on at most this many examples (default: all)")
+    if not any("--quick" in action.option_strings for action in parser._actions):
+        group.add_argument("--quick", action="store_true", default=False,
+                           help="smoke test: unless given explicitly, " + ", ".join(
+                               f"{k}={v}" for k, v in QUICK_SETTINGS.items()))
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the data flags (long-tailed set built by LongTailExampleGen / pipeline.prepare)."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--source", default="fashion_mnist",
+                       help="fashion_mnist | tfds:<name> | folder:<path> | idx:<dir> (DESIGN 3)")
+    group.add_argument("--imbalance-ratio", type=_positive_float, default=100.0,
+                       help="IR = n_max / n_min of the long-tailed training set")
+    group.add_argument("--profile", choices=("exp", "step"), default="exp",
+                       help="long-tail profile")
+    group.add_argument("--val-per-class", type=int, default=20,
+                       help="balanced validation images per class, held out first")
+    group.add_argument("--n-max", type=_positive_int, default=None,
+                       help="images of the most frequent class (default: the most every class "
+                            "can still supply after validation)")
+    group.add_argument("--data-seed", type=int, default=0, help="seed of the subsampling")
+    group.add_argument("--class-order", choices=("label", "random"), default="label",
+                       help="which classes are the head: label order, or a seeded permutation")
+    group.add_argument("--test-fraction", type=float, default=None,
+                       help="hold out this fraction of every class as test (sources without a "
+                            "test split)")
+    group.add_argument("--image-size", default=None, metavar="HxW",
+                       help="resize every image (default: the source's one common size)")
+    group.add_argument("--tfds-data-dir", default=None, help="TFDS data directory (tfds: sources)")
+
+
+def add_tuner_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the KerasTuner flags (alpha search; lambda optionally)."""
+    group = parser.add_argument_group("tuning (KerasTuner over LADE's alpha)")
+    group.add_argument("--tuner", choices=TUNERS, default="random", help="search algorithm")
+    group.add_argument("--max-trials", type=_positive_int, default=8, help="number of trials")
+    group.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=False,
+                       help="also search LADE's lambda")
+    group.add_argument("--trial-epochs", type=_positive_int, default=None,
+                       help="epochs per trial (default: --epochs)")
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the orchestration flags of pipeline/run.py (runner, outputs, Beam, push)."""
+    group = parser.add_argument_group("pipeline")
+    group.add_argument("--runner", choices=RUNNERS, default="local",
+                       help="local: LocalDagRunner; beam: BeamDagRunner; kubeflow: compile a "
+                            "Kubeflow Pipelines / Vertex spec JSON (no cluster needed)")
+    group.add_argument("--losses", type=parse_losses, default=("ce", "lade"),
+                       help=f"comma-separated, one Trainer each, from {','.join(LOSS_NAMES)}")
+    group.add_argument("--tune", action="store_true", default=False,
+                       help="tune LADE's alpha with a Tuner component before training")
+    group.add_argument("--push", default=None, metavar="LOSS",
+                       help="loss whose model is blessed and pushed (default: lade if trained, "
+                            "else the first of --losses)")
+    group.add_argument("--output-dir", type=Path, default=Path("lade_output"),
+                       help="pipeline root, MLMD, report/ and serving_model/ go here")
+    group.add_argument("--pipeline-name", default="lade-tf",
+                       help="TFX pipeline name (Kubeflow needs [a-z0-9][a-z0-9-]*)")
+    group.add_argument("--pipeline-root", default=None,
+                       help="component outputs (default <output-dir>/pipeline_root; a gs:// path "
+                            "for Vertex / Kubeflow)")
+    group.add_argument("--eval-seeds", type=_positive_int, default=3,
+                       help="subsampling seeds per shifted test set (>= 3 for the report)")
+    group.add_argument("--eval-test-per-class", type=int, default=None,
+                       help="test images per class for the shift evaluation (default: all)")
+    group.add_argument("--beam-runner", default="direct",
+                       help="Beam runner for Beam-based components: direct | in_memory | fnapi | "
+                            "dask | flink | spark | dataflow")
+    group.add_argument("--beam-mode", default=None,
+                       choices=("multi_processing", "multi_threading", "in_memory"),
+                       help="DirectRunner running mode (default: multi_processing)")
+    group.add_argument("--beam-workers", type=_positive_int, default=2,
+                       help="Beam worker processes (DirectRunner)")
+    group.add_argument("--dask-address", default=None,
+                       help="scheduler address for --beam-runner=dask")
+    group.add_argument("--beam-arg", dest="beam_args", action="append", default=[],
+                       metavar="ARG", help="extra Beam pipeline flag, passed through verbatim "
+                                           "(repeatable), e.g. --beam-arg=--flink_master=host:8081")
+    group.add_argument("--kubeflow-image", default="gcr.io/tfx-oss-public/tfx:1.16.0",
+                       help="container image of the compiled Kubeflow/Vertex pipeline (must have "
+                            "this project installed)")
+    group.add_argument("--kubeflow-output", type=Path, default=None,
+                       help="spec file to write (default: <output-dir>/kubeflow/<name>.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser of pipeline/run.py: pipeline, data, training and tuner flags, --config."""
+    parser = argparse.ArgumentParser(
+        prog="python pipeline/run.py",
+        description="Long-tailed training (CE, LADE, ...) and label-shift evaluation as a TFX "
+                    "pipeline: LongTailExampleGen -> StatisticsGen -> SchemaGen -> "
+                    "ExampleValidator -> [Tuner] -> Trainer per loss -> ShiftEvaluator -> Pusher.")
+    add_pipeline_flags(parser)
+    add_data_flags(parser)
+    add_training_flags(parser)
+    add_tuner_flags(parser)
+    return parser
+
+
+def load_config_file(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Reads a YAML settings file into {flag dest: value}, converted like the flag would be.
+
+    Raises:
+        ValueError: if the file is not a mapping, names an unknown setting (the error lists the
+            known ones) or holds a value the flag rejects.
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"--config {path}: expected a mapping of flag names to values, "
+                         f"got {type(raw).__name__}")
+    actions = {}
+    for action in parser._actions:
+        if action.dest in ("help", "config"):
+            continue
+        actions[action.dest] = action
+        for option in action.option_strings:
+            actions[option.lstrip("-").replace("-", "_")] = action
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None:
+            known = sorted({a.dest for a in actions.values()})
+            raise ValueError(f"--config {path}: unknown setting {key!r}; known settings: "
+                             f"{', '.join(known)}")
+        values[action.dest] = _convert_config_value(path, key, value, action)
+    return values
+
+
+def _convert_config_value(path: Any, key: Any, value: Any, action: argparse.Action) -> Any:
+    try:
+        if value is None:
+            return None
+        if action.dest == "beam_args":
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if action.type is parse_losses:
+            return parse_losses(value)
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            if not isinstance(value, bool):
+                raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+            return value
+        if action.type is not None:
+            value = action.type(str(value)) if not isinstance(value, bool) else value
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not one of {', '.join(map(str, action.choices))}")
+        return value
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+        raise ValueError(f"--config {path}: setting {key!r}: {error}") from None
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
+               unset_defaults: Mapping[str, Any] | None = None) -> argparse.Namespace:
+    """Parses argv, with `--config FILE.yaml` values as defaults that explicit flags override.
+
+    Flags still unset (None) afterwards take QUICK_SETTINGS when `--quick` is on, then
+    `unset_defaults` (run.py passes PIPELINE_DEFAULTS).
+
+    Raises:
+        ValueError: for a bad config file (see `load_config_file`).
+    """
+    add_config_flag(parser)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**load_config_file(known.config, parser))
+    args = parser.parse_args(argv)
+    fills = [QUICK_SETTINGS] if getattr(args, "quick", False) else []
+    for values in fills + [dict(unset_defaults or {})]:
+        for name, value in values.items():
+            if hasattr(args, name) and getattr(args, name) is None:
+                setattr(args, name, value)
+    return args
+
+
+def training_config_from_args(args: argparse.Namespace, loss: str | None = None) -> TrainConfig:
+    """The `lade_tf.training.TrainConfig` for one loss from parsed flags.
+
+    Args:
+        args: flags from a parser with `add_training_flags`.
+        loss: the loss this config trains; default `args.loss` if the parser has one, else "lade".
+            Loss-specific options (`TrainConfig.loss_options`: alpha, lambda, ... for LADE, tau
+            for the logit-adjusted loss) reach only the loss that uses them, so changing --alpha
+            reruns the LADE Trainer but not the CE one (TFX caches on the exec properties).
+
+    Returns:
+        A TrainConfig; flags left unset keep TrainConfig's defaults.
+
+    Raises:
+        ValueError: for an unknown loss name (or anything TrainConfig.from_dict rejects).
+    """
+    loss = loss or getattr(args, "loss", None) or "lade"
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"loss = {loss!r}: expected one of {', '.join(LOSS_NAMES)}")
+    option_fields = {name for other in LOSS_NAMES
+                     for name in TrainConfig(loss=other).loss_options()}
+    own_options = set(TrainConfig(loss=loss).loss_options())
+    values: dict[str, Any] = {"loss": loss}
+    for field in TRAINING_FIELDS:
+        value = getattr(args, field, None)
+        if value is None or (field in option_fields and field not in own_options):
+            continue
+        values[field] = value
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,408 @@
+"""ShiftEvaluator: every trained model under the 11 label shifts of DESIGN section 5; a blessing.
+
+The component is thin: it computes each model's raw logits on the (balanced) test split and hands
+them to `lade_tf.shift_eval`, the one implementation of the shift protocol. It writes
+`shift_report.json` (the issue's schema), `shift_report.md` and `shift_accuracy.png` into its
+`report` artifact, and blesses the model to push (LADE by default) after checking that its serving
+SavedModel answers a [batch, C] target prior exactly as the evaluated rule says; the standard TFX
+Pusher then pushes it.
+
+Methods per trained loss: `ce` gives Softmax (no correction), PC Softmax (known p_t) and
+PC Softmax + EM (p_t estimated by EM on the unlabeled shifted test set); `lade`,
+`balanced_softmax` and `logit_adjusted` give NAME (known p_t) and NAME + EM.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from absl import logging
+# Narrow imports: `from tfx import v1` also loads the Vertex AI, BigQuery and Kubernetes clients
+# (about 25 s of CPU here), which this component never uses.
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation, ModelRun
+from tfx.utils import path_utils
+
+REPORT_JSON = "shift_report.json"
+REPORT_MARKDOWN = "shift_report.md"
+REPORT_PLOT = "shift_accuracy.png"
+REPORT_FILES = (REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT)
+UNIFORM_KEYS = ("many", "medium", "few", "ece", "nll")
+#: Display name of the model trained with each loss.
+LOSS_DISPLAY_NAMES = {"ce": "PC Softmax", "lade": "LADE", "balanced_softmax": "Balanced Softmax",
+                      "logit_adjusted": "Logit Adjusted"}
+#: Row-name suffix of a method whose target prior is estimated by EM.
+EM_SUFFIX = " + EM"
+#: Test images checked through the serving signature before blessing.
+SERVING_CHECK_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the report: a trained model and how its logits meet the target prior.
+
+    Attributes:
+        name: row name in the report ("Softmax", "PC Softmax", "LADE + EM", ...).
+        loss: the loss the model was trained with.
+        prior: "none" (plain model output), "known" (true p_t) or "em" (p_t estimated by EM).
+    """
+
+    name: str
+    loss: str
+    prior: str
+
+
+def methods_for(losses: Sequence[str]) -> list[Method]:
+    """The report rows for the trained losses, in a stable order (Softmax first).
+
+    Raises:
+        ValueError: for a loss without a display name.
+    """
+    rows: list[Method] = []
+    for loss in losses:
+        if loss not in LOSS_DISPLAY_NAMES:
+            raise ValueError(f"loss {loss!r}: expected one of {', '.join(LOSS_DISPLAY_NAMES)}")
+        name = LOSS_DISPLAY_NAMES[loss]
+        if loss == "ce":
+            rows.append(Method("Softmax", loss, "none"))
+        rows.append(Method(name, loss, "known"))
+        rows.append(Method(f"{name}{EM_SUFFIX}", loss, "em"))
+    return rows
+
+
+def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.ndarray,
+                         train_counts_by_loss: Mapping[str, Sequence[int]], *,
+                         seeds: Sequence[int] = (0, 1, 2)) -> dict:
+    """The shift report of every trained model, in the issue's JSON schema.
+
+    Args:
+        logits_by_loss: raw logits [N, C] of each model on the balanced test split, keyed by the
+            loss it was trained with.
+        labels: test labels [N].
+        train_counts_by_loss: the class counts [C] each model was trained on (its source prior).
+        seeds: subsampling seeds of the shifted test sets (at least 3 for a reported std).
+
+    Returns:
+        {"distributions": [11 names], "methods": {name: {dist: {"mean", "std"}}},
+         "uniform": {name: {"many", "medium", "few", "ece", "nll"}}}; accuracies in 0..1, a shot
+        group without classes is NaN (written as null in JSON).
+
+    Raises:
+        ValueError: if a loss has no train counts, or no seeds are given.
+    """
+    from lade_tf.priors import SHIFT_NAMES
+    from lade_tf.shift_eval import evaluate_under_shift, uniform_summary
+
+    if not seeds:
+        raise ValueError("seeds is empty: expected at least one subsampling seed (3 or more)")
+    missing = sorted(set(logits_by_loss) - set(train_counts_by_loss))
+    if missing:
+        raise ValueError(f"no train counts for the models trained with {missing}")
+    labels = np.asarray(labels, dtype=np.int64)
+    report: dict[str, Any] = {"distributions": list(SHIFT_NAMES), "methods": {}, "uniform": {}}
+    for method in methods_for(list(logits_by_loss)):
+        logits = np.asarray(logits_by_loss[method.loss], dtype=np.float64)
+        counts = [int(n) for n in train_counts_by_loss[method.loss]]
+        options = {"corrected": method.prior != "none",
+                   "estimate": "em" if method.prior == "em" else None}
+        by_dist = evaluate_under_shift(logits, labels, counts, method.loss, seeds=tuple(seeds),
+                                       **options)
+        report["methods"][method.name] = {
+            name: {"mean": float(by_dist[name]["mean"]), "std": float(by_dist[name]["std"])}
+            for name in SHIFT_NAMES}
+        uniform = uniform_summary(logits, labels, counts, method.loss, **options)
+        report["uniform"][method.name] = {key: float(uniform[key]) for key in UNIFORM_KEYS}
+    return report
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become None (JSON null): an empty shot group has no accuracy."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift evaluation",
+                    notes: Sequence[str] = ()) -> str:
+    """The report as Markdown: accuracy table (mean ± std, %) and the uniform-test metrics."""
+    dists = report["distributions"]
+    lines = [f"# {title}", ""]
+    lines += [f"- {note}" for note in notes]
+    if notes:
+        lines.append("")
+    lines += ["## Top-1 accuracy (%) under label shift, mean ± std over seeds", "",
+              "| Method | " + " | ".join(dists) + " | Mean |",
+              "|---|" + "---:|" * (len(dists) + 1)]
+    for name, by_dist in report["methods"].items():
+        cells = [f"{_percent(by_dist[d]['mean'])} ± {_percent(by_dist[d]['std'])}" for d in dists]
+        mean = float(np.mean([by_dist[d]["mean"] for d in dists]))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_percent(mean)} |")
+    lines += ["", "## Uniform test set", "",
+              "| Method | Many (%) | Medium (%) | Few (%) | ECE (%) | NLL |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, metrics in report["uniform"].items():
+        nll = metrics["nll"]
+        lines.append(f"| {name} | {_percent(metrics['many'])} | {_percent(metrics['medium'])} | "
+                     f"{_percent(metrics['few'])} | {_percent(metrics['ece'])} | "
+                     f"{'n/a' if nll is None else f'{nll:.3f}'} |")
+    lines += ["", "Many / medium / few: classes with > 100, 20..100, < 20 training images "
+              "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
+              "U = uniform, B = backward (reversed). EM: target prior estimated by EM "
+              "(Saerens et al. 2002) on the unlabeled shifted test set.", ""]
+    return "\n".join(lines)
+
+
+def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Writes the PNG: accuracy vs test distribution, one line (with std bars) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dists = report["distributions"]
+    x = np.arange(len(dists))
+    figure, axis = plt.subplots(figsize=(9, 5.5), dpi=110)
+    colours: dict[str, Any] = {}  # one colour per model; its EM-estimated variant dashed
+    for name, by_dist in report["methods"].items():
+        means = np.array([by_dist[d]["mean"] for d in dists]) * 100
+        stds = np.array([by_dist[d]["std"] for d in dists]) * 100
+        base = name.removesuffix(EM_SUFFIX)
+        colour = colours.setdefault(base, f"C{len(colours)}")
+        axis.errorbar(x, means, yerr=stds, color=colour, marker="o", markersize=4, capsize=2,
+                      linestyle="--" if name != base else "-", label=name)
+    axis.set_xticks(x, dists)
+    axis.set_xlabel("test label distribution (F: forward long-tailed, U: uniform, B: backward)")
+    axis.set_ylabel("top-1 accuracy (%)")
+    axis.set_title("Accuracy under label shift")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    figure.savefig(os.fspath(path))
+    plt.close(figure)
+
+
+def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike, *,
+                 notes: Sequence[str] = ()) -> dict[str, str]:
+    """Writes shift_report.json, shift_report.md and shift_accuracy.png into output_dir.
+
+    Returns:
+        {file name: path} of the three files.
+    """
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, name) for name in REPORT_FILES}
+    safe = _json_safe(json.loads(json.dumps(report)))
+    with open(paths[REPORT_JSON], "w", encoding="utf-8") as handle:
+        json.dump(safe, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    with open(paths[REPORT_MARKDOWN], "w", encoding="utf-8") as handle:
+        handle.write(report_markdown(safe, notes=notes))
+    plot_report(report, paths[REPORT_PLOT])
+    return paths
+
+
+# The TFX component: loads the models and the test split, then calls the functions above.
+
+@component
+def ShiftEvaluator(
+        examples: InputArtifact[Examples],
+        report: OutputArtifact[ModelEvaluation],
+        blessing: OutputArtifact[ModelBlessing],
+        ce_model: InputArtifact[Model] = None,
+        ce_model_run: InputArtifact[ModelRun] = None,
+        lade_model: InputArtifact[Model] = None,
+        lade_model_run: InputArtifact[ModelRun] = None,
+        balanced_softmax_model: InputArtifact[Model] = None,
+        balanced_softmax_model_run: InputArtifact[ModelRun] = None,
+        logit_adjusted_model: InputArtifact[Model] = None,
+        logit_adjusted_model_run: InputArtifact[ModelRun] = None,
+        push: Parameter[str] = "lade",
+        num_seeds: Parameter[int] = 3,
+        test_per_class: Parameter[int] = 0,
+) -> None:
+    """Evaluates every trained model under the 11 label shifts and blesses the one to push.
+
+    Args:
+        examples: LongTailExampleGen output (train/val/test splits, class_info.json).
+        report: receives shift_report.json, shift_report.md and shift_accuracy.png.
+        blessing: `blessed` = 1 for the `push` model if it beats chance on the uniform test and
+            its serving signature reproduces the evaluated predictions; else 0.
+        <loss>_model / <loss>_model_run: the Trainer outputs of each trained loss (serving
+            SavedModel; raw-logits Keras model and train_config.json).
+        push: the loss whose model is blessed.
+        num_seeds: subsampling seeds per shifted test set (seeds 0..num_seeds-1).
+        test_per_class: evaluate on a seeded subset of this many test images per class (the
+            protocol's m); 0 keeps the whole test split. Quick runs use it to save inference.
+    """
+    trained = {
+        "ce": (ce_model, ce_model_run), "lade": (lade_model, lade_model_run),
+        "balanced_softmax": (balanced_softmax_model, balanced_softmax_model_run),
+        "logit_adjusted": (logit_adjusted_model, logit_adjusted_model_run)}
+    trained = {loss: pair for loss, pair in trained.items() if pair[1] is not None}
+    if not trained:
+        raise ValueError("ShiftEvaluator got no trained model: connect at least one "
+                         "<loss>_model_run input")
+    if push not in trained:
+        raise ValueError(f"push = {push!r}: no model trained with that loss; trained: "
+                         f"{', '.join(trained)}")
+    if num_seeds < 1 or test_per_class < 0:
+        raise ValueError(f"num_seeds = {num_seeds}, test_per_class = {test_per_class}: expected "
+                         "num_seeds >= 1 (3 or more for a std) and test_per_class >= 0")
+    _run_shift_evaluation(examples, trained, report, blessing, push, num_seeds, test_per_class)
+
+
+def _run_shift_evaluation(examples, trained, report, blessing, push: str, num_seeds: int,
+                          test_per_class: int) -> None:
+    import time
+
+    from lade_tf.priors import subsample_by_counts
+    from lade_tf.records import read_class_info
+
+    started = time.monotonic()
+    class_info = read_class_info(examples.uri)
+    images, labels = _load_split(examples, "test", class_info)
+    if test_per_class:
+        available = np.bincount(labels, minlength=len(class_info["class_names"]))
+        kept = subsample_by_counts(labels, np.minimum(available, test_per_class), seed=0)
+        images, labels = images[kept], labels[kept]
+    logging.info("ShiftEvaluator: %d test images %s, models: %s", len(labels),
+                 images.shape[1:], ", ".join(trained))
+    logits_by_loss, counts_by_loss = {}, {}
+    for loss, (_, model_run) in trained.items():
+        logits_by_loss[loss], counts_by_loss[loss] = _model_logits(model_run, images, class_info,
+                                                                   loss)
+        logging.info("ShiftEvaluator: %s logits done (%.0f s)", loss, time.monotonic() - started)
+    shift_report = compute_shift_report(logits_by_loss, labels, counts_by_loss,
+                                        seeds=tuple(range(num_seeds)))
+    logging.info("ShiftEvaluator: 11 distributions x %d seeds x %d methods done (%.0f s)",
+                 num_seeds, len(shift_report["methods"]), time.monotonic() - started)
+
+    serving = {loss: (_check_serving_model(model, images, logits_by_loss[loss],
+                                           counts_by_loss[loss], loss)
+                      if model is not None else "no serving model input")
+               for loss, (model, _) in trained.items()}
+    push_name = LOSS_DISPLAY_NAMES[push]
+    uniform_accuracy = shift_report["methods"][push_name]["U"]["mean"]
+    chance = 1.0 / logits_by_loss[push].shape[1]
+    blessed = math.isfinite(uniform_accuracy) and uniform_accuracy > chance and not serving[push]
+    reason = (f"uniform accuracy {uniform_accuracy:.4f} vs chance {chance:.4f}; serving check: "
+              f"{serving[push] or 'ok'}")
+    notes = [f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
+             f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
+             *[f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}): train counts {list(counts)}; "
+               f"serving signature check: {serving[loss] or 'ok'}"
+               for loss, counts in counts_by_loss.items()],
+             f"Model to push: {push_name} ({push}), {'BLESSED' if blessed else 'NOT blessed'} "
+             f"({reason})."]
+    _write_report_artifact(shift_report, report.uri, notes)
+    _write_blessing(blessing, trained[push][0], blessed, reason)
+    logging.info("ShiftEvaluator: report in %s; %s %s (%s); %.0f s in all", report.uri, push,
+                 "blessed" if blessed else "NOT blessed", reason, time.monotonic() - started)
+
+
+def _load_split(examples, split: str, class_info: Mapping[str, Any]):
+    """All images [N, H, W, C] float32 and labels [N] int64 of one split of an Examples artifact."""
+    from lade_tf.records import parse_dataset, split_file_pattern
+
+    shape = (int(class_info["height"]), int(class_info["width"]), int(class_info["channels"]))
+    dataset = parse_dataset(split_file_pattern(examples.uri, split), shape).batch(1024)
+    images, labels = [], []
+    for batch_images, batch_labels in dataset.as_numpy_iterator():
+        images.append(batch_images)
+        labels.append(batch_labels)
+    if not labels:
+        raise ValueError(f"split {split!r} of {examples.uri} has no examples")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def _model_logits(model_run, images: np.ndarray, class_info: Mapping[str, Any], loss: str):
+    """(raw logits [N, C], train class counts [C]) of the Trainer output in `model_run`."""
+    import keras
+    import tensorflow as tf
+
+    import lade_tf.layers  # noqa: F401  (registers the serialisable custom objects)
+    import lade_tf.losses  # noqa: F401
+    import lade_tf.models  # noqa: F401
+    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE
+
+    model_path = os.path.join(model_run.uri, MODEL_FILE)
+    if not tf.io.gfile.exists(model_path):
+        raise FileNotFoundError(f"{model_path} not found: expected the {loss} Trainer's raw-logits "
+                                "model (pipeline.trainer.run_fn writes it)")
+    model = keras.models.load_model(model_path, compile=False)
+    logits = np.asarray(model.predict(images, batch_size=1024, verbose=0), dtype=np.float64)
+    # The counts the model was trained on (its source prior), as the Trainer recorded them.
+    info_path = os.path.join(model_run.uri, CLASS_INFO_FILE)
+    if tf.io.gfile.exists(info_path):
+        with tf.io.gfile.GFile(info_path) as handle:
+            class_info = json.load(handle)
+    return logits, [int(n) for n in class_info["counts"]["train"]]
+
+
+def _check_serving_model(model_artifact, images: np.ndarray, logits: np.ndarray,
+                         counts: Sequence[int], loss: str) -> str:
+    """'' if the serving SavedModel answers a [batch, C] uniform prior like the evaluated rule,
+    else what went wrong."""
+    import tensorflow as tf
+
+    from lade_tf.layers import adjust_logits_numpy
+
+    serving_dir = path_utils.serving_model_path(model_artifact.uri)
+    try:
+        loaded = tf.saved_model.load(serving_dir)
+        signature = loaded.signatures["serving_default"]
+        batch = images[:SERVING_CHECK_IMAGES]
+        num_classes = logits.shape[1]
+        prior = np.full((len(batch), num_classes), 1.0 / num_classes, dtype=np.float32)
+        outputs = signature(images=tf.constant(batch, tf.float32),
+                            target_prior=tf.constant(prior))
+    except Exception as error:  # any load or call failure means the model must not be pushed
+        return f"serving_default failed on {serving_dir}: {type(error).__name__}: {error}"
+    expected = adjust_logits_numpy(logits[:len(batch)], counts, loss, prior)
+    served = outputs["logits"].numpy().astype(np.float64)
+    gap = float(np.max(np.abs(served - expected)))
+    if not gap < 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
+        return f"served logits differ from the evaluated ones by up to {gap:.3g}"
+    if not np.array_equal(outputs["class_ids"].numpy(), np.argmax(served, axis=1)):
+        return "served class_ids are not the argmax of the served logits"
+    return ""
+
+
+def _write_report_artifact(shift_report: Mapping[str, Any], uri: str,
+                           notes: Sequence[str]) -> None:
+    """write_report into the artifact URI, through a local folder: the URI may be gs://."""
+    import tempfile
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as local:
+        paths = write_report(shift_report, local, notes=notes)
+        tf.io.gfile.makedirs(uri)
+        for name, path in paths.items():
+            tf.io.gfile.copy(path, os.path.join(uri, name), overwrite=True)
+
+
+def _write_blessing(blessing, model_artifact, blessed: bool, reason: str) -> None:
+    """Marks the ModelBlessing the way TFX's Evaluator does, so the stock Pusher reads it."""
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("reason", reason)
+    if model_artifact is not None:
+        blessing.set_string_custom_property("current_model", model_artifact.uri)
+        blessing.set_int_custom_property("current_model_id", model_artifact.id or 0)
+    import tensorflow as tf  # tf.io.gfile: artifact URIs may be gs:// (Kubeflow / Vertex)
+
+    tf.io.gfile.makedirs(blessing.uri)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"),
+                           "w"):
+        pass

@@ -1,0 +1,356 @@
+"""lade_tf.training: config, schedules, tf.data input, strategies, training with checkpoints/resume.
+
+Real data: scikit-learn digits (8x8 grey) written as gzip TFRecords in the examples layout.
+TensorFlow backend only (tf.data, tf.distribute); no TFX imports.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from lade_tf import training  # noqa: E402
+from lade_tf.priors import long_tail_counts  # noqa: E402
+from lade_tf.records import encode_example  # noqa: E402
+from lade_tf.training import TrainConfig  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHAPE = (8, 8, 1)
+TRAIN_COUNTS = long_tail_counts(120, 10, 10.0)  # 120 ... 12, 546 images
+
+
+def write_split(directory: Path, images: np.ndarray, labels: np.ndarray) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(directory / "data.gz"), options="GZIP") as writer:
+        for image, label in zip(images, labels):
+            writer.write(encode_example(tf.io.encode_png(image[..., None]).numpy(), int(label)))
+    return str(directory / "*")
+
+
+@pytest.fixture(scope="module")
+def digits_examples(digits, tmp_path_factory):
+    """Long-tailed digits train split (IR 10), balanced val split (10 per class), as TFRecords."""
+    images, labels = digits
+    rng = np.random.default_rng(0)
+    train_idx, val_idx = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        val_idx += list(idx[:10])
+        train_idx += list(idx[10:10 + TRAIN_COUNTS[c]])
+    train_idx = rng.permutation(train_idx)
+    root = tmp_path_factory.mktemp("digits_examples")
+    return {"train": write_split(root / "Split-train", images[train_idx], labels[train_idx]),
+            "val": write_split(root / "Split-val", images[val_idx], labels[val_idx]),
+            "train_images": images[train_idx], "train_labels": labels[train_idx],
+            "val_images": images[val_idx], "val_labels": labels[val_idx]}
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(loss="lade", arch="small_cnn", epochs=2, batch_size=32, learning_rate=0.05,
+                  warmup_epochs=0.5, strategy="cpu", seed=0)
+    return TrainConfig(**{**values, **overrides})
+
+
+# --------------------------------------------------------------------------- TrainConfig
+
+def test_config_round_trips_through_json():
+    config = TrainConfig(loss="lade", alpha=0.3, epochs=7, max_train_examples=100, xla=True)
+    text = json.dumps(config.to_dict())
+    assert TrainConfig.from_dict(json.loads(text)) == config
+    assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+def test_config_rejects_unknown_keys_by_name():
+    with pytest.raises(ValueError, match="'learnig_rate'"):
+        TrainConfig.from_dict({"learnig_rate": 0.1})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("loss", "focal"), ("optimizer", "rmsprop"), ("schedule", "linear"), ("strategy", "gpu"),
+    ("epochs", 0), ("batch_size", 2.5), ("learning_rate", 0.0), ("weight_decay", -1.0),
+    ("momentum", 1.0), ("alpha", float("nan")), ("max_train_examples", 0), ("augment", "yes")])
+def test_config_rejects_bad_values_naming_them(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_loss_options_follow_the_loss():
+    assert TrainConfig(loss="ce").loss_options() == {}
+    assert TrainConfig(loss="lade", alpha=0.5).loss_options() == {
+        "alpha": 0.5, "remine_lambda": 0.1, "importance": "sample", "lader_classes": "all"}
+    assert TrainConfig(loss="logit_adjusted", tau=2.0).loss_options() == {"tau": 2.0}
+
+
+# --------------------------------------------------------------------------- schedules
+
+def reference_rate(step, peak, total, warmup, decay):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if decay == "cosine":
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    if decay == "step":
+        return peak * 0.01 ** sum(step >= m * total for m in (0.6, 0.8))
+    return peak
+
+
+@pytest.mark.parametrize("decay", ["cosine", "step", "constant"])
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_warmup_schedule_matches_reference(decay, warmup):
+    schedule = training.WarmupSchedule(0.2, 100, warmup, decay)
+    steps = np.arange(0, 110)
+    got = np.array([float(schedule(s)) for s in steps])
+    expected = np.array([reference_rate(s, 0.2, 100, warmup, decay) for s in steps])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    restored = training.WarmupSchedule.from_config(schedule.get_config())
+    assert float(restored(57)) == pytest.approx(float(schedule(57)))
+
+
+def test_schedule_of_config_caps_warmup_at_half_of_training():
+    schedule = training.warmup_schedule(TrainConfig(epochs=2, warmup_epochs=5), 10)
+    assert (schedule.total_steps, schedule.warmup_steps) == (20, 10)
+    assert float(schedule(9)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        training.warmup_schedule(TrainConfig(), 0)
+
+
+# --------------------------------------------------------------------------- input pipeline
+
+def test_augment_image_is_a_seeded_crop_of_the_padded_image_maybe_flipped(digits):
+    image = digits[0][5].astype(np.float32)[..., None]
+    pad = 1
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
+    candidates = [padded[dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+    candidates += [c[:, ::-1] for c in candidates]
+    outputs = []
+    for seed in range(20):
+        out = training.augment_image(tf.constant(image), tf.constant([seed, 7])).numpy()
+        assert out.shape == image.shape
+        assert any(np.array_equal(out, c) for c in candidates)
+        again = training.augment_image(tf.constant(image), tf.constant([seed, 7])).numpy()
+        np.testing.assert_array_equal(out, again)
+        outputs.append(out)
+    assert len({o.tobytes() for o in outputs}) > 5
+
+
+def test_train_dataset_full_shuffled_batches_of_the_data(digits_examples):
+    ds = training.train_dataset(digits_examples["train"], SHAPE, 32, augment=False, seed=1)
+    epoch1 = [(x.numpy(), y.numpy()) for x, y in ds]
+    epoch2 = [(x.numpy(), y.numpy()) for x, y in ds]
+    n = len(digits_examples["train_labels"])
+    assert len(epoch1) == n // 32
+    assert all(x.shape == (32, *SHAPE) and x.dtype == np.float32 for x, _ in epoch1)
+    labels1 = np.concatenate([y for _, y in epoch1])
+    assert not np.array_equal(labels1, np.concatenate([y for _, y in epoch2]))  # reshuffled
+    assert not np.array_equal(labels1, digits_examples["train_labels"][:len(labels1)])
+    # Every image is a training image (unaugmented).
+    known = {img.astype(np.float32).tobytes() for img in digits_examples["train_images"][..., None]}
+    assert all(img.tobytes() in known for x, _ in epoch1 for img in x)
+    # Same seed, same order (a fresh dataset).
+    again = training.train_dataset(digits_examples["train"], SHAPE, 32, augment=False, seed=1)
+    np.testing.assert_array_equal(labels1, np.concatenate([y.numpy() for _, y in again]))
+
+
+def test_train_dataset_subset_and_augmentation(digits_examples):
+    ds = training.train_dataset(digits_examples["train"], SHAPE, 16, augment=True, seed=0,
+                                max_examples=100)
+    batches = [x.numpy() for x, _ in ds]
+    assert len(batches) == 100 // 16
+    known = {img.astype(np.float32).tobytes() for img in digits_examples["train_images"][..., None]}
+    changed = np.mean([img.tobytes() not in known for x in batches for img in x])
+    assert changed > 0.5
+
+
+def test_eval_dataset_keeps_file_order_and_every_example(digits_examples):
+    ds = training.eval_dataset(digits_examples["val"], SHAPE, 32)
+    images = np.concatenate([x.numpy() for x, _ in ds])
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    np.testing.assert_array_equal(labels, digits_examples["val_labels"])
+    np.testing.assert_array_equal(images, digits_examples["val_images"][..., None])
+
+
+def test_steps_per_epoch_counts_full_batches():
+    assert training.steps_per_epoch(TrainConfig(batch_size=128), [100, 100]) == 1
+    assert training.steps_per_epoch(TrainConfig(batch_size=10, max_train_examples=55),
+                                    [100, 100]) == 5
+
+
+# --------------------------------------------------------------------------- strategies
+
+def test_make_strategy_names(monkeypatch):
+    assert isinstance(training.make_strategy("cpu"), tf.distribute.OneDeviceStrategy)
+    assert training.make_strategy("auto").num_replicas_in_sync >= 1
+    with pytest.raises(ValueError, match="'gpu'"):
+        training.make_strategy("gpu")
+    # No TPU here: a clear error (TPU training itself cannot be tested on these machines).
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(RuntimeError, match="TPU_NAME"):
+        training.make_strategy("tpu")
+
+
+def test_weight_decay_is_coupled_l2_on_every_trainable_variable():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
+                              keras.layers.BatchNormalization()])
+    training._add_l2_weight_decay(model, 5e-4)
+    weights = model.trainable_variables
+    penalty = float(sum(model.losses))
+    assert penalty == pytest.approx(5e-4 / 2 * sum(float(np.sum(np.square(w))) for w in weights))
+    with tf.GradientTape() as tape:
+        total = tf.add_n(model.losses)
+    for gradient, variable in zip(tape.gradient(total, weights), weights):
+        np.testing.assert_allclose(gradient.numpy(), 5e-4 * variable.numpy(), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- training
+
+class EpochRecorder(keras.callbacks.Callback):
+    def __init__(self, stop_after_epoch: int | None = None):
+        super().__init__()
+        self.epochs = []
+        self.start_weights = None
+        self.end_weights = {}
+        self.stop_after_epoch = stop_after_epoch
+
+    def on_train_begin(self, logs=None):
+        self.start_weights = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end_weights[epoch] = [w.copy() for w in self.model.get_weights()]
+        if epoch == self.stop_after_epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+@pytest.mark.timeout(300)
+def test_train_model_learns_and_logs(digits_examples, tmp_path):
+    config = small_config(epochs=3)
+    train_ds = training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0)
+    val_ds = training.eval_dataset(digits_examples["val"], SHAPE, 64)
+    model = training.train_model(config, train_ds, val_ds, TRAIN_COUNTS, SHAPE,
+                                 tmp_path / "ckpt", tmp_path / "logs", verbose=0)
+    history = training.read_history(tmp_path / "ckpt")
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert {"balanced_accuracy", "val_balanced_accuracy", "learning_rate"} <= set(history[0])
+    assert history[-1]["learning_rate"] < 1e-3  # cosine decayed to ~0 at the last step
+    # A float32, uncompiled raw-logits model that reproduces the validation accuracy.
+    assert not model.compiled
+    assert model.dtype_policy.name == "float32"
+    logits = model.predict(digits_examples["val_images"][..., None].astype(np.float32), verbose=0)
+    accuracy = np.mean(logits.argmax(-1) == digits_examples["val_labels"])
+    assert accuracy == pytest.approx(history[-1]["val_accuracy"], abs=1e-6)
+    if importlib.util.find_spec("tensorboard") is not None:  # not in the library-only env
+        assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*.index")) == [
+        "ckpt-1.index", "ckpt-2.index", "ckpt-3.index"]
+
+
+@pytest.mark.timeout(300)
+def test_interrupted_training_resumes_from_the_last_epoch(digits_examples, tmp_path):
+    config = small_config(epochs=2)
+
+    def datasets():
+        return (training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0),
+                training.eval_dataset(digits_examples["val"], SHAPE, 64))
+
+    first = EpochRecorder(stop_after_epoch=0)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
+                             callbacks=[first], verbose=0)
+    assert first.epochs == [0]
+    assert len(training.read_history(tmp_path / "ckpt")) == 1
+
+    second = EpochRecorder()
+    training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
+                         callbacks=[second], verbose=0)
+    assert second.epochs == [1]  # epoch 0 was not trained again
+    for resumed, saved in zip(second.start_weights, first.end_weights[0]):
+        np.testing.assert_array_equal(resumed, saved)
+    history = training.read_history(tmp_path / "ckpt")
+    assert [row["epoch"] for row in history] == [0, 1]
+    # The optimizer step count was restored: the schedule ends at ~0, not at its warm-up.
+    steps = training.steps_per_epoch(config, TRAIN_COUNTS)
+    final_rate = float(training.warmup_schedule(config, steps)(2 * steps - 1))
+    assert history[1]["learning_rate"] == pytest.approx(final_rate, abs=1e-7)
+
+    third = EpochRecorder()
+    training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
+                         callbacks=[third], verbose=0)
+    assert third.epochs == []  # finished runs return at once
+
+
+@pytest.mark.timeout(300)
+def test_mixed_precision_trains_and_returns_a_float32_model(digits_examples, tmp_path):
+    config = small_config(epochs=1, mixed_precision=True, loss="ce")
+    train_ds = training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0)
+    before = keras.config.dtype_policy().name
+    model = training.train_model(config, train_ds, None, TRAIN_COUNTS, SHAPE, None, None,
+                                 verbose=0)
+    assert keras.config.dtype_policy().name == before
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
+    logits = model.predict(digits_examples["val_images"][..., None].astype(np.float32), verbose=0)
+    assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
+
+
+def test_batch_must_split_over_replicas(digits_examples):
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+    with pytest.raises(ValueError, match="batch_size = 33"):
+        training.train_model(small_config(batch_size=33), None, None, TRAIN_COUNTS, SHAPE,
+                             None, None, strategy=TwoReplicas())
+
+
+MIRRORED_SCRIPT = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from lade_tf import training
+from lade_tf.training import TrainConfig
+args = json.loads(sys.argv[1])
+config = TrainConfig(**args["config"])
+results = {}
+for name in ("single", "mirrored"):
+    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored"
+                else tf.distribute.OneDeviceStrategy("/cpu:0"))
+    keras.utils.set_random_seed(0)  # shuffle order depends on TF's global seed too
+    train_ds = training.train_dataset(args["train"], (8, 8, 1), config.batch_size, seed=0)
+    model = training.train_model(config, train_ds, None, args["counts"], (8, 8, 1),
+                                 args["ckpt"] + name, None, strategy=strategy, verbose=0)
+    history = training.read_history(args["ckpt"] + name)
+    results[name] = {"loss": [row["loss"] for row in history],
+                     "weights": [w.ravel().tolist() for w in model.get_weights()]}
+json.dump(results, sys.stdout)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_mirrored_strategy_equals_one_device_on_the_global_batch(digits_examples, tmp_path):
+    """Two replicas (sync batch norm, LADER on the global batch) train like one device."""
+    config = small_config(epochs=2).to_dict()
+    args = {"config": config, "train": digits_examples["train"], "counts": TRAIN_COUNTS,
+            "ckpt": str(tmp_path / "ckpt_")}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(args)],
+                         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=550)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(results["mirrored"]["loss"], results["single"]["loss"], rtol=2e-4)
+    for got, expected in zip(results["mirrored"]["weights"], results["single"]["weights"]):
+        np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4)

@@ -1,0 +1,156 @@
+"""pipeline/config.py: one flag per TrainConfig field, YAML --config, --quick, loss options."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from lade_tf.training import TrainConfig
+from pipeline import config
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return config.parse_args(config.build_parser(), list(argv))
+
+
+def test_every_train_config_field_has_exactly_one_flag():
+    dests = [action.dest for action in config.build_parser()._actions]
+    for field in dataclasses.fields(TrainConfig):
+        if field.name != "loss":
+            assert dests.count(field.name) == 1, field.name
+
+
+def test_unset_flags_keep_train_config_defaults():
+    args = parse()
+    for loss in config.LOSS_NAMES:
+        assert config.training_config_from_args(args, loss) == TrainConfig(loss=loss)
+    assert args.losses == ("ce", "lade") and args.runner == "local"
+    assert args.output_dir == Path("lade_output") and args.tune is False
+
+
+def test_flags_reach_train_config():
+    args = parse("--epochs", "7", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.01",
+                 "--schedule", "step", "--warmup-epochs", "1", "--weight-decay", "0.001",
+                 "--seed", "3", "--strategy", "mirrored", "--mixed-precision", "--xla",
+                 "--no-augment", "--arch", "small_cnn", "--max-train-examples", "500")
+    got = config.training_config_from_args(args, "ce")
+    assert got == TrainConfig(loss="ce", epochs=7, batch_size=64, optimizer="adam",
+                              learning_rate=0.01, schedule="step", warmup_epochs=1.0,
+                              weight_decay=0.001, seed=3, strategy="mirrored",
+                              mixed_precision=True, xla=True, augment=False, arch="small_cnn",
+                              max_train_examples=500)
+
+
+def test_loss_options_reach_only_the_loss_that_uses_them():
+    args = parse("--alpha", "0.3", "--lambda", "0.05", "--importance", "class",
+                 "--lader-classes", "present", "--tau", "2")
+    lade = config.training_config_from_args(args, "lade")
+    assert (lade.alpha, lade.remine_lambda, lade.importance, lade.lader_classes) == (
+        0.3, 0.05, "class", "present")
+    assert lade.tau == TrainConfig().tau
+    # The CE config must not change with --alpha, or TFX would rerun the CE Trainer.
+    assert config.training_config_from_args(args, "ce") == TrainConfig(loss="ce")
+    assert config.training_config_from_args(args, "logit_adjusted") == TrainConfig(
+        loss="logit_adjusted", tau=2.0)
+
+
+def test_quick_fills_only_unset_flags():
+    args = parse("--quick")
+    for name, value in config.QUICK_SETTINGS.items():
+        assert getattr(args, name) == value
+    quick = config.training_config_from_args(args, "lade")
+    assert quick.epochs == config.QUICK_SETTINGS["epochs"]
+    assert quick.max_train_examples == config.QUICK_SETTINGS["max_train_examples"]
+    explicit = parse("--quick", "--epochs", "5", "--beam-mode", "multi_processing")
+    assert explicit.epochs == 5 and explicit.beam_mode == "multi_processing"
+    assert parse().beam_mode is None and parse().epochs is None
+
+
+def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path):
+    def parse_pipeline(*argv: str) -> argparse.Namespace:
+        return config.parse_args(config.build_parser(), list(argv),
+                                 unset_defaults=config.PIPELINE_DEFAULTS)
+
+    assert parse_pipeline().epochs == config.PIPELINE_DEFAULTS["epochs"]
+    assert parse_pipeline("--quick").epochs == config.QUICK_SETTINGS["epochs"]
+    assert parse_pipeline("--epochs", "3").epochs == 3
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 5\n")
+    assert parse_pipeline("--config", str(path)).epochs == 5
+
+
+def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 9\nbatch-size: 32\nlosses: [ce, balanced_softmax]\nlambda: 0.5\n"
+                    "mixed_precision: true\nimbalance_ratio: 50\nbeam_args: ['--a=1']\n"
+                    "runner: beam\n")
+    # The explicit flag wins whether it comes before or after --config.
+    for argv in (["--epochs", "4", "--config", str(path)],
+                 ["--config", str(path), "--epochs", "4"]):
+        args = parse(*argv)
+        assert args.epochs == 4 and args.batch_size == 32 and args.runner == "beam"
+        assert args.losses == ("ce", "balanced_softmax") and args.imbalance_ratio == 50.0
+        assert args.remine_lambda == 0.5 and args.mixed_precision is True
+        assert args.beam_args == ["--a=1"]
+    assert parse("--config", str(path), "--beam-arg=--b=2").beam_args == ["--a=1", "--b=2"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epoch: 3\n", "unknown setting 'epoch'"),
+    ("epochs: 0\n", "setting 'epochs'"),
+    ("optimizer: rmsprop\n", "'rmsprop' is not one of"),
+    ("losses: ce,hinge\n", "unknown loss 'hinge'"),
+    ("xla: maybe\n", "expected true or false"),
+    ("- epochs\n", "expected a mapping"),
+])
+def test_yaml_config_errors_name_the_bad_setting(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse("--config", str(path))
+
+
+@pytest.mark.parametrize("losses", ["ce,hinge", "ce,ce", ","])
+def test_bad_losses_flag_is_rejected(losses: str, capsys):
+    with pytest.raises(SystemExit):
+        parse("--losses", losses)
+    assert "--losses" in capsys.readouterr().err
+
+
+def test_training_flags_on_their_own_parser(tmp_path: Path):
+    """What `python -m pipeline.tune` does: training + data + tuner flags, --config honoured."""
+    parser = argparse.ArgumentParser()
+    config.add_training_flags(parser)
+    config.add_data_flags(parser)
+    config.add_tuner_flags(parser)
+    path = tmp_path / "tune.yaml"
+    path.write_text("alpha: 0.2\nmax_trials: 3\ntuner: bayesian\n")
+    args = config.parse_args(parser, ["--config", str(path), "--epochs", "2"])
+    assert (args.max_trials, args.tuner, args.source) == (3, "bayesian", "fashion_mnist")
+    got = config.training_config_from_args(args)
+    assert got == TrainConfig(loss="lade", alpha=0.2, epochs=2)
+
+
+def test_push_defaults_to_lade_else_the_first_loss():
+    from pipeline.run import push_loss
+
+    assert push_loss(parse()) == "lade"
+    assert push_loss(parse("--losses", "balanced_softmax,ce")) == "balanced_softmax"
+    assert push_loss(parse("--losses", "ce,lade", "--push", "ce")) == "ce"
+    with pytest.raises(ValueError, match="--push logit_adjusted"):
+        push_loss(parse("--push", "logit_adjusted"))
+
+
+def test_example_gen_gets_only_the_data_flags_that_are_set():
+    from pipeline.run import example_gen_args
+
+    assert example_gen_args(parse()) == {"source": "fashion_mnist", "imbalance_ratio": 100.0,
+                                         "profile": "exp", "val_per_class": 20, "seed": 0}
+    assert example_gen_args(parse("--source", "folder:/data/x", "--imbalance-ratio", "50",
+                                  "--test-fraction", "0.2", "--image-size", "32x32",
+                                  "--class-order", "random", "--data-seed", "4")) == {
+        "source": "folder:/data/x", "imbalance_ratio": 50.0, "profile": "exp",
+        "val_per_class": 20, "seed": 4, "class_order": "random", "test_fraction": 0.2,
+        "image_size": "32x32"}

@@ -1,0 +1,182 @@
+"""pipeline.tuner: KerasTuner over LADE's alpha scored under label shift on the val split.
+
+`python -m pipeline.tune` on examples written by pipeline.prepare, and a real TFX Tuner whose best
+alpha reaches the Trainer, both on long-tailed digits with 2 trials of 1 epoch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.tfx
+
+TRAINING_FLAGS = ["--arch", "small_cnn", "--epochs", "1", "--batch-size", "32",
+                  "--learning-rate", "0.05", "--warmup-epochs", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def digits_folder(digits, tmp_path_factory) -> Path:
+    """The digits as a PNG folder tree with train/ and test/ (every fifth image is test)."""
+    images, labels = digits
+    root = tmp_path_factory.mktemp("digits_folder")
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_search_space_is_log_uniform_alpha_and_optional_lambda():
+    from pipeline.tuner import search_space
+
+    hp = search_space()
+    [alpha] = hp.space
+    assert (alpha.name, alpha.min_value, alpha.max_value, alpha.sampling) == (
+        "alpha", 0.01, 1.0, "log")
+    assert [p.name for p in search_space(tune_lambda=True).space] == ["alpha", "remine_lambda"]
+
+
+def test_oracles_by_name():
+    import keras_tuner
+
+    from pipeline.tuner import make_oracle, search_space
+
+    kinds = {"random": keras_tuner.oracles.RandomSearchOracle,
+             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+             "hyperband": keras_tuner.oracles.HyperbandOracle}
+    for name, kind in kinds.items():
+        oracle = make_oracle(name, 3, 4, search_space(), seed=0)
+        assert isinstance(oracle, kind)
+        assert (oracle.objective.name, oracle.objective.direction) == (
+            "val_shift_accuracy", "max")
+    with pytest.raises(ValueError, match="'grid'"):
+        make_oracle("grid", 3, 4, search_space(), seed=0)
+
+
+def test_tuner_options_nested_or_flat_and_unknown_keys():
+    from pipeline.tuner import tuner_options
+
+    nested = {"train_config": {}, "tuner": {"tuner": "bayesian", "max_trials": 3}}
+    flat = {"train_config": {}, "tuner": "bayesian", "max_trials": 3}
+    assert tuner_options(nested) == tuner_options(flat) == {"tuner": "bayesian", "max_trials": 3}
+    with pytest.raises(ValueError, match="max_trails"):
+        tuner_options({"train_config": {}, "max_trails": 3})
+    with pytest.raises(ValueError, match="train_config"):
+        tuner_options({"tuner": "random"})
+
+
+def test_trial_table_markdown_shows_percentages():
+    from pipeline.tuner import trial_table_markdown
+
+    text = trial_table_markdown([{"trial_id": "0", "val_shift_accuracy": 0.8123, "alpha": 0.05,
+                                  "F50": 0.9, "U": 0.75}])
+    assert "| trial_id | val_shift_accuracy | alpha | F50 | U |" in text
+    assert "| 0 | 81.23 | 0.05 | 90.00 | 75.00 |" in text
+
+
+def val_logits_of_trial(output_dir: Path, trial_id: str, examples: Path, config: dict):
+    """Logits of a trial's final checkpoint on the val split (independent of the tuner code)."""
+    import tensorflow as tf
+
+    from lade_tf.models import build_model
+    from lade_tf.records import parse_dataset
+
+    model = build_model(config["arch"], 10, (8, 8, 1))
+    checkpoint_dir = output_dir / "lade_alpha" / f"trial_{trial_id}" / "checkpoints"
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(str(checkpoint_dir))).expect_partial()
+    data = list(parse_dataset(str(examples / "Split-val" / "*"), (8, 8, 1)))
+    images = np.stack([x.numpy() for x, _ in data])
+    labels = np.array([int(y) for _, y in data])
+    return model.predict(images, verbose=0), labels
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
+    from lade_tf.priors import SHIFT_NAMES
+    from lade_tf.records import read_class_info
+    from lade_tf.shift_eval import evaluate_under_shift
+    from pipeline.beam_args import beam_pipeline_args
+    from pipeline.prepare import PrepareConfig, prepare_examples
+    from pipeline.tuner import main
+
+    examples = tmp_path / "examples"
+    prepare_examples(f"folder:{digits_folder}", str(examples),
+                     PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),
+                     pipeline_args=beam_pipeline_args("in_memory"))
+    output = tmp_path / "tuning"
+    rows = main(["--examples-dir", str(examples), "--output-dir", str(output),
+                 "--tuner", "random", "--max-trials", "2", *TRAINING_FLAGS])
+    printed = capsys.readouterr().out
+
+    assert len(rows) == 2 and all(row["status"] == "COMPLETED" for row in rows)
+    assert json.loads((output / "trials.json").read_text()) == rows
+    assert (output / "trials.md").read_text() in printed
+    best = rows[0]
+    assert f"best alpha: {best['alpha']:.4g}" in printed
+    assert rows[0]["val_shift_accuracy"] >= rows[1]["val_shift_accuracy"]
+    for row in rows:
+        assert 0.01 <= row["alpha"] <= 1.0
+        assert row["val_shift_accuracy"] == pytest.approx(
+            np.mean([row[name] for name in SHIFT_NAMES]))
+
+    # The objective is the shift protocol on the VAL split of the trial's trained model.
+    config = dict(zip(TRAINING_FLAGS[::2], TRAINING_FLAGS[1::2]))
+    logits, labels = val_logits_of_trial(output, best["trial_id"], examples,
+                                         {"arch": config["--arch"]})
+    counts = read_class_info(str(examples))["counts"]["train"]
+    shifted = evaluate_under_shift(logits, labels, counts, "lade")
+    for name in SHIFT_NAMES:
+        assert best[name] == pytest.approx(shifted[name]["mean"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path):
+    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
+
+    from pipeline.beam_args import beam_pipeline_args
+    from pipeline.example_gen import LongTailExampleGen
+
+    train_config = {"loss": "lade", "arch": "small_cnn", "epochs": 1, "batch_size": 32,
+                    "learning_rate": 0.05, "warmup_epochs": 0.5}
+    example_gen = LongTailExampleGen(source=f"folder:{digits_folder}", imbalance_ratio=10.0,
+                                     n_max=100, val_per_class=10, seed=0)
+    splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]),
+              "eval_args": tfx.proto.EvalArgs(splits=["val"])}
+    tuner = tfx.components.Tuner(
+        examples=example_gen.outputs["examples"], tuner_fn="pipeline.tuner.tuner_fn",
+        custom_config={"train_config": train_config,
+                       "tuner": {"tuner": "random", "max_trials": 2, "tune_lambda": True,
+                                 "results_dir": str(tmp_path / "trials")}}, **splits)
+    trainer = tfx.components.Trainer(
+        examples=example_gen.outputs["examples"], run_fn="pipeline.trainer.run_fn",
+        hyperparameters=tuner.outputs["best_hyperparameters"],
+        custom_config={"train_config": train_config}, **splits)
+    metadata_path = str(tmp_path / "metadata.sqlite")
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="tuner_test", pipeline_root=str(tmp_path / "root"),
+        components=[example_gen, tuner, trainer],
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=beam_pipeline_args("in_memory"))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
+        assert all(e.last_known_state == e.COMPLETE for e in store.store.get_executions())
+        [best_hp] = store.store.get_artifacts_by_type("HyperParameters")
+        [results] = store.store.get_artifacts_by_type("TunerResults")
+        [model_run] = store.store.get_artifacts_by_type("ModelRun")
+    best = json.loads((Path(best_hp.uri) / "best_hyperparameters.txt").read_text())["values"]
+    assert 0.01 <= best["alpha"] <= 1.0 and 0.01 <= best["remine_lambda"] <= 1.0
+    table = json.loads((Path(results.uri) / "tuner_results.json").read_text())
+    assert len(table) == 2 and max(r["score"] for r in table) == pytest.approx(
+        max(r["val_shift_accuracy"] for r in json.loads(
+            (tmp_path / "trials" / "trials.json").read_text())))
+    trained = json.loads((Path(model_run.uri) / "train_config.json").read_text())
+    assert (trained["alpha"], trained["remine_lambda"]) == (best["alpha"], best["remine_lambda"])
