@@ -41,3 +41,17 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("cifar10")
     subprocess.run(["tar", "-xJf", str(CIFAR10_TARBALL), "-C", str(target)], check=True)
     return target / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def digits_folder(digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits as a PNG folder tree with train/ and test/ (every fifth image is test)."""
+    from PIL import Image
+
+    images, labels = digits
+    root = tmp_path_factory.mktemp("digits_folder")
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return root

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytestmark = [pytest.mark.tfx, pytest.mark.slow]
 
@@ -28,17 +27,12 @@ TRAINING_FLAGS = ["--loss", "lade", "--alpha", "0.5", "--arch", "small_cnn", "--
 
 
 @pytest.fixture(scope="module")
-def digits_examples_dir(digits, tmp_path_factory) -> Path:
+def digits_examples_dir(digits_folder, tmp_path_factory) -> Path:
     """Long-tailed digits (IR 10, n_max 100, 10 val per class) written by pipeline.prepare."""
     from pipeline.beam_args import beam_pipeline_args
     from pipeline.prepare import PrepareConfig, prepare_examples
 
-    images, labels = digits
-    root = tmp_path_factory.mktemp("digits_folder")
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    root = digits_folder
     output = tmp_path_factory.mktemp("examples") / "digits"
     prepare_examples(f"folder:{root}", str(output),
                      PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),

@@ -7,24 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytestmark = pytest.mark.tfx
 
 TRAIN_CONFIG = {"loss": "lade", "alpha": 0.3, "arch": "small_cnn", "epochs": 2, "batch_size": 32,
                 "learning_rate": 0.05, "warmup_epochs": 0.5, "strategy": "auto"}
-
-
-@pytest.fixture(scope="module")
-def digits_folder(digits, tmp_path_factory) -> Path:
-    """The digits as a PNG folder tree with train/ and test/ (every fifth image is test)."""
-    images, labels = digits
-    root = tmp_path_factory.mktemp("digits_folder")
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:04d}.png")
-    return root
 
 
 def test_hyperparameters_from_the_tuner_override_config_fields():

@@ -10,24 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytestmark = pytest.mark.tfx
 
 TRAINING_FLAGS = ["--arch", "small_cnn", "--epochs", "1", "--batch-size", "32",
                   "--learning-rate", "0.05", "--warmup-epochs", "0.5"]
-
-
-@pytest.fixture(scope="module")
-def digits_folder(digits, tmp_path_factory) -> Path:
-    """The digits as a PNG folder tree with train/ and test/ (every fifth image is test)."""
-    images, labels = digits
-    root = tmp_path_factory.mktemp("digits_folder")
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / ("test" if i % 5 == 0 else "train") / f"digit_{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:04d}.png")
-    return root
 
 
 def test_search_space_is_log_uniform_alpha_and_optional_lambda():
