@@ -1,4 +1,4 @@
-"""Export a trained logits model as a prior-aware serving SavedModel (DESIGN section 6).
+"""Export a trained logits model as a prior-aware serving SavedModel (docs/design.md section 6).
 
 The SavedModel is standard: a `tf.Module` whose `tf.function`s become signatures, built only from
 stock TensorFlow ops, so `tf.saved_model.load` and TF Serving load it without this package. Every
@@ -8,15 +8,18 @@ signature applies the one inference rule, `lade_tf.layers.PriorCorrection`, to t
 - `predict_uniform(images)`               -> the same with p_t uniform
 - `predict_encoded(image_bytes, target_prior)` -> the same on PNG/JPEG/GIF/BMP bytes, decoded and
   resized to the model's input height, width and channels
-- `estimate_prior(images)` -> `target_prior` (EM estimate, repeated on every row) and the
-  predictions under it (DESIGN section 7)
+- `estimate_prior(images)` -> `target_prior` (repeated on every row) and the predictions under
+  it: calibrated Dirichlet-MAP EM (docs/design.md section 7), the graph twin of
+  `lade_tf.prior_estimation.TargetPriorEstimator.estimate`, with the calibration fitted on the
+  validation split and its constants baked into the graph
 - `class_info(class_ids)` -> `class_names`, `source_prior`, `class_counts`, so a client of plain TF
   Serving can read the class names and the source prior with a standard Predict call
 
 `images` are float32 [batch, H, W, C] raw pixel values 0..255 (normalisation is inside the model),
 `target_prior` float32 [batch, num_classes] (each row normalised by the layer; zeros allowed).
-The metadata (class names, counts, source prior, training loss, alpha, input shape, signatures)
-is a JSON asset, `assets/lade_metadata.json`.
+The metadata (class names, counts, source prior, training loss, alpha, tau, input shape,
+signatures, and the prior estimator's `to_config` under "prior_estimation") is a JSON asset,
+`assets/lade_metadata.json`.
 """
 from __future__ import annotations
 
@@ -30,28 +33,28 @@ import numpy as np
 import tensorflow as tf
 
 from lade_tf.layers import PriorCorrection
+from lade_tf.prior_estimation import TargetPriorEstimator
 from lade_tf.priors import source_prior
 
 METADATA_ASSET = "lade_metadata.json"
 SIGNATURE_NAMES = ("serving_default", "predict_uniform", "predict_encoded", "estimate_prior",
                    "class_info")
 PREDICTION_OUTPUTS = ("probabilities", "logits", "class_ids")
-#: EM stopping rule of DESIGN section 7 (Saerens et al. 2002).
-EM_TOLERANCE = 1e-6
-EM_MAX_ITERATIONS = 100
 _RESERVED_METADATA_KEYS = ("format", "class_names", "class_counts", "source_prior",
-                           "num_classes", "train_loss", "alpha", "input_shape", "input_dtype",
-                           "pixel_range", "signatures", "em")
+                           "num_classes", "train_loss", "alpha", "tau", "input_shape",
+                           "input_dtype", "pixel_range", "signatures", "prior_estimation")
 
 
 class _ServingModule(tf.Module):
     """Holds the logits model and the prior correction; its tf.functions are the signatures."""
 
-    def __init__(self, model, correction: PriorCorrection, class_counts: Sequence[int],
-                 class_names: Sequence[str], image_shape: tuple[int, int, int]):
+    def __init__(self, model, correction: PriorCorrection, estimator: TargetPriorEstimator,
+                 class_counts: Sequence[int], class_names: Sequence[str],
+                 image_shape: tuple[int, int, int]):
         super().__init__(name="lade_serving")
         self.model = model
         self.correction = correction
+        self._estimator = estimator
         self._num_classes = len(class_counts)
         self._class_counts = [int(n) for n in class_counts]
         self._class_names = list(class_names)
@@ -119,24 +122,32 @@ class _ServingModule(tf.Module):
         rows = tf.shape(raw)[0]
         tf.debugging.assert_positive(
             rows, message="estimate_prior needs at least one image from the target distribution")
-        source = tf.constant(self._source_prior, tf.float64)
-        # The inference rule with p_t = p_s gives the model's posterior under the training prior,
-        # whatever loss it was trained with (CE: f; LADE/Balanced Softmax: f + log p_s).
-        source_logits = self.correction(raw, self._tiled(self._source_prior, rows))
-        posterior = tf.nn.softmax(tf.cast(source_logits, tf.float64), axis=-1)
+        estimator = self._estimator
+        scale, offset = estimator.affine_posterior()
+        # Calibrated log-posteriors for the reference prior p_r, as TargetPriorEstimator computes
+        # them: (f + b + log p_r) / T + beta folded into one scale and one offset.
+        posterior = tf.nn.softmax(tf.cast(raw, tf.float64) * scale + tf.constant(offset),
+                                  axis=-1)
+        reference = tf.constant(estimator.reference_prior, tf.float64)
+        strength = tf.constant(estimator.prior_strength, tf.float64)
+        pseudo_counts = strength * tf.constant(estimator.source_prior, tf.float64)
+        batch = tf.cast(rows, tf.float64)
 
         def not_converged(step, prior, change):
-            return tf.logical_and(step < EM_MAX_ITERATIONS, change >= EM_TOLERANCE)
+            return tf.logical_and(step < estimator.max_iter, change >= estimator.tol)
 
         def em_step(step, prior, change):
-            weighted = posterior * (prior / source)[None, :]
-            responsibilities = weighted / tf.reduce_sum(weighted, axis=1, keepdims=True)
-            updated = tf.reduce_mean(responsibilities, axis=0)
+            weighted = posterior * (prior / reference)[None, :]
+            responsibilities = weighted / tf.maximum(
+                tf.reduce_sum(weighted, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+            updated = (tf.reduce_sum(responsibilities, axis=0) + pseudo_counts) / (
+                batch + strength)
             return step + 1, updated, tf.reduce_max(tf.abs(updated - prior))
 
         _, estimate, _ = tf.while_loop(
             not_converged, em_step,
-            (tf.constant(0), source, tf.constant(np.inf, tf.float64)))
+            (tf.constant(0), reference, tf.constant(np.inf, tf.float64)))
+        estimate = estimate / tf.reduce_sum(estimate)
         estimate = tf.tile(tf.cast(estimate, tf.float32)[None, :], tf.stack([rows, 1]))
         outputs = self._outputs(raw, estimate)
         outputs["target_prior"] = estimate
@@ -165,8 +176,8 @@ def _image_shape(model) -> tuple[int, int, int]:
     return tuple(int(d) for d in shape[1:])
 
 
-def _metadata(class_counts, class_names, train_loss, alpha, image_shape, signatures,
-              extra: Mapping[str, Any] | None) -> dict:
+def _metadata(class_counts, class_names, train_loss, alpha, tau, image_shape, signatures,
+              estimator: TargetPriorEstimator, extra: Mapping[str, Any] | None) -> dict:
     document = {
         "format": "lade_tf.serving/1",
         "class_names": list(class_names),
@@ -175,6 +186,7 @@ def _metadata(class_counts, class_names, train_loss, alpha, image_shape, signatu
         "num_classes": len(class_counts),
         "train_loss": train_loss,
         "alpha": None if alpha is None else float(alpha),
+        "tau": float(tau) if train_loss == "logit_adjusted" else None,
         "input_shape": list(image_shape),
         "input_dtype": "float32",
         "pixel_range": [0, 255],
@@ -182,7 +194,7 @@ def _metadata(class_counts, class_names, train_loss, alpha, image_shape, signatu
             name: {"inputs": [spec.name for spec in fn.structured_input_signature[0]],
                    "outputs": sorted(fn.structured_outputs)}
             for name, fn in signatures.items()},
-        "em": {"tolerance": EM_TOLERANCE, "max_iterations": EM_MAX_ITERATIONS},
+        "prior_estimation": estimator.to_config(),
     }
     for key, value in (extra or {}).items():
         if key in document:
@@ -194,8 +206,9 @@ def _metadata(class_counts, class_names, train_loss, alpha, image_shape, signatu
 
 
 def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: Sequence[int],
-                         train_loss: str, class_names: Sequence[str] | None = None,
-                         alpha: float | None = None,
+                         train_loss: str, tau: float = 1.0,
+                         class_names: Sequence[str] | None = None, alpha: float | None = None,
+                         prior_estimator: TargetPriorEstimator | None = None,
                          metadata: Mapping[str, Any] | None = None) -> str:
     """Write `model` (raw pixels -> raw logits) as a prior-aware serving SavedModel.
 
@@ -211,8 +224,14 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
         class_counts: training images per class (defines the source prior p_s).
         train_loss: loss the model was trained with ("ce", "lade", "balanced_softmax",
             "logit_adjusted"); selects the inference rule of `PriorCorrection`.
+        tau: the logit-adjusted loss's temperature (its rule is f + (tau - 1) log p_s +
+            log p_t); 1.0 for every other loss. Recorded in the metadata.
         class_names: one name per class; default "0", "1", ...
         alpha: LADE regulariser weight, recorded in the metadata (None if not applicable).
+        prior_estimator: the `estimate_prior` signature's estimator, an EM
+            `TargetPriorEstimator` for the same counts, loss and tau, fitted on the validation
+            split (calibration, default BCTS); its constants are baked into the graph. Default:
+            uncalibrated (calibration "none") EM with the default Dirichlet prior strength.
         metadata: extra JSON-serialisable entries for the metadata asset (e.g. the training
             configuration); keys must not collide with the reserved ones.
 
@@ -220,8 +239,8 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
         The absolute path of the written SavedModel directory.
 
     Raises:
-        ValueError: for invalid counts, names, loss, model shapes or metadata, or if
-            `export_dir` exists and is not empty.
+        ValueError: for invalid counts, names, loss, tau, model shapes, metadata or prior
+            estimator, or if `export_dir` exists and is not empty.
     """
     counts = [int(n) for n in class_counts]
     source_prior(counts)  # validates the counts, naming a bad class
@@ -236,7 +255,8 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
         raise ValueError(f"model.output_shape = {output_shape}: expected (batch, {num_classes}) "
                          "logits, one per entry of class_counts")
     image_shape = _image_shape(model)
-    correction = PriorCorrection(counts, train_loss=train_loss)
+    correction = PriorCorrection(counts, train_loss=train_loss, tau=tau)
+    estimator = _checked_estimator(prior_estimator, counts, train_loss, tau)
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if os.path.isdir(export_dir) and os.listdir(export_dir):
@@ -245,9 +265,10 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
     parent, leaf = os.path.split(export_dir)
     os.makedirs(parent, exist_ok=True)
 
-    module = _ServingModule(model, correction, counts, names, image_shape)
+    module = _ServingModule(model, correction, estimator, counts, names, image_shape)
     signatures = module.signatures()
-    document = _metadata(counts, names, train_loss, alpha, image_shape, signatures, metadata)
+    document = _metadata(counts, names, train_loss, alpha, tau, image_shape, signatures,
+                         estimator, metadata)
     staging = tempfile.mkdtemp(prefix=f".{leaf}.tmp-", dir=parent)
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -263,6 +284,27 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return export_dir
+
+
+def _checked_estimator(estimator: TargetPriorEstimator | None, counts: Sequence[int],
+                       train_loss: str, tau: float) -> TargetPriorEstimator:
+    """The estimator to bake into `estimate_prior`: the given one, checked, or the default."""
+    if estimator is None:
+        return TargetPriorEstimator(counts, train_loss, tau=tau, calibration="none")
+    if not isinstance(estimator, TargetPriorEstimator):
+        raise ValueError(f"prior_estimator = {estimator!r}: expected a TargetPriorEstimator")
+    if estimator.method != "em":
+        raise ValueError(f"prior_estimator.method = {estimator.method!r}: the estimate_prior "
+                         "signature runs EM; expected 'em'")
+    mine = (list(map(float, counts)), train_loss, float(tau))
+    theirs = (estimator.class_counts, estimator.train_loss, estimator.tau)
+    if mine != theirs:
+        raise ValueError(f"prior_estimator is for (class_counts, train_loss, tau) = {theirs}: "
+                         f"expected the exported model's {mine}")
+    if not estimator.fitted:
+        raise ValueError(f"prior_estimator with calibration = {estimator.calibration!r} is not "
+                         "fitted: call fit(val_logits, val_labels) on the validation split first")
+    return estimator
 
 
 def read_serving_metadata(saved_model_dir: str | os.PathLike) -> dict:

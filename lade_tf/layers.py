@@ -1,10 +1,16 @@
 """The inference rule: logits of a trained model adjusted to a target label prior (PC Softmax).
 
 `PriorCorrection` is the Keras layer a served model uses; `adjust_logits_numpy` is its NumPy twin
-for the evaluator. Both implement DESIGN section 1:
+for the evaluator. Both take the rule from `correction_offset` (docs/design.md section 1):
 
-    trained with "ce":                                  f - log p_s + log p_t   (PC Softmax)
-    trained with "lade" / "balanced_softmax" / "logit_adjusted":     f + log p_t
+    trained with "ce":                          f - log p_s + log p_t              (PC Softmax)
+    trained with "lade" / "balanced_softmax":   f + log p_t
+    trained with "logit_adjusted" (tau):        f + (tau - 1) log p_s + log p_t
+
+The logit-adjusted loss is CE(f + tau log p_s), so softmax(f + tau log p_s) models p_s(y|x) and f
+itself still carries (1 - tau) log p_s; only at tau = 1 is f prior-free. With p_t = p_s the rule
+gives the model's posterior under the training prior for every loss (the input of prior
+estimation).
 
 p_t is normalised to sum to 1. A class with p_t(c) = 0 gets the adjusted logit ZERO_PRIOR_LOGIT
 (-1e9, the value Keras's masked softmax uses), a finite number whose softmax probability is exactly
@@ -31,6 +37,52 @@ def _check_train_loss(train_loss: str) -> None:
         raise ValueError(f"train_loss = {train_loss!r}: expected one of {LOSS_NAMES}")
 
 
+def _check_tau(train_loss: str, tau: float) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau = {tau!r}: expected a finite number >= 0 (the logit-adjusted "
+                         "loss's temperature)")
+    if train_loss != "logit_adjusted" and tau != 1.0:
+        raise ValueError(f"tau = {tau!r} with train_loss = {train_loss!r}: tau belongs to the "
+                         "'logit_adjusted' loss; other losses take tau = 1.0")
+    return float(tau)
+
+
+def correction_offset(class_counts: Sequence[float], train_loss: str,
+                      tau: float = 1.0) -> np.ndarray:
+    """The per-class offset b of the inference rule, adjusted = f + b + log p_t, float64 [C].
+
+    Formula:
+        ce:                         b = -log p_s
+        lade, balanced_softmax:     b = 0
+        logit_adjusted (tau):       b = (tau - 1) * log p_s   (0 at tau = 1)
+
+    Args:
+        class_counts: training images per class [C] (defines p_s).
+        train_loss: the loss the model was trained with, one of LOSS_NAMES.
+        tau: the logit-adjusted loss's temperature; must be 1.0 for the other losses.
+
+    Returns:
+        float64 [C].
+
+    Raises:
+        ValueError: bad train_loss, counts, or a tau that is negative, not finite, or given for a
+            loss other than "logit_adjusted".
+
+    Examples:
+        >>> correction_offset([3, 1], "logit_adjusted", tau=2.0).round(4).tolist()
+        [-0.2877, -1.3863]
+    """
+    _check_train_loss(train_loss)
+    tau = _check_tau(train_loss, tau)
+    log_source = np.log(source_prior(class_counts))
+    if train_loss == "ce":
+        return -log_source
+    if train_loss == "logit_adjusted":
+        return (tau - 1.0) * log_source
+    return np.zeros_like(log_source)
+
+
 def _validate_prior_values(prior: np.ndarray, num_classes: int) -> None:
     """Raise ValueError naming the bad target prior (eager check, NumPy values)."""
     if prior.ndim not in (1, 2) or prior.shape[-1] != num_classes:
@@ -50,11 +102,14 @@ def _validate_prior_values(prior: np.ndarray, num_classes: int) -> None:
 
 
 def adjust_logits_numpy(logits: np.ndarray, class_counts: Sequence[float], train_loss: str,
-                        target_prior: np.ndarray | Sequence[float] | None) -> np.ndarray:
+                        target_prior: np.ndarray | Sequence[float] | None, *,
+                        tau: float = 1.0) -> np.ndarray:
     """NumPy twin of `PriorCorrection`: logits adjusted to `target_prior`, float64 [N, C].
 
     Formula:
-        ce:     f - log p_s + log p_t;  lade / balanced_softmax / logit_adjusted: f + log p_t
+        adjusted = f + b + log p_t with b = `correction_offset(class_counts, train_loss, tau)`:
+        ce: f - log p_s + log p_t;  lade / balanced_softmax: f + log p_t;
+        logit_adjusted: f + (tau - 1) log p_s + log p_t.
         p_t normalised to sum to 1; p_t(c) = 0 gives ZERO_PRIOR_LOGIT (probability exactly 0).
 
     Args:
@@ -63,30 +118,29 @@ def adjust_logits_numpy(logits: np.ndarray, class_counts: Sequence[float], train
         train_loss: the loss the model was trained with, one of LOSS_NAMES.
         target_prior: p_t [C] or [N, C], non-negative (normalised here); None = no correction,
             the plain model output (plain Softmax for a CE model).
+        tau: the logit-adjusted loss's temperature (1.0 for every other loss).
 
     Returns:
         float64 [N, C] adjusted logits.
 
     Raises:
-        ValueError: bad train_loss, class counts, logits shape, or target prior (negative,
+        ValueError: bad train_loss, tau, class counts, logits shape, or target prior (negative,
             non-finite, all zero, wrong length); the message names the value.
     """
-    _check_train_loss(train_loss)
-    log_source = np.log(source_prior(class_counts))
+    offset = correction_offset(class_counts, train_loss, tau)
     logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2 or logits.shape[1] != log_source.size:
-        raise ValueError(f"logits have shape {logits.shape}: expected [N, {log_source.size}]")
+    if logits.ndim != 2 or logits.shape[1] != offset.size:
+        raise ValueError(f"logits have shape {logits.shape}: expected [N, {offset.size}]")
     if target_prior is None:
         return logits.copy()
     prior = np.asarray(target_prior, dtype=np.float64)
-    _validate_prior_values(prior, log_source.size)
+    _validate_prior_values(prior, offset.size)
     if prior.ndim == 2 and prior.shape[0] != logits.shape[0]:
         raise ValueError(f"target_prior has {prior.shape[0]} rows for {logits.shape[0]} logits "
                          "rows: expected one prior per example, or a single [C] prior")
     prior = prior / prior.sum(axis=-1, keepdims=True)
-    base = logits - log_source if train_loss == "ce" else logits
     with np.errstate(divide="ignore"):
-        adjusted = base + np.log(prior)
+        adjusted = logits + offset + np.log(prior)
     return np.where(prior > 0, adjusted, ZERO_PRIOR_LOGIT)
 
 
@@ -121,8 +175,10 @@ class PriorCorrection(keras.layers.Layer):
     """Adjusts logits to a target label prior with the inference rule of the training loss.
 
     Formula:
-        ce:     adjusted = f - log p_s + log p_t        (PC Softmax)
-        lade, balanced_softmax, logit_adjusted:  adjusted = f + log p_t
+        adjusted = f + b + log p_t, b = `correction_offset(class_counts, train_loss, tau)`:
+        ce:                      f - log p_s + log p_t              (PC Softmax)
+        lade, balanced_softmax:  f + log p_t
+        logit_adjusted (tau):    f + (tau - 1) log p_s + log p_t
         p_t = target_prior / sum(target_prior) (per row); p_t(c) = 0 gives ZERO_PRIOR_LOGIT, so
         softmax(adjusted)[c] is exactly 0.
 
@@ -138,6 +194,7 @@ class PriorCorrection(keras.layers.Layer):
     Args:
         class_counts: training images per class [C] (defines p_s).
         train_loss: the loss the model was trained with, one of LOSS_NAMES (default "ce").
+        tau: the logit-adjusted loss's temperature (default 1.0; must be 1.0 for other losses).
         **kwargs: standard Layer arguments (name, ...); dtype defaults to "float32".
 
     Examples:
@@ -146,15 +203,16 @@ class PriorCorrection(keras.layers.Layer):
         [[0.0, -1000000000.0]]
     """
 
-    def __init__(self, class_counts: Sequence[float], train_loss: str = "ce", **kwargs: Any):
+    def __init__(self, class_counts: Sequence[float], train_loss: str = "ce", tau: float = 1.0,
+                 **kwargs: Any):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        _check_train_loss(train_loss)
         self.class_counts = _counts_config(class_counts)
+        self._logit_shift = correction_offset(self.class_counts, train_loss, tau).astype(
+            np.float32)
         self.num_classes = len(self.class_counts)
         self.train_loss = train_loss
-        log_source = np.log(source_prior(self.class_counts)).astype(np.float32)
-        self._logit_shift = -log_source if train_loss == "ce" else np.zeros_like(log_source)
+        self.tau = float(tau)
 
     def call(self, logits: Any, target_prior: Any) -> Any:
         logits = ops.cast(logits, "float32")
@@ -207,4 +265,4 @@ class PriorCorrection(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_counts": self.class_counts,
-                "train_loss": self.train_loss}
+                "train_loss": self.train_loss, "tau": self.tau}

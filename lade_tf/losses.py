@@ -8,10 +8,10 @@ runs on the TensorFlow and JAX backends.
 Reduction. The functions return one value per sample, `[batch]`. LADE is a batch-level loss: its
 LADER term is built from batch statistics, not summed over samples. `lade_loss` therefore returns
 l_i = LADE-CE_i + alpha * LADER, the batch's LADER repeated on every sample, so that the mean over
-the batch is exactly the LADE value of DESIGN section 1. Keras reduces that vector like any other
-loss, and in particular scales it by 1 / replicas under `tf.distribute`, which a batch-level scalar
-returned from `call` would bypass (`keras.losses.Loss` returns scalars unreduced and unscaled).
-With `sample_weight` s_i the reductions give:
+the batch is exactly the LADE value of docs/design.md section 1. Keras reduces that vector like any
+other loss, and in particular scales it by 1 / replicas under `tf.distribute`, which a batch-level
+scalar returned from `call` would bypass (`keras.losses.Loss` returns scalars unreduced and
+unscaled). With `sample_weight` s_i the reductions give:
 
 - `"sum_over_batch_size"` (default): mean_i s_i * CE_i + alpha * mean_i(s_i) * LADER
 - `"mean_with_sample_weight"`: sum_i s_i * CE_i / sum_i s_i + alpha * LADER
@@ -19,6 +19,14 @@ With `sample_weight` s_i the reductions give:
 
 Sample weights never enter the LADER batch statistics (N_c, first_c, second_c): every sample of the
 batch counts once there.
+
+Labels. Integer labels must be class ids in [0, C). Where their values are at hand, that is for
+NumPy (or list) inputs, eager TensorFlow tensors and concrete JAX arrays, a label outside the
+range raises a ValueError that names it. Inside `tf.function` or `jax.jit` (how `model.fit`
+runs unless `run_eagerly=True`) the labels are symbolic and nothing is checked: reading them
+would cost a device-to-host copy every step. There, an out-of-range label gives what the backend's
+kernels give: an error on TensorFlow's CPU kernels, but a silent 0 or NaN loss on GPU and on JAX.
+Check the data (as `pipeline.prepare` does) or debug with `run_eagerly=True`.
 
 Distribution. Under a `tf.distribute` strategy with more than one replica, the LADER statistics are
 computed on the GLOBAL batch: logits and labels are gathered from all replicas with
@@ -58,8 +66,46 @@ def _check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} = {value!r}: expected a finite number >= 0")
 
 
+def _known_values(tensor: Any) -> np.ndarray | None:
+    """The values of `tensor` if they exist now (NumPy input, eager TensorFlow, concrete JAX
+    arrays), else None: inside tf.function or jax.jit they exist only when the step runs."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # only on the TensorFlow backend, where it is already loaded
+
+        if not tf.executing_eagerly():
+            return None
+    elif backend == "jax":
+        import jax
+
+        if isinstance(tensor, jax.core.Tracer):
+            return None
+    return np.asarray(ops.convert_to_numpy(tensor))
+
+
+def _check_label_range(labels: Any, num_classes: int) -> None:
+    """ValueError naming the first label outside [0, num_classes), when the values are known."""
+    values = _known_values(labels)
+    if values is None:
+        return
+    flat = values.reshape(-1)
+    outside = np.flatnonzero(~((flat >= 0) & (flat < num_classes)))  # NaN is outside too
+    if outside.size:
+        index = int(outside[0])
+        value = flat[index].item()  # Keras casts labels to float32: show 5.0 as 5
+        shown = int(value) if isinstance(value, float) and value.is_integer() else value
+        raise ValueError(
+            f"y_true[{index}] = {shown!r}: expected a class id in [0, {num_classes}) "
+            f"({num_classes} classes in class_counts); {outside.size} of {flat.size} labels are "
+            "outside")
+
+
 def _integer_labels(y_true: Any, num_classes: int) -> Any:
-    """Labels as int32 [batch] from integer labels [batch] / [batch, 1] or one-hot [batch, C]."""
+    """Labels as int32 [batch] from integer labels [batch] / [batch, 1] or one-hot [batch, C].
+
+    Integer labels outside [0, C) raise a ValueError when their values are known (see the
+    module docstring: not inside tf.function or jax.jit).
+    """
     y_true = ops.convert_to_tensor(y_true)
     shape = tuple(y_true.shape)
     if len(shape) == 2 and shape[-1] == num_classes:
@@ -70,6 +116,7 @@ def _integer_labels(y_true: Any, num_classes: int) -> Any:
         raise ValueError(
             f"y_true has shape {shape}: expected integer labels [batch] or [batch, 1], or one-hot "
             f"labels [batch, {num_classes}]")
+    _check_label_range(y_true, num_classes)
     return ops.cast(y_true, "int32")
 
 
@@ -116,7 +163,9 @@ def balanced_softmax_loss(y_true: Any, logits: Any, class_counts: Sequence[float
         float32 [batch].
 
     Raises:
-        ValueError: a class count is not positive and finite (names the class), or bad shapes.
+        ValueError: a class count is not positive and finite (names the class), bad shapes, or
+            a label outside [0, C) where the labels are known (eager and NumPy inputs; inside
+            tf.function or jax.jit nothing is checked, see the module docstring).
     """
     log_prior = _log_source_prior(class_counts)
     logits = _float32_logits(logits, log_prior.size)
@@ -140,7 +189,8 @@ def logit_adjusted_loss(y_true: Any, logits: Any, class_counts: Sequence[float],
         float32 [batch].
 
     Raises:
-        ValueError: bad class count (names the class), negative or non-finite tau, bad shapes.
+        ValueError: bad class count (names the class), negative or non-finite tau, bad shapes,
+            or a label outside [0, C) where the labels are known (eager and NumPy inputs).
     """
     _check_non_negative("tau", tau)
     log_prior = _log_source_prior(class_counts)
@@ -214,7 +264,7 @@ def lade_loss(y_true: Any, logits: Any, class_counts: Sequence[float], alpha: fl
               lader_classes: str = "all") -> Any:
     """LADE loss of a batch, returned per sample so that its batch mean is the LADE value.
 
-    Formula (DESIGN section 1; `lader` gives the LADER term and its variants):
+    Formula (docs/design.md section 1; `lader` gives the LADER term and its variants):
         l_i  = CE(f_i + log p_s, y_i) + alpha * LADER
         LADE = mean_i l_i = mean_i LADE-CE_i + alpha * sum_{c in S} p_s(c) * L_c
         The authors' code (hyperconnect/LADE) uses importance="class", lader_classes="all"; the
@@ -235,7 +285,9 @@ def lade_loss(y_true: Any, logits: Any, class_counts: Sequence[float], alpha: fl
         global batch.
 
     Raises:
-        ValueError: a class count is not positive and finite (names the class), a bad option value.
+        ValueError: a class count is not positive and finite (names the class), a bad option
+            value, or a label outside [0, C) where the labels are known (eager and NumPy inputs;
+            inside tf.function or jax.jit nothing is checked, see the module docstring).
     """
     _check_non_negative("alpha", alpha)
     _check_non_negative("remine_lambda", remine_lambda)
@@ -381,7 +433,8 @@ class LADELoss(keras.losses.Loss):
                 "lader_classes": self.lader_classes}
 
 
-_LOSS_OPTIONS = {
+#: The options `make_loss` passes on, per loss name (what `TrainConfig.loss_options` takes).
+LOSS_OPTIONS = {
     "ce": (),
     "lade": ("alpha", "remine_lambda", "importance", "lader_classes"),
     "balanced_softmax": (),
@@ -407,12 +460,12 @@ def make_loss(name: str, class_counts: Sequence[float] | None,
         ValueError: unknown name (lists LOSS_NAMES), an option the loss does not take (lists the
             ones it takes), or invalid class counts.
     """
-    if name not in _LOSS_OPTIONS:
+    if name not in LOSS_OPTIONS:
         raise ValueError(f"loss name {name!r} is unknown: expected one of {LOSS_NAMES}")
-    unknown = sorted(set(options) - set(_LOSS_OPTIONS[name]))
+    unknown = sorted(set(options) - set(LOSS_OPTIONS[name]))
     if unknown:
         raise ValueError(f"loss {name!r} takes no option(s) {unknown}: it accepts "
-                         f"{list(_LOSS_OPTIONS[name]) or 'none'}")
+                         f"{list(LOSS_OPTIONS[name]) or 'none'}")
     if name == "ce":
         if class_counts is not None:
             source_prior(class_counts)

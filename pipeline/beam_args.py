@@ -140,6 +140,17 @@ def wait_and_release(result) -> None:
             client.close()
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
 def add_runner_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --runner, --direct-mode, --workers, --dask-address, --dask-workers to a CLI."""
     group = parser.add_argument_group("Beam runner")
@@ -148,11 +159,11 @@ def add_runner_flags(parser: argparse.ArgumentParser) -> None:
                        help="direct running mode; auto: multi_processing for "
                             f">= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
                             "else in_memory")
-    group.add_argument("--workers", type=int, default=2,
+    group.add_argument("--workers", type=positive_int, default=2,
                        help="direct_num_workers; with --runner dask and neither --dask-address "
                             "nor --dask-workers, the size of the local dask cluster")
     group.add_argument("--dask-address", default=None, help="dask scheduler, tcp://HOST:PORT")
-    group.add_argument("--dask-workers", type=int, default=None,
+    group.add_argument("--dask-workers", type=positive_int, default=None,
                        help="start a local dask.distributed cluster with N worker processes")
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from lade_tf.losses import LOSS_NAMES
 from lade_tf.training import STRATEGIES, TrainConfig
+from pipeline.beam_args import positive_int as _positive_int
 
 RUNNERS = ("local", "beam", "kubeflow")
 TUNERS = ("random", "bayesian", "hyperband")
@@ -38,13 +39,6 @@ PIPELINE_DEFAULTS = {"epochs": 6, "beam_mode": "multi_processing", "eval_test_pe
 
 #: TrainConfig fields set from the command line, one flag each (flag dest == field name).
 TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "loss")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -140,7 +134,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Adds the data flags (long-tailed set built by LongTailExampleGen / pipeline.prepare)."""
     group = parser.add_argument_group("data")
     group.add_argument("--source", default="fashion_mnist",
-                       help="fashion_mnist | tfds:<name> | folder:<path> | idx:<dir> (DESIGN 3)")
+                       help="fashion_mnist | tfds:<name> | folder:<path> | idx:<dir> "
+                            "(docs/design.md section 3)")
     group.add_argument("--imbalance-ratio", type=_positive_float, default=100.0,
                        help="IR = n_max / n_min of the long-tailed training set")
     group.add_argument("--profile", choices=("exp", "step"), default="exp",

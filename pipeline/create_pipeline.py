@@ -1,10 +1,10 @@
 """The TFX pipeline as one pure function: plain parameters in, a `tfx.dsl.Pipeline` out.
 
-LongTailExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> [Tuner] -> one Trainer
-per loss -> ShiftEvaluator -> Pusher (DESIGN section 4). Nothing here runs anything; `run.py`
+LongTailExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> [Tuner] -> one Trainer per
+loss -> ShiftEvaluator -> Pusher (docs/design.md section 4). Nothing here runs anything; `run.py`
 picks the runner. User code is referenced by function path (`pipeline.trainer.run_fn`), never by
-`module_file`, so every process (Beam workers, a Kubeflow/Vertex container) imports the
-installed package (see STACK_NOTES).
+`module_file`, so every process (Beam workers, a Kubeflow/Vertex container) imports the installed
+package (see STACK_NOTES).
 """
 from __future__ import annotations
 

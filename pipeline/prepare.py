@@ -35,9 +35,10 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, NoReturn, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -396,12 +397,50 @@ class WriteLongTailExamples(beam.PTransform):
                 _write_class_info, work_dir=self._work_dir, source_info=source_info)))
 
 
+def check_writable_location(path: str, name: str, *, in_parent: bool = False) -> None:
+    """Checks that a directory can be created at `path`, or written into if it exists: its
+    nearest existing ancestor (`path`'s parent's, with `in_parent`) must be a directory in which
+    this process can create entries.
+
+    Raises:
+        ValueError: naming `name` (the flag or argument), `path` and the ancestor at fault.
+    """
+    ancestor = os.path.abspath(path)
+    if in_parent:
+        ancestor = os.path.dirname(ancestor)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{name} = {path!r}: {ancestor!r} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(f"{name} = {path!r}: cannot create anything in {ancestor!r} "
+                         f"({error.strerror or error})") from None
+
+
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(f"output_dir = {output_dir!r} exists and is not empty: choose another "
                          "directory or pass --overwrite")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir = {output_dir!r} exists and is not a directory")
+    # The work directory is created next to output_dir, and renamed to it at the end.
+    check_writable_location(output_dir, "output_dir", in_parent=True)
+
+
+def check_source_config(source: Source, config: PrepareConfig) -> None:
+    """Checks that `config` suits `source` (a test split from the source or from test_fraction).
+
+    Raises:
+        ValueError: test_fraction given for a source with a test split, or missing without one.
+    """
+    if config.test_fraction is not None and source.has_test_split:
+        raise ValueError(f"test_fraction = {config.test_fraction}: source {source.spec!r} has its "
+                         "own test split; --test-fraction is only for a single class tree")
+    if config.test_fraction is None and not source.has_test_split:
+        raise ValueError(f"source {source.spec!r} has no test split (no train/ and test/ "
+                         "sub-folders): pass --test-fraction, e.g. 0.2")
 
 
 def _publish(work_dir: str, output_dir: str) -> None:
@@ -434,22 +473,22 @@ def prepare_examples(source: str | Source, output_dir: str, config: PrepareConfi
 
     Raises:
         ValueError: bad source or config (see `resolve_source`, `PrepareConfig`, `plan_splits`),
-            or a non-empty output_dir without overwrite. Nothing is left at output_dir then.
+            a non-empty output_dir without overwrite, or an output_dir whose parent cannot be
+            written. Nothing is left at output_dir then.
     """
     config = config or PrepareConfig()
     output_dir = os.path.abspath(output_dir)
     _check_output_dir(output_dir, overwrite)
     if isinstance(source, str):
         source = resolve_source(source, tfds_data_dir=tfds_data_dir)
-    if config.test_fraction is not None and source.has_test_split:
-        raise ValueError(f"test_fraction = {config.test_fraction}: source {source.spec!r} has its "
-                         "own test split; --test-fraction is only for a single class tree")
-    if config.test_fraction is None and not source.has_test_split:
-        raise ValueError(f"source {source.spec!r} has no test split (no train/ and test/ "
-                         "sub-folders): pass --test-fraction, e.g. 0.2")
+    check_source_config(source, config)
     parent, name = os.path.split(output_dir)
     work_dir = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(work_dir)
+    try:
+        os.makedirs(work_dir)
+    except OSError as error:
+        raise ValueError(f"output_dir = {output_dir!r}: cannot create {work_dir!r} "
+                         f"({error.strerror or error})") from None
     try:
         if pipeline is None:
             pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
@@ -463,8 +502,7 @@ def prepare_examples(source: str | Source, output_dir: str, config: PrepareConfi
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     for skipped in info["skipped_files"]:
-        _LOG.warning("skipped corrupt or truncated image %s (%s)", skipped["path"],
-                     skipped["reason"])
+        _LOG.warning("skipped image file %s (%s)", skipped["path"], skipped["reason"])
     for warning in info["warnings"]:
         _LOG.warning("%s", warning)
     return info
@@ -485,9 +523,16 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return height, width
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error: ...` line, like the CLI's other input errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     """The CLI's own flags; unknown flags are passed to Beam."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="python -m pipeline.prepare",
         description="Long-tailed train / balanced val / official test splits as gzip TFRecords. "
                     "Flags this parser does not know are passed to Beam.")

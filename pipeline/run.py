@@ -72,6 +72,30 @@ def push_loss(args) -> str:
     return "lade" if "lade" in args.losses else args.losses[0]
 
 
+def check_local_inputs(args) -> None:
+    """Checks, before any component runs, what the pipeline reads and writes on this machine.
+
+    The output directory (and a local --pipeline-root) must be creatable, the source must be
+    readable (idx files intact, a TFDS dataset prepared or downloadable, ...) and the data flags
+    must suit it. A compiled Kubeflow spec runs elsewhere, so its paths are not checked here.
+
+    Raises:
+        ValueError: naming the bad flag or file and what was expected.
+    """
+    from pipeline.prepare import (PrepareConfig, check_source_config, check_writable_location,
+                                  parse_image_size)
+    from pipeline.sources import resolve_source
+
+    check_writable_location(str(args.output_dir), "--output-dir")
+    if args.pipeline_root and "://" not in args.pipeline_root:
+        check_writable_location(args.pipeline_root, "--pipeline-root")
+    values = example_gen_args(args)
+    source = resolve_source(values.pop("source"), tfds_data_dir=values.pop("tfds_data_dir", None))
+    if "image_size" in values:
+        values["image_size"] = parse_image_size(values["image_size"])
+    check_source_config(source, PrepareConfig(**values))
+
+
 def build_pipeline(args):
     """The pipeline for parsed flags (create_pipeline with paths under --output-dir)."""
     from pipeline.beam_args import beam_pipeline_args
@@ -236,12 +260,18 @@ class _FirstLineOfLongInfo(python_logging.Filter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
-    args = config.parse_args(config.build_parser(), argv,
-                             unset_defaults=config.PIPELINE_DEFAULTS)
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
-    pipeline = build_pipeline(args)
+    """Entry point; returns the process exit status (2: bad input, as one `error: ...` line)."""
+    try:
+        args = config.parse_args(config.build_parser(), argv,
+                                 unset_defaults=config.PIPELINE_DEFAULTS)
+        logging.set_verbosity(logging.INFO)
+        logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
+        if args.runner != "kubeflow":
+            check_local_inputs(args)
+        pipeline = build_pipeline(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.runner == "kubeflow":
         spec = compile_kubeflow(pipeline, args)
         print(f"Kubeflow / Vertex pipeline spec: {spec}")

@@ -1,15 +1,18 @@
-"""ShiftEvaluator: every trained model under the 11 label shifts of DESIGN section 5; a blessing.
+"""ShiftEvaluator: every trained model under the 11 label shifts (docs/design.md 5); a blessing.
 
-The component is thin: it computes each model's raw logits on the (balanced) test split and hands
-them to `lade_tf.shift_eval`, the one implementation of the shift protocol. It writes
-`shift_report.json` (the issue's schema), `shift_report.md` and `shift_accuracy.png` into its
-`report` artifact, and blesses the model to push (LADE by default) after checking that its serving
-SavedModel answers a [batch, C] target prior exactly as the evaluated rule says; the standard TFX
-Pusher then pushes it.
+The component is thin: it computes each model's raw logits on the (balanced) test split and on
+the validation split and hands them to `lade_tf.shift_eval`, the one implementation of the shift
+protocol. It writes `shift_report.json` (the issue's schema), `shift_report.md` and
+`shift_accuracy.png` into its `report` artifact, and blesses the model to push (LADE by default)
+after checking that its serving SavedModel answers a [batch, C] target prior exactly as the
+evaluated rule says, and that its `estimate_prior` signature gives the library's estimate; the
+standard TFX Pusher then pushes it.
 
-Methods per trained loss: `ce` gives Softmax (no correction), PC Softmax (known p_t) and
-PC Softmax + EM (p_t estimated by EM on the unlabeled shifted test set); `lade`,
-`balanced_softmax` and `logit_adjusted` give NAME (known p_t) and NAME + EM.
+Methods per trained loss: `ce` gives Softmax (no correction) and PC Softmax; `lade`,
+`balanced_softmax` and `logit_adjusted` give their NAME; each NAME is evaluated with the known
+p_t and with p_t estimated on the unlabeled shifted test set (docs/design.md section 7) by EM on the
+uncalibrated posteriors ("NAME + EM"), by EM after BCTS calibration on the validation split
+("NAME + calibrated EM") and by BBSE ("NAME + BBSE"); the last two need a validation split.
 """
 import json
 import math
@@ -34,9 +37,17 @@ UNIFORM_KEYS = ("many", "medium", "few", "ece", "nll")
 #: Display name of the model trained with each loss.
 LOSS_DISPLAY_NAMES = {"ce": "PC Softmax", "lade": "LADE", "balanced_softmax": "Balanced Softmax",
                       "logit_adjusted": "Logit Adjusted"}
-#: Row-name suffix of a method whose target prior is estimated by EM.
-EM_SUFFIX = " + EM"
-#: Test images checked through the serving signature before blessing.
+#: How each estimated-prior variant is evaluated: row-name suffix, estimation method, calibration.
+ESTIMATED_PRIORS = {"em": (" + EM", "em", "none"),
+                    "calibrated_em": (" + calibrated EM", "em", "bcts"),
+                    "bbse": (" + BBSE", "bbse", "none")}
+#: Row-name suffix of the uncalibrated EM rows.
+EM_SUFFIX = ESTIMATED_PRIORS["em"][0]
+#: Estimated-prior variants that need the validation split.
+NEEDS_VALIDATION = ("calibrated_em", "bbse")
+#: Line style of each kind of row in the plot: estimated priors dashed.
+LINE_STYLES = {"none": "-", "known": "-", "em": ":", "calibrated_em": "--", "bbse": "-."}
+#: Test images checked through the serving signatures before blessing.
 SERVING_CHECK_IMAGES = 64
 
 
@@ -45,18 +56,37 @@ class Method:
     """One row of the report: a trained model and how its logits meet the target prior.
 
     Attributes:
-        name: row name in the report ("Softmax", "PC Softmax", "LADE + EM", ...).
+        name: row name in the report ("Softmax", "PC Softmax", "LADE + calibrated EM", ...).
         loss: the loss the model was trained with.
-        prior: "none" (plain model output), "known" (true p_t) or "em" (p_t estimated by EM).
+        prior: "none" (plain model output), "known" (true p_t), or an estimated p_t: "em"
+            (uncalibrated EM), "calibrated_em" (BCTS on val, then EM) or "bbse".
     """
 
     name: str
     loss: str
     prior: str
 
+    @property
+    def estimated(self) -> bool:
+        """True for rows whose target prior is estimated."""
+        return self.prior in ESTIMATED_PRIORS
 
-def methods_for(losses: Sequence[str]) -> list[Method]:
+    def options(self) -> dict[str, Any]:
+        """The `lade_tf.shift_eval` keyword arguments of this row (besides data and tau)."""
+        if self.prior == "none":
+            return {"corrected": False}
+        if self.prior == "known":
+            return {}
+        _, estimate, calibration = ESTIMATED_PRIORS[self.prior]
+        return {"estimate": estimate, "calibration": calibration}
+
+
+def methods_for(losses: Sequence[str], with_validation: bool = True) -> list[Method]:
     """The report rows for the trained losses, in a stable order (Softmax first).
+
+    Args:
+        losses: the trained losses.
+        with_validation: include the rows that need the validation split (calibrated EM, BBSE).
 
     Raises:
         ValueError: for a loss without a display name.
@@ -69,13 +99,18 @@ def methods_for(losses: Sequence[str]) -> list[Method]:
         if loss == "ce":
             rows.append(Method("Softmax", loss, "none"))
         rows.append(Method(name, loss, "known"))
-        rows.append(Method(f"{name}{EM_SUFFIX}", loss, "em"))
+        for prior, (suffix, _, _) in ESTIMATED_PRIORS.items():
+            if with_validation or prior not in NEEDS_VALIDATION:
+                rows.append(Method(f"{name}{suffix}", loss, prior))
     return rows
 
 
 def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.ndarray,
                          train_counts_by_loss: Mapping[str, Sequence[int]], *,
-                         seeds: Sequence[int] = (0, 1, 2)) -> dict:
+                         seeds: Sequence[int] = (0, 1, 2),
+                         val_logits_by_loss: Mapping[str, np.ndarray] | None = None,
+                         val_labels: np.ndarray | None = None,
+                         tau_by_loss: Mapping[str, float] | None = None) -> dict:
     """The shift report of every trained model, in the issue's JSON schema.
 
     Args:
@@ -84,46 +119,63 @@ def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.nd
         labels: test labels [N].
         train_counts_by_loss: the class counts [C] each model was trained on (its source prior).
         seeds: subsampling seeds of the shifted test sets (at least 3 for a reported std).
+        val_logits_by_loss: raw logits [M, C] of each model on the validation split; with
+            `val_labels` they add the calibrated-EM and BBSE rows. None: those rows are left out.
+        val_labels: validation labels [M].
+        tau_by_loss: tau of each model's inference rule (logit-adjusted loss); default 1.0.
 
     Returns:
-        {"distributions": [11 names], "methods": {name: {dist: {"mean", "std"}}},
+        {"distributions": [11 names],
+         "methods": {name: {dist: {"mean", "std"} (+ "prior_l1", "prior_js" for estimated
+                    priors: L1 and Jensen-Shannon divergence of the estimate to the true p_t)}},
          "uniform": {name: {"many", "medium", "few", "ece", "nll"}}}; accuracies in 0..1, a shot
         group without classes is NaN (written as null in JSON).
 
     Raises:
-        ValueError: if a loss has no train counts, or no seeds are given.
+        ValueError: if a loss has no train counts (or no val logits while val labels are given),
+            or no seeds are given.
     """
     from lade_tf.priors import SHIFT_NAMES
-    from lade_tf.shift_eval import evaluate_under_shift, uniform_summary
+    from lade_tf.shift_eval import ESTIMATION_ERROR_KEYS, evaluate_under_shift, uniform_summary
 
     if not seeds:
         raise ValueError("seeds is empty: expected at least one subsampling seed (3 or more)")
     missing = sorted(set(logits_by_loss) - set(train_counts_by_loss))
     if missing:
         raise ValueError(f"no train counts for the models trained with {missing}")
+    with_validation = val_labels is not None
+    if with_validation:
+        missing = sorted(set(logits_by_loss) - set(val_logits_by_loss or {}))
+        if missing:
+            raise ValueError(f"no validation logits for the models trained with {missing}: "
+                             "expected one [M, C] array per model with val_labels")
     labels = np.asarray(labels, dtype=np.int64)
+    taus = dict(tau_by_loss or {})
     report: dict[str, Any] = {"distributions": list(SHIFT_NAMES), "methods": {}, "uniform": {}}
-    for method in methods_for(list(logits_by_loss)):
+    for method in methods_for(list(logits_by_loss), with_validation):
         logits = np.asarray(logits_by_loss[method.loss], dtype=np.float64)
         counts = [int(n) for n in train_counts_by_loss[method.loss]]
-        options = {"corrected": method.prior != "none",
-                   "estimate": "em" if method.prior == "em" else None}
+        options = {"tau": float(taus.get(method.loss, 1.0)), **method.options()}
+        if method.estimated and with_validation:
+            options.update(val_logits=np.asarray(val_logits_by_loss[method.loss], np.float64),
+                           val_labels=np.asarray(val_labels, np.int64))
         by_dist = evaluate_under_shift(logits, labels, counts, method.loss, seeds=tuple(seeds),
                                        **options)
+        keys = ("mean", "std") + (ESTIMATION_ERROR_KEYS if method.estimated else ())
         report["methods"][method.name] = {
-            name: {"mean": float(by_dist[name]["mean"]), "std": float(by_dist[name]["std"])}
-            for name in SHIFT_NAMES}
+            name: {key: float(by_dist[name][key]) for key in keys} for name in SHIFT_NAMES}
         uniform = uniform_summary(logits, labels, counts, method.loss, **options)
         report["uniform"][method.name] = {key: float(uniform[key]) for key in UNIFORM_KEYS}
     return report
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become None (JSON null): an empty shot group has no accuracy."""
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities (in nested dicts and lists) as None, JSON's null: an empty
+    shot group has no accuracy."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -133,9 +185,16 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
 
 
+def _estimated_rows(report: Mapping[str, Any]) -> list[str]:
+    return [name for name, by_dist in report["methods"].items()
+            if "prior_l1" in next(iter(by_dist.values()))]
+
+
 def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift evaluation",
                     notes: Sequence[str] = ()) -> str:
-    """The report as Markdown: accuracy table (mean ± std, %) and the uniform-test metrics."""
+    """The report as Markdown: accuracy table (mean ± std, %), the estimation error of every
+    estimated-prior row (L1 and Jensen-Shannon divergence to the true p_t) and the uniform-test
+    metrics."""
     dists = report["distributions"]
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes]
@@ -148,6 +207,19 @@ def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift eval
         cells = [f"{_percent(by_dist[d]['mean'])} ± {_percent(by_dist[d]['std'])}" for d in dists]
         mean = float(np.mean([by_dist[d]["mean"] for d in dists]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_percent(mean)} |")
+    estimated = _estimated_rows(report)
+    if estimated:
+        lines += ["", "## Target-prior estimation error: L1 / Jensen-Shannon divergence (nats) "
+                  "to the true p_t, mean over seeds", "",
+                  "| Method | " + " | ".join(dists) + " | Mean |",
+                  "|---|" + "---:|" * (len(dists) + 1)]
+        for name in estimated:
+            by_dist = report["methods"][name]
+            cells = [f"{by_dist[d]['prior_l1']:.3f} / {by_dist[d]['prior_js']:.4f}"
+                     for d in dists]
+            l1 = float(np.mean([by_dist[d]["prior_l1"] for d in dists]))
+            js = float(np.mean([by_dist[d]["prior_js"] for d in dists]))
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {l1:.3f} / {js:.4f} |")
     lines += ["", "## Uniform test set", "",
               "| Method | Many (%) | Medium (%) | Few (%) | ECE (%) | NLL |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -158,13 +230,25 @@ def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift eval
                      f"{'n/a' if nll is None else f'{nll:.3f}'} |")
     lines += ["", "Many / medium / few: classes with > 100, 20..100, < 20 training images "
               "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
-              "U = uniform, B = backward (reversed). EM: target prior estimated by EM "
-              "(Saerens et al. 2002) on the unlabeled shifted test set.", ""]
+              "U = uniform, B = backward (reversed). Estimated target priors, from the unlabeled "
+              "shifted test set: EM (Saerens et al. 2002, Dirichlet-MAP centred on the training "
+              "prior) on the model's uncalibrated posteriors; calibrated EM: the same after BCTS "
+              "(Alexandari et al. 2020) fitted on the validation split; BBSE (Lipton et al. "
+              "2018) with the validation confusion matrix.", ""]
     return "\n".join(lines)
 
 
+def _row_kind(name: str) -> tuple[str, str]:
+    """(model name, prior kind) of a report row name."""
+    for prior, (suffix, _, _) in ESTIMATED_PRIORS.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), prior
+    return name, "known"
+
+
 def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Writes the PNG: accuracy vs test distribution, one line (with std bars) per method."""
+    """Writes the PNG: accuracy vs test distribution, one line (with std bars) per method,
+    estimated-prior lines dashed; below it the L1 estimation error of the estimated priors."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,21 +256,39 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 
     dists = report["distributions"]
     x = np.arange(len(dists))
-    figure, axis = plt.subplots(figsize=(9, 5.5), dpi=110)
-    colours: dict[str, Any] = {}  # one colour per model; its EM-estimated variant dashed
+    estimated = _estimated_rows(report)
+    figure, axes = plt.subplots(2 if estimated else 1, 1, figsize=(9, 9 if estimated else 5.5),
+                                dpi=110, squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 2] if estimated else [1]})
+    accuracy_axis = axes[0, 0]
+    colours: dict[str, Any] = {}  # one colour per model, one line style per kind of prior
     for name, by_dist in report["methods"].items():
         means = np.array([by_dist[d]["mean"] for d in dists]) * 100
         stds = np.array([by_dist[d]["std"] for d in dists]) * 100
-        base = name.removesuffix(EM_SUFFIX)
+        base, kind = _row_kind(name)
         colour = colours.setdefault(base, f"C{len(colours)}")
-        axis.errorbar(x, means, yerr=stds, color=colour, marker="o", markersize=4, capsize=2,
-                      linestyle="--" if name != base else "-", label=name)
-    axis.set_xticks(x, dists)
-    axis.set_xlabel("test label distribution (F: forward long-tailed, U: uniform, B: backward)")
-    axis.set_ylabel("top-1 accuracy (%)")
-    axis.set_title("Accuracy under label shift")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
+        style = LINE_STYLES["none" if name == "Softmax" else kind]
+        accuracy_axis.errorbar(x, means, yerr=stds, color=colour, marker="o", markersize=4,
+                               capsize=2, linestyle=style, label=name,
+                               alpha=0.6 if name == "Softmax" else 1.0)
+    accuracy_axis.set_xticks(x, dists)
+    accuracy_axis.set_ylabel("top-1 accuracy (%)")
+    accuracy_axis.set_title("Accuracy under label shift (dashed / dotted: estimated p_t)")
+    accuracy_axis.grid(alpha=0.3)
+    accuracy_axis.legend(fontsize=7, loc="best", ncol=2)
+    if estimated:
+        error_axis = axes[1, 0]
+        for name in estimated:
+            base, kind = _row_kind(name)
+            errors = [report["methods"][name][d]["prior_l1"] for d in dists]
+            error_axis.plot(x, errors, color=colours[base], marker="o", markersize=3,
+                            linestyle=LINE_STYLES[kind], label=name)
+        error_axis.set_xticks(x, dists)
+        error_axis.set_ylabel("L1 error of estimated p_t")
+        error_axis.grid(alpha=0.3)
+        error_axis.legend(fontsize=7, loc="best", ncol=2)
+    axes[-1, 0].set_xlabel("test label distribution (F: forward long-tailed, U: uniform, "
+                           "B: backward)")
     figure.tight_layout()
     figure.savefig(os.fspath(path))
     plt.close(figure)
@@ -202,7 +304,7 @@ def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike, *,
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     paths = {name: os.path.join(output_dir, name) for name in REPORT_FILES}
-    safe = _json_safe(json.loads(json.dumps(report)))
+    safe = json_safe(json.loads(json.dumps(report)))
     with open(paths[REPORT_JSON], "w", encoding="utf-8") as handle:
         json.dump(safe, handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -212,7 +314,7 @@ def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike, *,
     return paths
 
 
-# The TFX component: loads the models and the test split, then calls the functions above.
+# The TFX component: loads the models, the test and val splits, then calls the functions above.
 
 @component
 def ShiftEvaluator(
@@ -237,9 +339,11 @@ def ShiftEvaluator(
         examples: LongTailExampleGen output (train/val/test splits, class_info.json).
         report: receives shift_report.json, shift_report.md and shift_accuracy.png.
         blessing: `blessed` = 1 for the `push` model if it beats chance on the uniform test and
-            its serving signature reproduces the evaluated predictions; else 0.
+            its serving signatures reproduce the evaluated predictions and prior estimate;
+            else 0.
         <loss>_model / <loss>_model_run: the Trainer outputs of each trained loss (serving
-            SavedModel; raw-logits Keras model and train_config.json).
+            SavedModel; raw-logits Keras model and train_config.json, whose tau gives the
+            logit-adjusted model's inference rule).
         push: the loss whose model is blessed.
         num_seeds: subsampling seeds per shifted test set (seeds 0..num_seeds-1).
         test_per_class: evaluate on a seeded subset of this many test images per class (the
@@ -276,20 +380,28 @@ def _run_shift_evaluation(examples, trained, report, blessing, push: str, num_se
         available = np.bincount(labels, minlength=len(class_info["class_names"]))
         kept = subsample_by_counts(labels, np.minimum(available, test_per_class), seed=0)
         images, labels = images[kept], labels[kept]
-    logging.info("ShiftEvaluator: %d test images %s, models: %s", len(labels),
-                 images.shape[1:], ", ".join(trained))
-    logits_by_loss, counts_by_loss = {}, {}
-    for loss, (_, model_run) in trained.items():
-        logits_by_loss[loss], counts_by_loss[loss] = _model_logits(model_run, images, class_info,
-                                                                   loss)
-        logging.info("ShiftEvaluator: %s logits done (%.0f s)", loss, time.monotonic() - started)
+    has_val = sum(class_info["counts"].get("val", [])) > 0  # pipeline.prepare allows none
+    val_images, val_labels = _load_split(examples, "val", class_info) if has_val else (None, None)
+    logging.info("ShiftEvaluator: %d test and %d val images %s, models: %s", len(labels),
+                 0 if val_labels is None else len(val_labels), images.shape[1:],
+                 ", ".join(trained))
+    models = {loss: _load_model_run(model_run, class_info, loss)
+              for loss, (_, model_run) in trained.items()}
+    logits_by_loss = {loss: _predict(model, images) for loss, (model, _, _) in models.items()}
+    val_logits_by_loss = None if val_images is None else {
+        loss: _predict(model, val_images) for loss, (model, _, _) in models.items()}
+    counts_by_loss = {loss: counts for loss, (_, counts, _) in models.items()}
+    tau_by_loss = {loss: tau for loss, (_, _, tau) in models.items()}
+    logging.info("ShiftEvaluator: logits done (%.0f s)", time.monotonic() - started)
     shift_report = compute_shift_report(logits_by_loss, labels, counts_by_loss,
-                                        seeds=tuple(range(num_seeds)))
+                                        seeds=tuple(range(num_seeds)),
+                                        val_logits_by_loss=val_logits_by_loss,
+                                        val_labels=val_labels, tau_by_loss=tau_by_loss)
     logging.info("ShiftEvaluator: 11 distributions x %d seeds x %d methods done (%.0f s)",
                  num_seeds, len(shift_report["methods"]), time.monotonic() - started)
 
     serving = {loss: (_check_serving_model(model, images, logits_by_loss[loss],
-                                           counts_by_loss[loss], loss)
+                                           counts_by_loss[loss], loss, tau_by_loss[loss])
                       if model is not None else "no serving model input")
                for loss, (model, _) in trained.items()}
     push_name = LOSS_DISPLAY_NAMES[push]
@@ -300,8 +412,13 @@ def _run_shift_evaluation(examples, trained, report, blessing, push: str, num_se
               f"{serving[push] or 'ok'}")
     notes = [f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
              f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
-             *[f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}): train counts {list(counts)}; "
-               f"serving signature check: {serving[loss] or 'ok'}"
+             f"Validation split: {len(val_labels)} images (BCTS calibration, BBSE)."
+             if val_labels is not None else
+             "No validation split: the calibrated-EM and BBSE rows are left out.",
+             *[f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}"
+               + (f", tau {tau_by_loss[loss]:g}" if loss == "logit_adjusted" else "")
+               + f"): train counts {list(counts)}; serving signature check: "
+               f"{serving[loss] or 'ok'}"
                for loss, counts in counts_by_loss.items()],
              f"Model to push: {push_name} ({push}), {'BLESSED' if blessed else 'NOT blessed'} "
              f"({reason})."]
@@ -326,56 +443,81 @@ def _load_split(examples, split: str, class_info: Mapping[str, Any]):
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def _model_logits(model_run, images: np.ndarray, class_info: Mapping[str, Any], loss: str):
-    """(raw logits [N, C], train class counts [C]) of the Trainer output in `model_run`."""
+def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
+    """(raw-logits Keras model, train class counts [C], tau) of the Trainer output in model_run."""
     import keras
     import tensorflow as tf
 
     import lade_tf.layers  # noqa: F401  (registers the serialisable custom objects)
     import lade_tf.losses  # noqa: F401
     import lade_tf.models  # noqa: F401
-    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE
+    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE, TRAIN_CONFIG_FILE
 
     model_path = os.path.join(model_run.uri, MODEL_FILE)
     if not tf.io.gfile.exists(model_path):
         raise FileNotFoundError(f"{model_path} not found: expected the {loss} Trainer's raw-logits "
                                 "model (pipeline.trainer.run_fn writes it)")
     model = keras.models.load_model(model_path, compile=False)
-    logits = np.asarray(model.predict(images, batch_size=1024, verbose=0), dtype=np.float64)
     # The counts the model was trained on (its source prior), as the Trainer recorded them.
     info_path = os.path.join(model_run.uri, CLASS_INFO_FILE)
     if tf.io.gfile.exists(info_path):
         with tf.io.gfile.GFile(info_path) as handle:
             class_info = json.load(handle)
-    return logits, [int(n) for n in class_info["counts"]["train"]]
+    tau = 1.0
+    config_path = os.path.join(model_run.uri, TRAIN_CONFIG_FILE)
+    if loss == "logit_adjusted":
+        if not tf.io.gfile.exists(config_path):
+            raise FileNotFoundError(f"{config_path} not found: the logit-adjusted model's tau "
+                                    "(its inference rule) is read from it")
+        with tf.io.gfile.GFile(config_path) as handle:
+            tau = float(json.load(handle)["tau"])
+    return model, [int(n) for n in class_info["counts"]["train"]], tau
+
+
+def _predict(model, images: np.ndarray) -> np.ndarray:
+    """Raw logits [N, C] float64 of a Keras model on images [N, H, W, C]."""
+    return np.asarray(model.predict(images, batch_size=1024, verbose=0), dtype=np.float64)
 
 
 def _check_serving_model(model_artifact, images: np.ndarray, logits: np.ndarray,
-                         counts: Sequence[int], loss: str) -> str:
-    """'' if the serving SavedModel answers a [batch, C] uniform prior like the evaluated rule,
-    else what went wrong."""
+                         counts: Sequence[int], loss: str, tau: float = 1.0) -> str:
+    """'' if the serving SavedModel answers a [batch, C] uniform prior like the evaluated rule and
+    its estimate_prior signature gives the estimate its recorded estimator computes, else what
+    went wrong."""
     import tensorflow as tf
 
+    from lade_tf.export import METADATA_ASSET
     from lade_tf.layers import adjust_logits_numpy
+    from lade_tf.prior_estimation import TargetPriorEstimator
 
     serving_dir = path_utils.serving_model_path(model_artifact.uri)
+    batch = images[:SERVING_CHECK_IMAGES]
+    num_classes = logits.shape[1]
+    prior = np.full((len(batch), num_classes), 1.0 / num_classes, dtype=np.float32)
     try:
         loaded = tf.saved_model.load(serving_dir)
-        signature = loaded.signatures["serving_default"]
-        batch = images[:SERVING_CHECK_IMAGES]
-        num_classes = logits.shape[1]
-        prior = np.full((len(batch), num_classes), 1.0 / num_classes, dtype=np.float32)
-        outputs = signature(images=tf.constant(batch, tf.float32),
-                            target_prior=tf.constant(prior))
+        outputs = loaded.signatures["serving_default"](images=tf.constant(batch, tf.float32),
+                                                       target_prior=tf.constant(prior))
+        estimated = loaded.signatures["estimate_prior"](images=tf.constant(batch, tf.float32))
+        # tf.io.gfile: the artifact may live on gs:// (Kubeflow / Vertex).
+        with tf.io.gfile.GFile(os.path.join(serving_dir, "assets", METADATA_ASSET)) as handle:
+            estimator = TargetPriorEstimator.from_config(json.load(handle)["prior_estimation"])
     except Exception as error:  # any load or call failure means the model must not be pushed
-        return f"serving_default failed on {serving_dir}: {type(error).__name__}: {error}"
-    expected = adjust_logits_numpy(logits[:len(batch)], counts, loss, prior)
+        return f"serving signatures failed on {serving_dir}: {type(error).__name__}: {error}"
+    expected = adjust_logits_numpy(logits[:len(batch)], counts, loss, prior, tau=tau)
     served = outputs["logits"].numpy().astype(np.float64)
     gap = float(np.max(np.abs(served - expected)))
     if not gap < 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
         return f"served logits differ from the evaluated ones by up to {gap:.3g}"
     if not np.array_equal(outputs["class_ids"].numpy(), np.argmax(served, axis=1)):
         return "served class_ids are not the argmax of the served logits"
+    if (estimator.train_loss, estimator.tau) != (loss, tau):
+        return (f"estimate_prior was exported for ({estimator.train_loss}, tau "
+                f"{estimator.tau:g}), the model is ({loss}, tau {tau:g})")
+    served_prior = estimated["target_prior"].numpy()[0].astype(np.float64)
+    prior_gap = float(np.abs(served_prior - estimator.estimate(logits[:len(batch)])).max())
+    if not prior_gap < 1e-4:
+        return f"served estimate_prior differs from the library estimate by up to {prior_gap:.3g}"
     return ""
 
 

@@ -2,13 +2,16 @@
 
 `resolve_source` runs once in the driver: it checks the paths, finds the class names and builds
 small picklable read units. Beam workers call `unit.read()`, which yields a `SourceImage` (encoded
-PNG or JPEG bytes or raw pixels, shape, label) per image and a `SkippedFile` per corrupt or
-truncated image file; `conform_image` turns a selected image into the bytes that are stored.
+PNG or JPEG bytes or raw pixels, shape, label) per image and a `SkippedFile` per image file that
+cannot be read (a dangling link, not a regular file) or decoded (corrupt, truncated);
+`conform_image` turns a selected image into the bytes that are stored.
 
 Sources (`--source`):
-    fashion_mnist   the Debian files in /usr/share/datasets/fashion-mnist, else TFDS fashion_mnist
+    fashion_mnist   the Debian files in /usr/share/datasets/fashion-mnist (apt-get install
+                    dataset-fashion-mnist), else TFDS fashion_mnist
     tfds:NAME       a TFDS image classification dataset: supervised keys (image, label), or an
-                    Image feature "image" and a ClassLabel feature "label"
+                    Image feature "image" and a ClassLabel feature "label"; downloaded and
+                    prepared on first use unless --tfds-data-dir already holds it
     folder:PATH     one sub-folder per class, in PATH/train + PATH/test or in PATH itself (then
                     the test split is drawn with --test-fraction); PNG, JPEG, BMP, GIF
     idx:DIR         MNIST-format idx files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
@@ -22,14 +25,21 @@ selected (most of a source is not), then encoded as PNG.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import errno
 import gzip
 import io
 import logging
 import os
+import socket
+import stat
 import struct
+import urllib.request
+import zlib
 from typing import Iterator, NamedTuple, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,6 +54,7 @@ _FILES_PER_UNIT = 1000
 _IDX_IMAGES_PER_UNIT = 5000
 _TFDS_EXAMPLES_PER_UNIT = 5000
 _IDX_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
+_DOWNLOAD_PROBE_SECONDS = 5.0
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,7 +74,7 @@ class SourceImage(NamedTuple):
 
 
 class SkippedFile(NamedTuple):
-    """An image file that could not be decoded (corrupt or truncated), with the reason."""
+    """An image file that could not be read or decoded, with the reason."""
     key: str
     label: int
     path: str
@@ -77,21 +88,44 @@ class FolderUnit:
     files: tuple[tuple[str, int, str], ...]
 
     def read(self) -> Iterator[SourceImage | SkippedFile]:
-        """Yields a SourceImage per decodable file and a SkippedFile (logged) per corrupt one."""
+        """Yields a SourceImage per decodable file and a SkippedFile (logged) per file that cannot
+        be read or decoded."""
         for rel_path, label, origin in self.files:
             path = os.path.join(self.root, rel_path)
-            with open(path, "rb") as f:
-                data = f.read()
             try:
-                image = _image_from_file_bytes(data, rel_path, label, origin)
-            except UnidentifiedImageError:
-                image = SkippedFile(rel_path, label, path,
-                                    "not an image format Pillow can identify")
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                image = SkippedFile(rel_path, label, path, f"{type(e).__name__}: {e}")
+                data = _read_regular_file(path)
+            except OSError as e:
+                image = SkippedFile(rel_path, label, path, _unreadable_reason(path, e))
+            else:
+                image = _decode_image_file(data, rel_path, label, origin, path)
             if isinstance(image, SkippedFile):
-                _LOG.warning("skipping corrupt or truncated image %s (%s)", path, image.reason)
+                _LOG.warning("skipping image file %s (%s)", path, image.reason)
             yield image
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file (following links); OSError for anything else, so a FIFO named
+    like an image is never opened (it would block)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _unreadable_reason(path: str, error: OSError) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"cannot be read: dangling symbolic link to {os.readlink(path)!r}"
+    return f"cannot be read: {error.strerror or error}"
+
+
+def _decode_image_file(data: bytes, rel_path: str, label: int, origin: str,
+                       path: str) -> SourceImage | SkippedFile:
+    try:
+        return _image_from_file_bytes(data, rel_path, label, origin)
+    except UnidentifiedImageError:
+        return SkippedFile(rel_path, label, path, "not an image format Pillow can identify")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return SkippedFile(rel_path, label, path, f"{type(e).__name__}: {e}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,25 +202,31 @@ class Source:
 
 
 def resolve_source(spec: str, *, tfds_data_dir: str | None = None,
-                   fashion_mnist_dir: str = FASHION_MNIST_DIR) -> Source:
-    """Checks a `--source` string and lists what it holds (driver side; reads no image).
+                   fashion_mnist_dir: str | None = None) -> Source:
+    """Checks a `--source` string and lists what it holds (driver side; reads no image, but reads
+    idx files through once to check that they are intact).
 
     Args:
         spec: "fashion_mnist", "tfds:NAME", "folder:PATH" or "idx:DIR".
         tfds_data_dir: TFDS data directory (TFDS default when None).
-        fashion_mnist_dir: where the Debian Fashion-MNIST idx files are looked for.
+        fashion_mnist_dir: where the Debian Fashion-MNIST idx files are looked for (default
+            FASHION_MNIST_DIR).
 
     Raises:
-        ValueError: unknown source kind, missing path or files, an empty class folder, class
-            folders that differ between train/ and test/, an unknown TFDS dataset, or fewer than
-            two classes. The message names the bad value.
+        ValueError: unknown source kind, missing path or files, a corrupt or truncated idx file,
+            an empty class folder, class folders that differ between train/ and test/, an
+            unknown TFDS dataset or one that is not prepared and cannot be downloaded (offline),
+            or fewer than two classes. The message names the bad value.
     """
     kind, _, arg = spec.partition(":")
     if spec == "fashion_mnist":
+        fashion_mnist_dir = fashion_mnist_dir or FASHION_MNIST_DIR
         if os.path.exists(os.path.join(fashion_mnist_dir, "train-images-idx3-ubyte.gz")):
             return _idx_source(spec, fashion_mnist_dir, FASHION_MNIST_CLASS_NAMES)
         _LOG.info("%s has no Fashion-MNIST files; using TFDS fashion_mnist", fashion_mnist_dir)
-        return _tfds_source(spec, "fashion_mnist", tfds_data_dir)
+        return _tfds_source(spec, "fashion_mnist", tfds_data_dir, missing=(
+            f"{fashion_mnist_dir} has no Fashion-MNIST files, and "), install_hint=(
+            "install Debian's copy with `apt-get install dataset-fashion-mnist`, or "))
     if kind == "folder" and arg:
         return _folder_source(spec, arg)
     if kind == "idx" and arg:
@@ -272,20 +312,58 @@ def _open_maybe_gzip(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+@contextlib.contextmanager
+def _idx_errors(path: str) -> Iterator[None]:
+    """Turns the errors of reading an idx file into ValueErrors that name the file."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"idx file {path!r} is corrupt or truncated ({error}); replace it with "
+                         "a complete copy") from None
+    except OSError as error:
+        raise ValueError(f"idx file {path!r} cannot be read ({error.strerror or error})") from None
+
+
+def _check_idx_length(path: str, dims: Sequence[int]) -> None:
+    """Reads an idx file to the end: its data must be as long as its header says, and a gzip
+    file must be intact (CRC and length are checked only at the end of the stream).
+
+    Raises:
+        ValueError: a corrupt or truncated file.
+    """
+    expected = 4 + 4 * len(dims) + int(np.prod(dims, dtype=np.int64))
+    with _idx_errors(path):
+        if not path.endswith(".gz"):
+            size = os.path.getsize(path)
+        else:
+            size = 0
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
+    if size < expected:
+        raise ValueError(f"idx file {path!r} is truncated: its header says {list(dims)}, which "
+                         f"takes {expected} bytes, but it holds {size}; replace it with a "
+                         "complete copy")
+
+
 def _idx_header(f, path: str) -> tuple[int, ...]:
     magic = f.read(4)
     if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] != 0x08 or not 1 <= magic[3] <= 4:
         raise ValueError(f"{path!r} is not an unsigned-byte idx file (magic {magic!r})")
-    return struct.unpack(f">{magic[3]}I", f.read(4 * magic[3]))
+    dims = f.read(4 * magic[3])
+    if len(dims) != 4 * magic[3]:
+        raise ValueError(f"idx file {path!r} is truncated inside its header")
+    return struct.unpack(f">{magic[3]}I", dims)
 
 
 def read_idx(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Items [start, stop) of an unsigned-byte idx file (optionally .gz) as uint8 [n, ...].
 
     Raises:
-        ValueError: if the file is not an unsigned-byte idx file or is shorter than its header says.
+        ValueError: if the file is not an unsigned-byte idx file, is shorter than its header says,
+            is a corrupt gzip file or cannot be read.
     """
-    with _open_maybe_gzip(path) as f:
+    with _idx_errors(path), _open_maybe_gzip(path) as f:
         dims = _idx_header(f, path)
         stop = dims[0] if stop is None else min(stop, dims[0])
         item_size = int(np.prod(dims[1:], dtype=np.int64))
@@ -293,7 +371,8 @@ def read_idx(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         count = max(0, stop - start)
         data = f.read(count * item_size)
     if len(data) != count * item_size:
-        raise ValueError(f"{path!r} is truncated: expected {count} items of {item_size} bytes")
+        raise ValueError(f"idx file {path!r} is truncated: expected {count} items of {item_size} "
+                         "bytes; replace it with a complete copy")
     return np.frombuffer(data, np.uint8).reshape((count,) + tuple(dims[1:]))
 
 
@@ -305,13 +384,14 @@ def _idx_source(spec: str, directory: str, class_names: Sequence[str] | None) ->
         images_path = _find_idx_file(directory, origin, "images-idx3")
         labels_path = _find_idx_file(directory, origin, "labels-idx1")
         labels = read_idx(labels_path)
-        with _open_maybe_gzip(images_path) as f:
+        with _idx_errors(images_path), _open_maybe_gzip(images_path) as f:
             dims = _idx_header(f, images_path)
         if dims[0] != len(labels) or len(dims) not in (3, 4) or (
                 len(dims) == 4 and dims[3] not in (1, 3)):
             raise ValueError(
                 f"idx source {directory!r}: {os.path.basename(images_path)} has shape {dims}, "
                 f"expected [{len(labels)}, H, W] or [{len(labels)}, H, W, 1|3]")
+        _check_idx_length(images_path, dims)
         labels_seen.update(np.unique(labels).tolist())
         units += [IdxUnit(images_path, labels_path, origin, start,
                           min(start + _IDX_IMAGES_PER_UNIT, dims[0]))
@@ -326,16 +406,74 @@ def _idx_source(spec: str, directory: str, class_names: Sequence[str] | None) ->
     return Source(spec, os.path.abspath(directory), tuple(class_names), tuple(units), total, True)
 
 
-def _tfds_source(spec: str, name: str, data_dir: str | None) -> Source:
-    import tensorflow_datasets as tfds
+def _unreachable_download_host(builder) -> str | None:
+    """The first download host of a TFDS dataset that cannot be reached, as "host (reason)", or
+    None when all can (or when a proxy is configured, which may reach what this machine cannot).
 
+    Offline, TFDS retries every download for minutes before it fails; this takes seconds.
+    """
+    if urllib.request.getproxies():
+        return None
+    hosts = {}
+    for url in builder.url_infos or {}:
+        parts = urlsplit(url)
+        if parts.hostname:
+            hosts.setdefault(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    for host, port in hosts.items():
+        try:
+            socket.create_connection((host, port), timeout=_DOWNLOAD_PROBE_SECONDS).close()
+        except OSError as error:
+            return f"{host} ({getattr(error, 'strerror', None) or error})"
+    return None
+
+
+def _prepare_tfds(spec: str, builder, missing: str, install_hint: str) -> None:
+    """Downloads and prepares a TFDS dataset unless its data directory already holds it.
+
+    Args:
+        spec: the --source string, for messages.
+        builder: the dataset's TFDS builder.
+        missing: what else is missing, said before the dataset (e.g. Debian's files).
+        install_hint: another way to get the data, said before the TFDS one.
+
+    Raises:
+        ValueError: the dataset is not prepared and cannot be downloaded (its download host is
+            unreachable, or the download or preparation failed); says how to get it.
+    """
+    if builder.is_prepared():
+        return
+    missing = (f"source {spec!r}: {missing}TFDS dataset {builder.name!r} is not prepared in "
+               f"{os.fspath(builder.data_dir_root)!r}")
+    how = (f"{install_hint}prepare it on a machine with network access (python -c \"import "
+           f"tensorflow_datasets as tfds; tfds.builder('{builder.name}', data_dir='DIR')"
+           ".download_and_prepare()\") and pass --tfds-data-dir DIR")
+    unreachable = _unreachable_download_host(builder)
+    if unreachable is not None:
+        raise ValueError(f"{missing} and cannot be downloaded: {unreachable} cannot be reached "
+                         f"(offline?); {how}")
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # noqa: BLE001 - whatever TFDS raises, the user gets one line
+        _LOG.debug("TFDS download_and_prepare of %s failed", builder.name, exc_info=True)
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise ValueError(f"{missing}, and downloading it failed ({type(error).__name__}: "
+                         f"{reason}); {how}") from None
+
+
+def _tfds_source(spec: str, name: str, data_dir: str | None, missing: str = "",
+                 install_hint: str = "") -> Source:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ValueError(f"source {spec!r}: {missing}the TFDS package is not installed; "
+                         f"{install_hint}pip install tensorflow-datasets") from None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
         raise ValueError(f"source {spec!r}: unknown TFDS dataset {name!r}"
                          + (f"; did you mean {', '.join(close)}?" if close else "")) from None
-    builder.download_and_prepare()
+    _prepare_tfds(spec, builder, missing, install_hint)
     info = builder.info
     keys = info.supervised_keys
     image_key, label_key = keys if keys and len(keys) == 2 else ("image", "label")

@@ -4,7 +4,9 @@
 hyper-parameters when there are any, trains with `lade_tf.training.train_model` on the train split
 (validating on the eval split, the balanced `val` split in this pipeline) and writes:
 
-- `fn_args.serving_model_dir`: the serving SavedModel (`lade_tf.export.export_serving_model`);
+- `fn_args.serving_model_dir`: the serving SavedModel (`lade_tf.export.export_serving_model`),
+  with the inference rule of the trained loss (tau included) and an `estimate_prior` signature
+  whose calibration (BCTS) is fitted on the validation split (`prior_estimator`);
 - `fn_args.model_run_dir`: `model.keras` (raw pixels -> raw logits, float32, uncompiled),
   `train_config.json` (the config actually trained, tuned values included), a copy of the
   examples' `class_info.json`, `history.json` (metrics per epoch) and TensorBoard logs in `logs/`.
@@ -116,6 +118,50 @@ def training_data(config, train_files: Sequence[str],
     return TrainingData(info, image_shape, [int(n) for n in info["counts"]["train"]], train, val)
 
 
+def model_tau(config) -> float:
+    """The tau of a config's inference rule: config.tau for "logit_adjusted", else 1.0."""
+    return float(config.tau) if config.loss == "logit_adjusted" else 1.0
+
+
+def prior_estimator(model, val, class_counts: Sequence[int], loss: str, tau: float, *,
+                    calibration: str | None = None):
+    """The served model's target-prior estimator, calibrated on the validation split.
+
+    Args:
+        model: the trained raw-logits model.
+        val: the val split's tf.data batches of (images, labels), or None when it is empty.
+        class_counts, loss, tau: the model's training counts, loss and tau.
+        calibration: default `lade_tf.priors.DEFAULT_CALIBRATION` ("bcts").
+
+    Returns:
+        A fitted EM `TargetPriorEstimator`. Without val data, or if the calibration cannot be
+        fitted there (logged as a warning), it is the uncalibrated one (calibration "none"); the
+        served metadata records which.
+    """
+    import numpy as np
+    from absl import logging
+
+    from lade_tf.prior_estimation import TargetPriorEstimator
+    from lade_tf.priors import DEFAULT_CALIBRATION
+
+    calibration = calibration or DEFAULT_CALIBRATION
+    uncalibrated = TargetPriorEstimator(class_counts, loss, tau=tau, calibration="none")
+    if val is None:
+        logging.warning("No validation split: estimate_prior is not calibrated")
+        return uncalibrated
+    logits, labels = [], []
+    for images, batch_labels in val:
+        logits.append(np.asarray(model(images, training=False), np.float64))
+        labels.append(np.asarray(batch_labels, np.int64))
+    try:
+        return TargetPriorEstimator(class_counts, loss, tau=tau, calibration=calibration).fit(
+            np.concatenate(logits), np.concatenate(labels))
+    except ValueError as error:
+        logging.warning("estimate_prior is not calibrated: %s calibration failed on the "
+                        "validation split: %s", calibration, error)
+        return uncalibrated
+
+
 def train_and_save(config, train_files: Sequence[str], eval_files: Sequence[str], *,
                    serving_model_dir: str, model_run_dir: str, checkpoint_dir: str,
                    strategy=None) -> None:
@@ -143,9 +189,13 @@ def train_and_save(config, train_files: Sequence[str], eval_files: Sequence[str]
                                  os.path.join(model_run_dir, "logs"), strategy=strategy)
     if not training.is_chief(strategy):
         return
+    tau = model_tau(config)
     export_serving_model(model, serving_model_dir, class_counts=data.class_counts,
-                         train_loss=config.loss, class_names=data.info.get("class_names"),
+                         train_loss=config.loss, tau=tau,
+                         class_names=data.info.get("class_names"),
                          alpha=config.alpha if config.loss == "lade" else None,
+                         prior_estimator=prior_estimator(model, data.val, data.class_counts,
+                                                         config.loss, tau),
                          metadata={"train_config": config.to_dict()})
     tf.io.gfile.makedirs(model_run_dir)
     model.save(os.path.join(model_run_dir, MODEL_FILE))

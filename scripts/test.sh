@@ -3,14 +3,42 @@
 #  1. every test in the TFX environment (.venv, Python 3.10, slow end-to-end tests included),
 #  2. the library tests (tests/lib) in .venv-lib (Python 3.11, newest TensorFlow and Keras),
 #  3. the loss, layer and metric tests once more there with KERAS_BACKEND=jax.
+# Every stage runs even when an earlier one fails; a summary line per stage closes the output and
+# the exit status is non-zero when any stage failed (pytest's "no tests collected", 5, included).
+# With CI=true, a test whose data file or package is missing fails instead of being skipped.
 # Extra arguments go to the first pytest run (e.g. -k losses, -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --lib
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-echo "== [1/3] full suite, TFX stack (.venv, Python 3.10)"
-.venv/bin/python -m pytest -q -rs --durations=15 "$@" tests
-echo "== [2/3] library tests, newest TensorFlow/Keras (.venv-lib, Python 3.11)"
-.venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider tests/lib
-echo "== [3/3] losses, layers, metrics with KERAS_BACKEND=jax (.venv-lib)"
-KERAS_BACKEND=jax .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider -m backend_agnostic tests/lib
+export CI="${CI:-}"
+
+summary=()
+failed=0
+
+# run_stage NAME COMMAND...: runs the command, records its exit status and wall time.
+run_stage() {
+  local name=$1 started=$SECONDS status=0
+  shift
+  echo "== $name"
+  "$@" || status=$?
+  local seconds=$((SECONDS - started)) verdict=passed
+  if [ "$status" -ne 0 ]; then
+    verdict=FAILED
+    failed=1
+  fi
+  summary+=("$(printf '%-70s %-6s exit %-3s %3d min %02d s' "$name" "$verdict" "$status" \
+    $((seconds / 60)) $((seconds % 60)))")
+}
+
+run_stage "[1/3] full suite, TFX stack (.venv, Python 3.10)" \
+  .venv/bin/python -m pytest -q -rs --durations=15 "$@" tests
+run_stage "[2/3] library tests, newest TensorFlow/Keras (.venv-lib, Python 3.11)" \
+  .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider tests/lib
+run_stage "[3/3] losses, layers, metrics with KERAS_BACKEND=jax (.venv-lib)" \
+  env KERAS_BACKEND=jax .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider \
+  -m backend_agnostic tests/lib
+
+echo "== summary${CI:+ (CI=$CI)}"
+printf '%s\n' "${summary[@]}"
+exit "$failed"

@@ -20,6 +20,7 @@ import numpy as np
 from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
                              wrappers_pb2)
 
+from serving.model_manager import read_text_file
 from serving.status import ServingError, invalid_argument
 
 Tensors = Mapping[str, np.ndarray]
@@ -107,9 +108,12 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
 
 
 def read_batching_parameters_file(path: str) -> BatchingOptions:
-    """`parse_batching_parameters` of a file."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_batching_parameters(handle.read())
+    """`parse_batching_parameters` of a file.
+
+    Raises:
+        ValueError: the file cannot be read (see `read_text_file`) or holds bad parameters.
+    """
+    return parse_batching_parameters(read_text_file(path))
 
 
 def batch_rows(tensors: Tensors) -> int:

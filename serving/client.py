@@ -5,6 +5,7 @@ Works against `serving.server` and against real TF Serving. As a library:
     client = ServingClient("http://127.0.0.1:8501", "lade")
     prior = resolve_prior("source", client)         # or "uniform", [..], "prior.json"
     outputs = client.predict_images(images, prior)  # images float [B, H, W, C] 0..255
+    estimated = client.estimate_prior(images)       # p_t unknown: estimated from the batch
 
 As a command (image files are sent as PNG/JPEG bytes to `predict_encoded`, `.npy` arrays of raw
 pixels, [H, W, C] or [B, H, W, C] (grey: also [H, W] or [B, H, W]), to `serving_default`; one
@@ -12,6 +13,12 @@ prior for all of them):
 
     python -m serving.client --url http://127.0.0.1:8501 --model-name lade \
         --prior uniform --top-k 3 digit.png batch.npy
+
+With `--prior estimate` the target prior is unknown: all inputs go, as one batch of raw pixels, to
+the `estimate_prior` signature (image files are decoded here with Pillow and resized to the model's
+input), which estimates p_t from the batch (calibrated EM, docs/design.md section 7); the client
+prints that estimate next to the predictions made under it. Send a batch from one deployment: the
+estimate is about the batch as a whole (one image gives about the training prior).
 """
 from __future__ import annotations
 
@@ -141,6 +148,28 @@ class ServingClient:
         return _as_arrays(outputs)
 
 
+    def estimate_prior(self, images: np.ndarray) -> dict:
+        """The target prior estimated from a batch of raw-pixel images [B, H, W, C], and the
+        predictions under it (`estimate_prior` signature).
+
+        Returns:
+            target_prior float64 [C], probabilities float32 [B, C], logits float32 [B, C],
+            class_ids int64 [B].
+
+        Raises:
+            ValueError: for an empty batch.
+            ServingRequestError: if the server rejects the request.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or len(images) == 0:
+            raise ValueError(f"images have shape {images.shape}: expected a non-empty batch "
+                             "[B >= 1, H, W, C] from the target distribution")
+        outputs = self.predict({"images": images.tolist()}, signature_name="estimate_prior")
+        result = _as_arrays(outputs)
+        result["target_prior"] = np.asarray(outputs["target_prior"], np.float64)[0]
+        return result
+
+
 def _as_arrays(outputs: dict) -> dict:
     return {"probabilities": np.array(outputs["probabilities"], dtype=np.float32),
             "logits": np.array(outputs["logits"], dtype=np.float32),
@@ -224,15 +253,59 @@ def _load_array(path: str, image_shape: Sequence[int]) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def predict_files(client: ServingClient, paths: Sequence[str],
-                  prior: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(label, probabilities [C]) per input image, in input order; one request per kind."""
+def _decode_image_file(path: str, image_shape: Sequence[int]) -> np.ndarray:
+    """An image file as raw pixels [H, W, C] float32 at the model's input size and channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = image_shape
+    if channels not in (1, 3):
+        raise ValueError(f"model input has {channels} channels: image files can be decoded for "
+                         "1 (grey) or 3 (RGB); send .npy arrays instead")
+    try:
+        with Image.open(path) as picture:
+            picture = picture.convert("L" if channels == 1 else "RGB")
+            if picture.size != (width, height):
+                picture = picture.resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(picture, dtype=np.float32)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not a readable image (expected "
+                         f"{', '.join(IMAGE_SUFFIXES)})") from None
+    return pixels.reshape(height, width, channels)
+
+
+def _split_inputs(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     images = [p for p in paths if p.lower().endswith(IMAGE_SUFFIXES)]
     arrays = [p for p in paths if p.lower().endswith(".npy")]
     unknown = sorted(set(paths) - set(images) - set(arrays))
     if unknown:
         raise ValueError(f"unsupported inputs {unknown}: expected image files "
                          f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
+    return images, arrays
+
+
+def estimate_files(client: ServingClient,
+                   paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """(estimated target prior [C], (label, probabilities [C]) per input image in input order):
+    every input in one `estimate_prior` request."""
+    _split_inputs(paths)
+    image_shape = client.input_shapes("estimate_prior")["images"][1:]
+    labels, batches = [], []
+    for path in paths:
+        if path.lower().endswith(".npy"):
+            array = _load_array(path, image_shape)
+            labels += [path] if len(array) == 1 else [f"{path}[{i}]" for i in range(len(array))]
+        else:
+            array = _decode_image_file(path, image_shape)[None]
+            labels.append(path)
+        batches.append(array)
+    outputs = client.estimate_prior(np.concatenate(batches))
+    return outputs["target_prior"], list(zip(labels, outputs["probabilities"]))
+
+
+def predict_files(client: ServingClient, paths: Sequence[str],
+                  prior: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(label, probabilities [C]) per input image, in input order; one request per kind."""
+    images, arrays = _split_inputs(paths)
     results: dict[str, list[tuple[str, np.ndarray]]] = {}
     if images:
         encoded = []
@@ -266,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--version", type=int, help="model version (default: latest)")
     group.add_argument("--label", help="model version label")
     parser.add_argument("--prior", default="uniform",
-                        help="uniform | source | prior.json | '[w0, w1, ...]' | 'w0,w1,...'")
+                        help="uniform | source | estimate (estimated from the inputs by the "
+                             "estimate_prior signature) | prior.json | '[w0, w1, ...]' | "
+                             "'w0,w1,...'")
     parser.add_argument("--metadata-file", help="assets/lade_metadata.json (or the SavedModel "
                         "directory) for --prior source without the class_info signature")
     parser.add_argument("--top-k", type=int, default=3)
@@ -275,26 +350,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     client = ServingClient(args.url, args.model_name, version=args.version, label=args.label,
                            timeout=args.timeout)
+    estimated = None
     try:
-        prior = resolve_prior(args.prior, client, metadata_file=args.metadata_file)
+        if args.prior == "estimate":
+            estimated, results = estimate_files(client, args.inputs)
+            num_classes = len(estimated)
+        else:
+            prior = resolve_prior(args.prior, client, metadata_file=args.metadata_file)
+            num_classes = len(prior)
         try:
             names = [str(n) for n in client.class_info()["class_names"]]
         except (ServingRequestError, ValueError, KeyError):
-            names = [str(c) for c in range(len(prior))]
-        results = predict_files(client, args.inputs, prior)
+            names = [str(c) for c in range(num_classes)]
+        if estimated is None:
+            results = predict_files(client, args.inputs, prior)
     except (ServingRequestError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    k = max(1, min(args.top_k, len(prior)))
+    k = max(1, min(args.top_k, num_classes))
     rows = [(label, top_k(probabilities[None], k)[0]) for label, probabilities in results]
+    predictions = [{"input": label, "top_k": [
+        {"class_id": c, "class_name": names[c], "probability": p} for c, p in best]}
+        for label, best in rows]
     if args.json:
-        print(json.dumps([{"input": label, "top_k": [
-            {"class_id": c, "class_name": names[c], "probability": p} for c, p in best]}
-            for label, best in rows], indent=2))
-    else:
-        for label, best in rows:
-            ranked = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in best)
-            print(f"{label}: {ranked}")
+        if estimated is None:
+            print(json.dumps(predictions, indent=2))
+        else:
+            print(json.dumps({"target_prior": [
+                {"class_id": c, "class_name": names[c], "prior": float(p)}
+                for c, p in enumerate(estimated)], "predictions": predictions}, indent=2))
+        return 0
+    if estimated is not None:
+        shown = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in enumerate(estimated))
+        print(f"estimated target prior ({len(results)} images): {shown}")
+    for label, best in rows:
+        ranked = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in best)
+        print(f"{label}: {ranked}")
     return 0
 
 

@@ -61,17 +61,46 @@ class TensorSpec:
 # Requests
 
 
-_MAX_VALUE_TEXT = 2000
+#: Longest quote of a request in an error message, in UTF-8 bytes (TF Serving's snippet size).
+SNIPPET_BYTES = 256
+#: Longest error message in a response body; a safety net over messages not built from snippets.
+MAX_ERROR_BYTES = 16 * 1024
+_SNIPPET_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=True)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending in "..." when something was cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore") + "..."
+
+
+def snippet(text: str) -> str:
+    """Request text (a name, a path) quoted in an error message: one line, at most 256 bytes."""
+    return _cut(text.replace("\r", "\\r").replace("\n", "\\n"), SNIPPET_BYTES)
 
 
 def _value_text(value: Any) -> str:
-    """A JSON value as text for error messages, at most about 2000 characters.
+    """A JSON value quoted in an error message: compact JSON, one line, at most 256 bytes.
 
-    TF Serving prints the value whole (its code has a TODO to truncate), so a 60 MB request with
-    a format error would get a 60 MB error message.
+    The value is serialised lazily and only as far as the snippet needs, so quoting a 64 MiB
+    request costs no more than quoting a small one; a value nested too deeply to serialise is
+    quoted as far as it could be.
     """
-    text = json.dumps(value, indent=4)
-    return text if len(text) <= _MAX_VALUE_TEXT else text[:_MAX_VALUE_TEXT] + " ...(truncated)"
+    pieces: list[str] = []
+    length = 0
+    try:
+        for piece in _SNIPPET_ENCODER.iterencode(value):
+            pieces.append(piece)
+            length += len(piece)
+            if length > SNIPPET_BYTES:  # more characters than the limit: more bytes too
+                break
+    except (RecursionError, TypeError, ValueError):
+        if not pieces:
+            return _json_type(value)
+        pieces.append("...")
+    return _cut("".join(pieces), SNIPPET_BYTES)
 
 
 def _json_type(value: Any) -> str:
@@ -253,7 +282,7 @@ def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
 
     def add(item: Any, name: str) -> None:
         if name not in specs:
-            raise invalid_argument(f"JSON object: does not have named input: {name}")
+            raise invalid_argument(f"JSON object: does not have named input: {snippet(name)}")
         shape = _dense_shape(item)
         leaves: list = []
         _collect(item, 0, shape, specs[name].dtype, leaves)
@@ -278,8 +307,8 @@ def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
                     add(item, name)
                 except ServingError as error:
                     raise invalid_argument(
-                        f"Failed to process element: {index} key: {name} of 'instances' list. "
-                        f"Error: {error.code}: {error.message}") from None
+                        f"Failed to process element: {index} key: {snippet(name)} of "
+                        f"'instances' list. Error: {error.code}: {error.message}") from None
             if set(element) != set(names):
                 raise invalid_argument(
                     f"Failed to process element: {index} of 'instances' list. JSON object: "
@@ -377,6 +406,24 @@ def signature_name_of(document: dict) -> str:
         raise _format_error(document, "not formatted correctly. 'signature_name' key must be a "
                                       "string value.")
     return name
+
+
+def classify_regress_examples(document: dict, method: str) -> list:
+    """The `examples` of a parsed :classify or :regress request, checked as TF Serving does.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT, with TF Serving's messages (naming `method`), when
+            `examples` is missing, not a list or empty.
+    """
+    if "examples" not in document:
+        raise _format_error(document, f"When method is {method}, key 'examples' is expected and "
+                                      "was not found")
+    examples = document["examples"]
+    if not isinstance(examples, list):
+        raise _format_error(document, "Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _format_error(document, "'examples' value is an empty array")
+    return examples
 
 
 def predict_inputs(document: dict, body: bytes, specs: Mapping[str, TensorSpec]
@@ -512,6 +559,6 @@ def predict_response(outputs: Mapping[str, np.ndarray], request_format: str) -> 
 
 
 def error_body(message: str) -> bytes:
-    """`{"error": "<message>"}`, the body of every failed REST call."""
-    return json.dumps({"error": message}).encode("utf-8")
+    """`{"error": "<message>"}`, the body of every failed REST call (at most MAX_ERROR_BYTES)."""
+    return json.dumps({"error": _cut(message, MAX_ERROR_BYTES)}).encode("utf-8")
 

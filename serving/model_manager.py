@@ -7,30 +7,33 @@ the old one is unloaded, so the model never stops answering (and a version that 
 leaves the previous one serving). Version labels come from the model config. Status and metadata
 are rendered as the JSON of TF Serving's GetModelStatusResponse and GetModelMetadataResponse
 protos.
+
+Config files and base paths are checked without TensorFlow, which is imported (a matter of
+seconds) only when the first version loads, so a bad flag or file is reported at once.
 """
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format, text_format
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
-                                    status_pb2)
+from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.json_tensor import TensorSpec
+from serving.json_tensor import TensorSpec, snippet
 from serving.status import ServingError, from_tensorflow_error, invalid_argument
+
+if TYPE_CHECKING:
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
 log = logging.getLogger("serving")
 
 DEFAULT_SIGNATURE = "serving_default"
-_ERROR_CODES = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
 _SERVE_TAG = "serve"
 
 
@@ -63,8 +66,8 @@ def parse_model_config(text: str) -> list[ModelConfig]:
     configs = []
     for entry in proto.model_config_list.config:
         if not entry.name or not entry.base_path:
-            raise ValueError(f"model config entry {text_format.MessageToString(entry)!r}: "
-                             "expected both name and base_path")
+            text = text_format.MessageToString(entry, as_one_line=True)
+            raise ValueError(f"model config entry {text!r}: expected both name and base_path")
         if entry.model_platform not in ("", "tensorflow"):
             raise ValueError(f"model {entry.name!r}: model_platform {entry.model_platform!r} is "
                              "not supported, expected \"tensorflow\"")
@@ -81,10 +84,55 @@ def parse_model_config(text: str) -> list[ModelConfig]:
     return configs
 
 
+def read_text_file(path: str) -> str:
+    """The UTF-8 text of a config file.
+
+    Raises:
+        ValueError: the file is missing, unreadable, a directory or not UTF-8 (names the cause).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ValueError(f"cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"is not UTF-8 text (byte {error.start})") from None
+
+
 def read_model_config_file(path: str) -> list[ModelConfig]:
-    """`parse_model_config` of a file (TF Serving's --model_config_file)."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_model_config(handle.read())
+    """`parse_model_config` of a file (TF Serving's --model_config_file).
+
+    Raises:
+        ValueError: the file cannot be read (see `read_text_file`) or is not a valid config.
+    """
+    return parse_model_config(read_text_file(path))
+
+
+def base_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a model base path, or None.
+
+    A path that does not exist yet is fine (versions may be pushed later, and are picked up by
+    the poll); a file, a dangling symbolic link or a directory that cannot be listed is not.
+    """
+    expected = "expected a directory of numbered SavedModel versions (1/, 2/, ...)"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist; {expected}"
+        return None
+    except NotADirectoryError:
+        return f"has a file where a parent directory should be; {expected}"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}); {expected}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"is not a directory; {expected}"
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}); {expected}"
+    return None
 
 
 @dataclass
@@ -97,6 +145,8 @@ class Signature:
 
     def run(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the signature; TensorFlow errors become ServingErrors with their code."""
+        import tensorflow as tf
+
         try:
             feeds = {name: tf.constant(value, dtype=self.inputs[name].dtype)
                      for name, value in tensors.items()}
@@ -105,13 +155,15 @@ class Signature:
         except tf.errors.OpError as error:
             raise from_tensorflow_error(error) from None
         except (TypeError, ValueError) as error:
-            raise invalid_argument(str(error)) from None
+            raise invalid_argument(snippet(str(error))) from None
 
 
 class LoadedVersion:
     """One loaded SavedModel version: its signatures and its signature_def map as JSON."""
 
     def __init__(self, model_name: str, version: int, path: str):
+        import tensorflow as tf
+
         self.model_name = model_name
         self.version = version
         self.path = path
@@ -127,6 +179,9 @@ class LoadedVersion:
 
     @staticmethod
     def _read_signature_defs(path: str) -> get_model_metadata_pb2.SignatureDefMap:
+        from tensorflow.core.protobuf import saved_model_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
         saved_model = saved_model_pb2.SavedModel()
         with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
             saved_model.ParseFromString(handle.read())
@@ -141,7 +196,8 @@ class LoadedVersion:
         """The named signature ("" = serving_default), or INVALID_ARGUMENT as in TF Serving."""
         name = name or DEFAULT_SIGNATURE
         if name not in self.signatures:
-            raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+            raise invalid_argument(f'Serving signature name: "{snippet(name)}" not found in '
+                                   "signature def")
         return self.signatures[name]
 
 
@@ -153,7 +209,14 @@ class VersionState:
 
 
 def _versions_on_disk(base_path: str) -> dict[int, str]:
-    """Numeric sub-directories of `base_path` (hidden staging directories are not numeric)."""
+    """Numeric sub-directories of `base_path` (hidden staging directories are not numeric).
+
+    Raises:
+        ValueError: the base path is not a directory that can be listed (see base_path_problem).
+    """
+    problem = base_path_problem(base_path)
+    if problem is not None:
+        raise ValueError(f"base path {base_path!r} {problem}")
     try:
         entries = list(os.scandir(base_path))
     except FileNotFoundError:
@@ -186,6 +249,8 @@ class ModelVersions:
         self.available: dict[int, LoadedVersion] = {}
         self.states: dict[int, VersionState] = {}
         self._failed: dict[int, tuple] = {}  # version -> tree stamp of the failed load
+        self._path_problem: str | None = None
+        self.polled = False  # whether `sync` has looked at the base path yet
 
     def aspired(self, on_disk: Mapping[int, str]) -> set[int]:
         """Versions the policy wants loaded."""
@@ -197,8 +262,18 @@ class ModelVersions:
         return set(versions[-self.config.num_versions:])
 
     def sync(self) -> None:
-        """One poll: load aspired versions not yet loaded, then unload the others (blocking)."""
-        on_disk = _versions_on_disk(self.config.base_path)
+        """One poll: load aspired versions not yet loaded, then unload the others (blocking).
+
+        A base path that turned into a file or cannot be listed is logged (once, not on every
+        poll) and changes nothing: the loaded versions keep serving.
+        """
+        self.polled = True
+        try:
+            on_disk = _versions_on_disk(self.config.base_path)
+        except ValueError as error:
+            self._report_path_problem(str(error))
+            return
+        self._report_path_problem(None)
         if not on_disk and not self.available:
             log.warning("No versions of servable %s found under base path %s",
                         self.config.name, self.config.base_path)
@@ -234,6 +309,12 @@ class ModelVersions:
             self.states[version] = VersionState("END")
             log.info("Unloaded servable version {name: %s version: %d}", self.config.name,
                      version)
+
+    def _report_path_problem(self, problem: str | None) -> None:
+        if problem is not None and problem != self._path_problem:
+            log.error("model %s: %s; serving continues with the loaded versions",
+                      self.config.name, problem)
+        self._path_problem = problem
 
     def unload_all(self) -> None:
         """Marks every loaded version END and drops it (the model left the config)."""
@@ -271,11 +352,17 @@ class ModelManager:
                     current.unload_all()
             self.models = models
 
-    def poll(self) -> None:
-        """Syncs every model with its base path (blocking: call it off the event loop)."""
+    def poll(self, new_only: bool = False) -> None:
+        """Syncs every model with its base path (blocking: call it off the event loop).
+
+        Args:
+            new_only: sync only the models never polled yet (those a `reconfigure` added), as
+                TF Serving does for them with --file_system_poll_wait_seconds 0 (poll once).
+        """
         with self._lock:
             for model in list(self.models.values()):
-                model.sync()
+                if not (new_only and model.polled):
+                    model.sync()
 
     def _label_version(self, name: str, label: str) -> int:
         model = self.models.get(name)
@@ -311,10 +398,13 @@ class ModelManager:
         Raises:
             ServingError: NOT_FOUND for an unknown model or version.
         """
+        from tensorflow_serving.apis import get_model_status_pb2, status_pb2
+
         if label is not None:
             version = self._label_version(name, label)
         model = self.models.get(name)
         states = dict(model.states) if model is not None else {}
+        error_codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
         response = get_model_status_pb2.GetModelStatusResponse()
         if version is not None:
             if version not in states:
@@ -330,7 +420,7 @@ class ModelManager:
             entry = response.model_version_status.add()
             entry.version = number
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
-            entry.status.error_code = _ERROR_CODES.values_by_name[state.error_code].number
+            entry.status.error_code = error_codes.values_by_name[state.error_code].number
             entry.status.error_message = state.error_message
         return json_format.MessageToDict(response, including_default_value_fields=True,
                                          preserving_proto_field_name=True)

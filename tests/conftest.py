@@ -1,9 +1,16 @@
-"""Shared fixtures: real data sets only (scikit-learn digits, Fashion-MNIST, CIFAR-10 tarball)."""
+"""Shared fixtures: real data sets only (scikit-learn digits, Fashion-MNIST, CIFAR-10 tarball).
+
+Missing data or packages: `require_or_skip` skips the test on a developer's partial machine, and
+fails it when the environment variable CI is true (as CI services set it), so CI never passes by
+skipping what it should run.
+"""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -12,6 +19,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.xz"
+
+
+def in_ci() -> bool:
+    """Whether the environment variable CI says this is a CI run (true, 1 or yes)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_or_skip(reason: str) -> None:
+    """Ends the current test for a missing data file or package: a failure under CI=true, else a
+    skip. Works in tests, fixtures and at module level."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI={os.environ['CI']}: missing data or packages fail the run)",
+                    pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_or_skip(name: str, why: str = "") -> ModuleType:
+    """`pytest.importorskip` through `require_or_skip`: the module, or a skip (a failure in CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        require_or_skip(f"cannot import {name} ({error}){': ' + why if why else ''}")
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +57,8 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def fashion_mnist_dir() -> Path:
     """Directory of the Debian `dataset-fashion-mnist` idx files."""
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} "
-                    "(apt-get install dataset-fashion-mnist; scripts/setup.sh does it as root)")
+        require_or_skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install "
+                        "dataset-fashion-mnist; scripts/setup.sh does it as root)")
     return FASHION_MNIST_DIR
 
 
@@ -37,7 +66,8 @@ def fashion_mnist_dir() -> Path:
 def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared CIFAR-10 JPEG tree extracted once per session; returns `.../cifar10-jpeg`."""
     if not CIFAR10_TARBALL.exists():
-        pytest.skip(f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data folder)")
+        require_or_skip(f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data "
+                        "folder)")
     target = tmp_path_factory.mktemp("cifar10")
     subprocess.run(["tar", "-xJf", str(CIFAR10_TARBALL), "-C", str(target)], check=True)
     return target / "cifar10-jpeg"

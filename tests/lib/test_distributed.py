@@ -82,18 +82,29 @@ def distributed_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout)
 
 
+# Float32 summation order is all that may differ. Measured on an AMD EPYC (TF 2.16 and 2.21,
+# oneDNN on and off, the same to the bit): loss gap 9.5e-7 on a loss of 10.4 (one float32 ulp,
+# 9.2e-8 relative), weight gap 2.4e-7 after a step of 1.2 (2e-7 relative). The tolerances leave
+# 100x and 50x of margin; without the gather the gaps are 1.03 (0.1 relative) and 0.41 (0.31).
+LOSS_RTOL = 1e-5
+WEIGHT_RTOL = 1e-5
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("options", ["sample_all", "class_present"])
 def test_mirrored_step_equals_single_device_global_batch(distributed_runs, options):
     run = distributed_runs[options]
     loss_gap, weight_gap = max_difference(run["single"], run["mirrored"])
-    assert loss_gap < 1e-5 and weight_gap < 1e-5, (loss_gap, weight_gap)
     step_size = max_difference(distributed_runs["initial"], run["single"])[1]
     assert step_size > 1e-2, step_size  # the step really moved the weights
+    assert loss_gap < LOSS_RTOL * abs(run["single"][0]), loss_gap
+    assert weight_gap < WEIGHT_RTOL * step_size, (weight_gap, step_size)
 
 
 @pytest.mark.timeout(300)
 def test_without_the_gather_mirrored_training_differs(distributed_runs):
     run = distributed_runs["no_gather"]
     loss_gap, weight_gap = max_difference(run["single"], run["mirrored"])
-    assert loss_gap > 1e-2 and weight_gap > 1e-2, (loss_gap, weight_gap)
+    step_size = max_difference(distributed_runs["initial"], run["single"])[1]
+    assert loss_gap > 0.03 * abs(run["single"][0]), loss_gap
+    assert weight_gap > 0.1 * step_size, (weight_gap, step_size)

@@ -12,14 +12,19 @@ COUNTS = [40, 20, 10, 5]
 NUM_CLASSES = len(COUNTS)
 
 
-def reference_adjusted(logits, counts, train_loss, target_prior):
-    """Independent NumPy inference rule; zero-prior classes are -inf here (probability 0)."""
+def reference_adjusted(logits, counts, train_loss, target_prior, tau=1.0):
+    """Independent NumPy inference rule; zero-prior classes are -inf here (probability 0).
+
+    A loss CE(f + k log p_s) is minimised by f + k log p_s = log p_s(y|x) + const, so f carries
+    (1 - k) log p_s: k = 0 for CE, 1 for LADE / Balanced Softmax, tau for the logit-adjusted
+    loss. Removing it and adding log p_t gives log p_t(y|x) + const.
+    """
     source = np.asarray(counts, np.float64) / np.sum(counts)
     prior = np.asarray(target_prior, np.float64)
     prior = prior / prior.sum(axis=-1, keepdims=True)
-    shift = -np.log(source) if train_loss == "ce" else 0.0
+    k = {"ce": 0.0, "lade": 1.0, "balanced_softmax": 1.0, "logit_adjusted": tau}[train_loss]
     with np.errstate(divide="ignore"):
-        return np.asarray(logits, np.float64) + shift + np.log(prior)
+        return np.asarray(logits, np.float64) - (1.0 - k) * np.log(source) + np.log(prior)
 
 
 def softmax(z):
@@ -47,20 +52,84 @@ BAD_PRIORS = {
 }
 
 
+RULE_CASES = [(loss, 1.0) for loss in LOSS_NAMES] + [("logit_adjusted", 0.5),
+                                                      ("logit_adjusted", 2.0)]
+
+
 @pytest.mark.backend_agnostic
-@pytest.mark.parametrize("train_loss", LOSS_NAMES)
-def test_layer_and_numpy_twin_match_the_rule(train_loss):
+@pytest.mark.parametrize("train_loss, tau", RULE_CASES)
+def test_layer_and_numpy_twin_match_the_rule(train_loss, tau):
     logits = random_logits()
     rng = np.random.default_rng(1)
     priors = {"vector": rng.uniform(0.1, 3.0, NUM_CLASSES),
               "per_row": rng.uniform(0.1, 3.0, (6, NUM_CLASSES))}
-    layer = layers.PriorCorrection(COUNTS, train_loss=train_loss)
+    layer = layers.PriorCorrection(COUNTS, train_loss=train_loss, tau=tau)
     for name, prior in priors.items():
-        expected = reference_adjusted(logits, COUNTS, train_loss, prior)
+        expected = reference_adjusted(logits, COUNTS, train_loss, prior, tau)
         np.testing.assert_allclose(to_numpy(layer(logits, prior.astype(np.float32))), expected,
                                    rtol=1e-5, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(layers.adjust_logits_numpy(logits, COUNTS, train_loss, prior),
+        np.testing.assert_allclose(layers.adjust_logits_numpy(logits, COUNTS, train_loss, prior,
+                                                              tau=tau),
                                    expected, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_logit_adjusted_rule_recovers_the_target_posterior(tau):
+    """Expected values from the generative model, not from the rule's formula.
+
+    Class-conditional log-likelihoods l(x, y) (random) define p_s(y|x) = softmax(l + log p_s)
+    and p_t(y|x) = softmax(l + log p_t). A model minimising CE(f + tau log p_s) has
+    softmax(f + tau log p_s) = p_s(y|x), i.e. f = l + (1 - tau) log p_s + const(x); the
+    correction must turn that f into p_t(y|x).
+    """
+    rng = np.random.default_rng(11)
+    log_likelihood = rng.normal(0, 2, size=(8, NUM_CLASSES))
+    source = np.asarray(COUNTS, np.float64) / np.sum(COUNTS)
+    row_constant = rng.normal(0, 5, size=(8, 1))  # a model's logits are free up to one per row
+    logits = log_likelihood + (1.0 - tau) * np.log(source) + row_constant
+    np.testing.assert_allclose(softmax(logits + tau * np.log(source)),
+                               softmax(log_likelihood + np.log(source)), atol=1e-12)
+    target = rng.dirichlet(np.ones(NUM_CLASSES))
+    expected = softmax(log_likelihood + np.log(target))
+    layer = layers.PriorCorrection(COUNTS, train_loss="logit_adjusted", tau=tau)
+    np.testing.assert_allclose(softmax(to_numpy(layer(logits.astype(np.float32), target))),
+                               expected, atol=1e-5)
+    np.testing.assert_allclose(softmax(layers.adjust_logits_numpy(
+        logits, COUNTS, "logit_adjusted", target, tau=tau)), expected, atol=1e-12)
+    # With p_t = p_s the rule gives the source posterior softmax(f + tau log p_s).
+    np.testing.assert_allclose(softmax(layers.adjust_logits_numpy(
+        logits, COUNTS, "logit_adjusted", source, tau=tau)),
+        softmax(logits + tau * np.log(source)), atol=1e-12)
+    if tau != 1.0:  # the rule without the tau term is off by (tau - 1) log p_s
+        wrong = softmax(layers.adjust_logits_numpy(logits, COUNTS, "logit_adjusted", target))
+        assert np.abs(wrong - expected).max() > 0.05
+
+
+@pytest.mark.backend_agnostic
+def test_correction_offset_per_loss():
+    log_source = np.log(np.asarray(COUNTS) / np.sum(COUNTS))
+    np.testing.assert_allclose(layers.correction_offset(COUNTS, "ce"), -log_source)
+    np.testing.assert_array_equal(layers.correction_offset(COUNTS, "lade"), 0.0)
+    np.testing.assert_array_equal(layers.correction_offset(COUNTS, "balanced_softmax"), 0.0)
+    np.testing.assert_allclose(layers.correction_offset(COUNTS, "logit_adjusted", 2.0),
+                               log_source)
+    np.testing.assert_allclose(layers.correction_offset(COUNTS, "logit_adjusted", 0.5),
+                               -0.5 * log_source)
+
+
+@pytest.mark.backend_agnostic
+@pytest.mark.parametrize("loss, tau, message", [
+    ("logit_adjusted", -1.0, "tau = -1.0: expected a finite number >= 0"),
+    ("logit_adjusted", float("nan"), "tau = nan"),
+    ("ce", 2.0, "tau = 2.0 with train_loss = 'ce'"),
+    ("lade", 0.5, "tau = 0.5 with train_loss = 'lade'"),
+])
+def test_bad_tau_is_rejected(loss, tau, message):
+    with pytest.raises(ValueError, match=message):
+        layers.PriorCorrection(COUNTS, train_loss=loss, tau=tau)
+    with pytest.raises(ValueError, match=message):
+        layers.adjust_logits_numpy(random_logits(), COUNTS, loss, None, tau=tau)
 
 
 @pytest.mark.backend_agnostic
@@ -146,9 +215,12 @@ def test_float32_output_under_mixed_precision():
 
 @pytest.mark.backend_agnostic
 def test_serialisation_and_keras_save_load_round_trip(tmp_path):
-    layer = layers.PriorCorrection(COUNTS, train_loss="logit_adjusted", name="pc")
+    layer = layers.PriorCorrection(COUNTS, train_loss="logit_adjusted", tau=2.0, name="pc")
     clone = layers.PriorCorrection.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
+    assert clone.get_config() == layer.get_config() and clone.tau == 2.0
+    logits = random_logits()
+    np.testing.assert_allclose(to_numpy(clone(logits, np.ones(NUM_CLASSES))),
+                               to_numpy(layer(logits, np.ones(NUM_CLASSES))))
 
     images = keras.Input((3,), name="features")
     prior = keras.Input((NUM_CLASSES,), name="target_prior")

@@ -121,9 +121,16 @@ def test_lade_matches_numpy_reference(kind, importance, lader_classes):
 
 @pytest.mark.backend_agnostic
 def test_lade_variants_really_differ_on_missing_classes():
+    """The four variants are four different numbers (measured 2.63, 1.36, 1.24 and 0.31), each
+    the reference's: an option that is silently ignored would make two of them equal."""
     labels, logits = batch("missing", seed=2)
-    values = {option: reference_lader(labels, logits, COUNTS, 0.1, *option) for option in OPTIONS}
-    assert len({round(v, 6) for v in values.values()}) == 4, values
+    values = {option: float(to_numpy(losses.lader(labels, logits, COUNTS, 0.1, *option)))
+              for option in OPTIONS}
+    for option, value in values.items():
+        assert value == pytest.approx(reference_lader(labels, logits, COUNTS, 0.1, *option),
+                                      rel=1e-5), option
+    ordered = sorted(values.values())
+    assert min(np.diff(ordered)) > 0.05, values
 
 
 @pytest.mark.backend_agnostic
@@ -166,10 +173,14 @@ def test_lade_reference_code_variant_matches_authors_formula():
 def test_large_logits_are_stable():
     labels, logits = batch("missing", seed=5)
     logits = logits * 100.0  # exp would overflow float32 without logsumexp
+    assert np.abs(logits).max() < 700  # but not float64: the plain reference still holds
     for importance, lader_classes in OPTIONS:
         value = to_numpy(losses.LADELoss(COUNTS, importance=importance,
                                          lader_classes=lader_classes)(labels, logits))
-        assert np.isfinite(value)
+        expected = reference_lade(labels, logits.astype(np.float64), COUNTS, 0.1, 0.1,
+                                  importance, lader_classes)
+        # Measured relative error <= 1.2e-7 (values 660 to 890).
+        np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 
 # ---- reductions and sample weights (the documented contract) ----
@@ -257,11 +268,12 @@ def test_float32_math_for_float16_logits(mixed_float16):
     for loss in (losses.LADELoss(COUNTS), losses.make_loss("lade", COUNTS)):
         value = loss(labels, keras.ops.convert_to_tensor(logits16))
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
-        np.testing.assert_allclose(to_numpy(value), exact, rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(value), exact, rtol=1e-6)  # measured 8e-8
     per_sample = losses.balanced_softmax_loss(labels, logits16, COUNTS)
     assert keras.backend.standardize_dtype(per_sample.dtype) == "float32"
+    # Some samples have a loss of exactly 0 (the true logit dominates): atol for those.
     np.testing.assert_allclose(to_numpy(per_sample),
-                               reference_prior_ce(labels, logits16, COUNTS), rtol=1e-6)
+                               reference_prior_ce(labels, logits16, COUNTS), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.backend_agnostic

@@ -1,6 +1,8 @@
 """lade_tf.priors against independent NumPy/SciPy references and real (digits) classifiers."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize, minimize_scalar
@@ -263,12 +265,96 @@ def test_estimate_target_prior_errors():
     with pytest.raises(ValueError, match="class"):
         priors.estimate_target_prior(probs, [1 / 3] * 3, "bbse", val_probs=probs,
                                      val_labels=[0, 0, 1, 1])
-    with pytest.raises(ValueError, match="rows must sum to 1"):
-        priors.estimate_target_prior(probs * 3, [1 / 3] * 3)
-    with pytest.raises(ValueError, match=r"\[N >= 1, 2\]"):
-        priors.estimate_target_prior(probs, [0.5, 0.5])
     with pytest.raises(ValueError, match="source_prior"):
         priors.estimate_target_prior(probs, [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError, match="prior_strength = -1"):
+        priors.estimate_target_prior(probs, [1 / 3] * 3, prior_strength=-1)
+    with pytest.raises(ValueError, match="prior_strength = 5.*bbse"):
+        priors.estimate_target_prior(probs, [1 / 3] * 3, "bbse", prior_strength=5,
+                                     val_probs=probs, val_labels=[0, 1, 2, 0])
+    with pytest.raises(ValueError, match="prior_centre has 2 entries: expected 3"):
+        priors.estimate_target_prior(probs, [1 / 3] * 3, prior_strength=1,
+                                     prior_centre=[0.5, 0.5])
+
+
+@pytest.mark.parametrize("probs, message", [
+    (np.full((4, 3), 1.0), r"probs\[0\] sums to 3: expected rows that sum to 1"),
+    (np.array([[0.5, 0.5, 0.0], [0.2, 0.2, 0.2]]), r"probs\[1\] sums to 0.6"),
+    (np.array([[0.5, 0.5, 0.0], [np.nan, 0.5, 0.5]]),
+     r"probs\[1\] = \[nan, 0.5, 0.5\] has NaN or infinite entries"),
+    (np.array([[1.5, -0.5, 0.0]]), r"probs\[0\] = .* has negative entries"),
+    (np.full((4, 2), 0.5), r"probs has shape \(4, 2\): expected \[N, 3\]"),
+    (np.full(3, 1 / 3), r"probs has shape \(3,\): expected \[N, 3\]"),
+    (np.zeros((0, 3)), r"probs is an empty batch \(shape \(0, 3\)\)"),
+])
+def test_bad_posteriors_name_the_value_and_the_expectation(probs, message):
+    with pytest.raises(ValueError, match=message):
+        priors.estimate_target_prior(probs, [1 / 3] * 3)
+
+
+def _reference_map_em(probs, source, strength, centre, steps=5000):
+    """Dirichlet-MAP label-shift EM written directly: the posterior mode of
+    sum_i log sum_y p(y|x_i) pi_y / p_s(y) + sum_y strength * centre_y * log pi_y,
+    found by SciPy on the softmax parametrisation."""
+    ratio = probs / source
+
+    def negative_log_posterior(theta):
+        pi = softmax(theta)
+        return -(np.log(ratio @ pi).sum() + strength * centre @ np.log(pi))
+
+    theta = minimize(negative_log_posterior, np.log(source), method="BFGS",
+                     options={"gtol": 1e-10, "maxiter": steps}).x
+    return softmax(theta)
+
+
+@pytest.mark.parametrize("size", [1, 8, 200])
+def test_map_em_is_the_dirichlet_posterior_mode(size):
+    model, rng = GaussianClasses(), np.random.default_rng(4)
+    _, x = model.sample(TARGET, size, rng)
+    probs = model.posterior(x, SOURCE)
+    for strength in (0.5, 10.0):
+        estimate = priors.estimate_target_prior(probs, SOURCE, prior_strength=strength,
+                                                tol=1e-12, max_iter=100_000)
+        np.testing.assert_allclose(estimate, _reference_map_em(probs, SOURCE, strength, SOURCE),
+                                   atol=2e-5)
+
+
+def test_map_em_centre_and_limits():
+    model, rng = GaussianClasses(), np.random.default_rng(5)
+    _, x = model.sample(TARGET, 500, rng)
+    probs = model.posterior(x, SOURCE)
+    centre = np.full(5, 0.2)
+    estimate = priors.estimate_target_prior(probs, SOURCE, prior_strength=50,
+                                            prior_centre=centre, tol=1e-12, max_iter=100_000)
+    np.testing.assert_allclose(estimate, _reference_map_em(probs, SOURCE, 50, centre), atol=2e-5)
+    plain = priors.estimate_target_prior(probs, SOURCE)
+    np.testing.assert_array_equal(priors.estimate_target_prior(probs, SOURCE, prior_strength=0),
+                                  plain)
+    huge = priors.estimate_target_prior(probs, SOURCE, prior_strength=1e9, prior_centre=centre)
+    np.testing.assert_allclose(huge, centre, atol=1e-5)
+    # One image: plain EM collapses towards one class, MAP stays within 2 / (1 + lambda) (L1).
+    one = probs[:1]
+    assert priors.estimate_target_prior(one, SOURCE).max() > 0.99
+    strength = priors.DEFAULT_PRIOR_STRENGTH
+    assert np.abs(priors.estimate_target_prior(one, SOURCE, prior_strength=strength)
+                  - SOURCE).sum() <= 2 / (1 + strength) + 1e-9
+
+
+def test_estimation_errors_against_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    p, q = np.array([0.5, 0.3, 0.2, 0.0]), np.array([0.1, 0.1, 0.4, 0.4])
+    error = priors.prior_estimation_error(p, q)
+    assert error["l1"] == pytest.approx(0.4 + 0.2 + 0.2 + 0.4)
+    # SciPy returns the Jensen-Shannon distance, the square root of the divergence.
+    assert error["js"] == pytest.approx(jensenshannon(p, q) ** 2, rel=1e-12)
+    assert priors.jensen_shannon_divergence(p, p) == 0.0
+    assert priors.jensen_shannon_divergence([1, 0], [0, 1]) == pytest.approx(np.log(2))
+    assert priors.prior_estimation_error([2, 2], [1, 1]) == {"l1": 0.0, "js": 0.0}  # normalised
+    with pytest.raises(ValueError, match="estimate has 2 entries and true_prior 3"):
+        priors.prior_estimation_error([0.5, 0.5], [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match=r"p = \[-1.,  2.\]: expected a 1-D distribution"):
+        priors.jensen_shannon_divergence([-1, 2], [0.5, 0.5])
 
 
 # ---------------------------------------------------------------- calibration
@@ -326,6 +412,35 @@ def test_calibrate_logits_formula_and_errors():
         priors.calibrate_logits(logits, 0.0)
     with pytest.raises(ValueError, match="bias"):
         priors.calibrate_logits(logits, 1.0, [0.0, 1.0])
+
+
+def test_calibrator_fit_apply_and_round_trip(digits_classifier):
+    _, val_logits, val_labels = digits_classifier["val"]
+    _, test_logits, _ = digits_classifier["test"]
+    bcts = priors.Calibrator.fit(val_logits, val_labels)  # BCTS is the default
+    temperature, bias = priors.fit_bcts(val_logits, val_labels)
+    assert bcts.method == "bcts" and bcts.temperature == temperature
+    np.testing.assert_allclose(bcts.apply(test_logits), test_logits / temperature + bias)
+    assert priors.Calibrator.from_dict(bcts.to_dict()) == bcts
+    scaled = priors.Calibrator.fit(val_logits, val_labels, "temperature")
+    assert scaled.bias is None
+    np.testing.assert_allclose(scaled.apply(test_logits),
+                               test_logits / priors.fit_temperature(val_logits, val_labels))
+    identity = priors.Calibrator.fit(val_logits, val_labels, "none")
+    assert identity == priors.Calibrator()
+    np.testing.assert_array_equal(identity.apply(test_logits), test_logits)
+    assert json.loads(json.dumps(bcts.to_dict())) == bcts.to_dict()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="platt"), "calibration = 'platt': expected one of"),
+    (dict(method="bcts", temperature=1.0), "bias = None with calibration = 'bcts'"),
+    (dict(method="none", temperature=2.0), "temperature = 2.0 with calibration = 'none'"),
+    (dict(method="temperature", temperature=-1.0), "temperature = -1.0"),
+])
+def test_calibrator_rejects_inconsistent_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        priors.Calibrator(**kwargs)
 
 
 def test_calibration_errors():

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from tests.conftest import import_or_skip
+
+tf = import_or_skip("tensorflow", "lade_tf.training is TensorFlow-specific")
 import keras  # noqa: E402
 
 from lade_tf import training  # noqa: E402
@@ -243,7 +245,8 @@ def test_train_model_learns_and_logs(digits_examples, tmp_path):
     history = training.read_history(tmp_path / "ckpt")
     assert [row["epoch"] for row in history] == [0, 1, 2]
     assert history[-1]["loss"] < history[0]["loss"]
-    # 0.47 seen in the full suite: the shuffle order depends on what TF seeded before; chance 0.1.
+    # Measured 0.47 to 0.72 over shuffle orders (TensorFlow's global seed when the dataset is
+    # made), TF 2.16 and 2.21, oneDNN on and off; chance is 0.1.
     assert history[-1]["val_accuracy"] > 0.3
     assert {"balanced_accuracy", "val_balanced_accuracy", "learning_rate"} <= set(history[0])
     assert history[-1]["learning_rate"] < 1e-3  # cosine decayed to ~0 at the last step
@@ -252,7 +255,9 @@ def test_train_model_learns_and_logs(digits_examples, tmp_path):
     assert model.dtype_policy.name == "float32"
     logits = model.predict(digits_examples["val_images"][..., None].astype(np.float32), verbose=0)
     accuracy = np.mean(logits.argmax(-1) == digits_examples["val_labels"])
-    assert accuracy == pytest.approx(history[-1]["val_accuracy"], abs=1e-6)
+    # Other batch sizes may order sums differently: one image may flip on a near tie.
+    assert accuracy == pytest.approx(history[-1]["val_accuracy"],
+                                     abs=1.01 / len(digits_examples["val_labels"]))
     if importlib.util.find_spec("tensorboard") is not None:  # not in the library-only env
         assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*.index")) == [
@@ -314,44 +319,124 @@ def test_batch_must_split_over_replicas(digits_examples):
                              None, None, strategy=TwoReplicas())
 
 
-MIRRORED_SCRIPT = r'''
+MIRRORED_SCRIPT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from lade_tf import training
+from lade_tf import losses, training
 from lade_tf.training import TrainConfig
 args = json.loads(sys.argv[1])
 config = TrainConfig(**args["config"])
-results = {}
-for name in ("single", "mirrored"):
-    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "mirrored"
-                else tf.distribute.OneDeviceStrategy("/cpu:0"))
-    keras.utils.set_random_seed(0)  # shuffle order depends on TF's global seed too
-    train_ds = training.train_dataset(args["train"], (8, 8, 1), config.batch_size, seed=0)
-    model = training.train_model(config, train_ds, None, args["counts"], (8, 8, 1),
-                                 args["ckpt"] + name, None, strategy=strategy, verbose=0)
-    history = training.read_history(args["ckpt"] + name)
-    results[name] = {"loss": [row["loss"] for row in history],
-                     "weights": [w.ravel().tolist() for w in model.get_weights()]}
+
+
+def flat(variables):
+    return np.concatenate([v.numpy().ravel() for v in variables])
+
+
+class Steps(keras.callbacks.Callback):
+    # One step per epoch: the epoch-end weights are the weights after each step.
+    def on_train_begin(self, logs=None):
+        self.trainable = [flat(self.model.trainable_variables)]
+        self.moving = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trainable.append(flat(self.model.trainable_variables))
+        self.moving.append(flat(self.model.non_trainable_variables))
+
+
+def run(name, strategy):
+    keras.utils.set_random_seed(0)  # the shuffle order depends on TF's global seed too
+    train_ds = training.train_dataset(args["train"], (8, 8, 1), config.batch_size,
+                                      augment=False, seed=0, max_examples=config.batch_size)
+    steps = Steps()
+    training.train_model(config, train_ds, None, args["counts"], (8, 8, 1),
+                         args["ckpt"] + name, None, strategy=strategy, callbacks=[steps],
+                         verbose=0)
+    # Plain SGD at a constant rate: w_{k+1} = w_k - lr * g_k (weight decay included in g_k).
+    weights = steps.trainable
+    gradients = [((weights[k] - weights[k + 1]) / config.learning_rate).tolist()
+                 for k in range(len(weights) - 1)]
+    return {"loss": [row["loss"] for row in training.read_history(args["ckpt"] + name)],
+            "initial": weights[0].tolist(), "gradients": gradients,
+            "moving": [m.tolist() for m in steps.moving]}
+
+
+# One instance for every run: a second MirroredStrategy in a process fails in its collectives.
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert mirrored.num_replicas_in_sync == 2
+results = {"single": run("single", tf.distribute.OneDeviceStrategy("/cpu:0")),
+           "mirrored": run("mirrored", mirrored)}
+# Negative controls: the comparison must fail without either mechanism.
+gather = losses._global_batch
+losses._global_batch = lambda logits, labels: (logits, labels)
+results["no_gather"] = run("no_gather", mirrored)
+losses._global_batch = gather
+training._synchronize_batch_norm = lambda model: None
+results["no_sync_bn"] = run("no_sync_bn", mirrored)
 json.dump(results, sys.stdout)
-'''
+"""
+
+# Float32 summation order is all that may differ between one device and two replicas.
+# Measured here (AMD EPYC; TF 2.16 and 2.21; oneDNN on and off, identical to the digit or
+# nearly): loss relative gap <= 5e-7, gradient gap <= 2e-6 of the gradient norm, batch-norm
+# moving statistics <= 2.4e-7. The tolerances leave 40x (loss), 50x (gradients) and 40x (moving
+# statistics) of margin; the negative controls sit 18x to 2000x above them.
+LOSS_RTOL = 2e-5
+GRADIENT_RTOL = 1e-4
+MOVING_ATOL = 1e-5
+
+
+def relative_gap(got, expected) -> float:
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+
+
+@pytest.fixture(scope="module")
+def mirrored_steps(digits_examples, tmp_path_factory) -> dict:
+    """Three steps on one global batch of 32: one device, two replicas, and two broken variants."""
+    # alpha 1 makes LADER weigh as much as the CE term; momentum 0 and a constant rate make each
+    # weight update the gradient times the rate.
+    config = small_config(alpha=1.0, epochs=3, learning_rate=0.1, momentum=0.0,
+                          schedule="constant", warmup_epochs=0.0, augment=False,
+                          max_train_examples=32).to_dict()
+    args = {"config": config, "train": digits_examples["train"], "counts": TRAIN_COUNTS,
+            "ckpt": str(tmp_path_factory.mktemp("mirrored") / "ckpt_")}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(args)],
+                         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_mirrored_strategy_equals_one_device_on_the_global_batch(digits_examples, tmp_path):
-    """Two replicas (sync batch norm, LADER on the global batch) train like one device."""
-    config = small_config(epochs=2).to_dict()
-    args = {"config": config, "train": digits_examples["train"], "counts": TRAIN_COUNTS,
-            "ckpt": str(tmp_path / "ckpt_")}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(args)],
-                         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=550)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(results["mirrored"]["loss"], results["single"]["loss"], rtol=2e-4)
-    for got, expected in zip(results["mirrored"]["weights"], results["single"]["weights"]):
-        np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4)
+@pytest.mark.timeout(300)
+def test_mirrored_steps_equal_one_device_steps_on_the_global_batch(mirrored_steps):
+    """Two replicas (LADER gathered over the global batch, synchronised batch norm) take the
+    same steps as one device: same losses, same gradients, same moving statistics."""
+    single, mirrored = mirrored_steps["single"], mirrored_steps["mirrored"]
+    assert mirrored["initial"] == single["initial"]
+    assert len(single["loss"]) == len(single["gradients"]) == 3
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=LOSS_RTOL)
+    for step, (got, expected) in enumerate(zip(mirrored["gradients"], single["gradients"])):
+        assert np.linalg.norm(expected) > 1e-2, step  # the step really moved the weights
+        assert relative_gap(got, expected) < GRADIENT_RTOL, step
+    for got, expected in zip(mirrored["moving"], single["moving"]):
+        np.testing.assert_allclose(got, expected, atol=MOVING_ATOL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("broken", ["no_gather", "no_sync_bn"])
+def test_mirrored_steps_differ_without_the_gather_or_synchronised_batch_norm(mirrored_steps,
+                                                                               broken):
+    """Measured: no gather, loss 3.3e-2 and gradients 0.22 apart at the first step; unsynchronised
+    batch norm, loss 3.7e-4 and gradients 0.27 apart."""
+    single, run = mirrored_steps["single"], mirrored_steps[broken]
+    assert run["initial"] == single["initial"]
+    loss_gap = abs(run["loss"][0] - single["loss"][0]) / abs(single["loss"][0])
+    assert loss_gap > 5 * LOSS_RTOL, loss_gap
+    gradient_gap = relative_gap(run["gradients"][0], single["gradients"][0])
+    assert gradient_gap > 100 * GRADIENT_RTOL, gradient_gap

@@ -3,6 +3,7 @@ ExampleValidator consuming its output (SQLite MLMD in a temporary directory)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -17,7 +18,6 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
     from tfx import v1 as tfx
     from tfx.orchestration import metadata
 
-    from lade_tf.priors import long_tail_counts
     from lade_tf.records import read_class_info
     from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
@@ -47,7 +47,9 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
     assert json.loads(examples.custom_properties["class_names"].string_value) == [
         f"digit_{d}" for d in range(10)]
     info = read_class_info(examples.uri)
-    assert info["counts"]["train"] == long_tail_counts(100, 10, 10.0)
+    # DESIGN section 3: n_k = floor(n_max * (1/IR)^(k/(C-1))), 100 ... 10.
+    assert info["counts"]["train"] == [math.floor(100 * 0.1 ** (k / 9)) for k in range(10)] == [
+        100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
     assert info["counts"]["val"] == [5] * 10
     assert sorted(os.listdir(examples.uri)) == [
         "Split-test", "Split-train", "Split-val", "class_info.json"]

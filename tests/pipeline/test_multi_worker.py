@@ -4,7 +4,9 @@ Two `python -m pipeline.trainer --strategy multi_worker` processes (TF_CONFIG on
 ports) split every global batch of 32 digits images; the reference is one process with the default
 strategy on the same global batches. The custom training loop (Keras 3 fit fails under
 MultiWorkerMirroredStrategy, keras-team/keras#20585), LADER on the global batch and synchronised
-batch norm make the loss curve and the final weights agree.
+batch norm make every step the same: two epochs of three distinct global batches each, compared
+where the claim is exact (losses, and weights relative to what an epoch moved them), at a float32
+summation-order tolerance. Longer runs drift apart by amounts that depend on the CPU and kernels.
 """
 from __future__ import annotations
 
@@ -21,9 +23,16 @@ import pytest
 pytestmark = [pytest.mark.tfx, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAINING_FLAGS = ["--loss", "lade", "--alpha", "0.5", "--arch", "small_cnn", "--epochs", "3",
-                  "--batch-size", "32", "--learning-rate", "0.05", "--warmup-epochs", "0.5",
-                  "--seed", "1"]
+# 96 examples = 3 global batches per epoch; plain SGD at a constant rate, no augmentation.
+TRAINING_FLAGS = ["--loss", "lade", "--alpha", "1.0", "--arch", "small_cnn", "--epochs", "2",
+                  "--batch-size", "32", "--max-train-examples", "96", "--learning-rate", "0.1",
+                  "--momentum", "0", "--schedule", "constant", "--warmup-epochs", "0",
+                  "--no-augment", "--seed", "1"]
+# Float32 summation order is all that may differ. Measured on an AMD EPYC (TF 2.16, oneDNN on and
+# off): loss and val_loss relative gaps <= 2.3e-7, weight gaps <= 2.8e-6 of an epoch's update.
+# The tolerances leave margins of 87x (losses) and 36x (weights).
+LOSS_RTOL = 2e-5
+WEIGHT_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +67,24 @@ def start_trainer(examples: Path, output: Path, strategy: str, tf_config: dict |
                             stderr=subprocess.STDOUT)
 
 
+def flat(variables) -> np.ndarray:
+    return np.concatenate([np.asarray(v).ravel() for v in variables])
+
+
+def checkpoint_weights(checkpoint_dir: Path, number: int) -> np.ndarray:
+    """Trainable weights of the small CNN saved in `ckpt-<number>` by lade_tf.training."""
+    import tensorflow as tf
+
+    from lade_tf.models import build_model
+
+    model = build_model("small_cnn", 10, (8, 8, 1))
+    tf.train.Checkpoint(model=model).restore(
+        str(checkpoint_dir / f"ckpt-{number}")).expect_partial()
+    return flat(model.trainable_variables)
+
+
 @pytest.mark.timeout(600)
-def test_two_workers_follow_the_single_worker_loss_curve(digits_examples_dir, tmp_path):
+def test_two_workers_take_the_same_steps_as_one_worker(digits_examples_dir, tmp_path):
     import keras
 
     from lade_tf.training import read_history
@@ -81,17 +106,30 @@ def test_two_workers_follow_the_single_worker_loss_curve(digits_examples_dir, tm
 
     single = read_history(tmp_path / "single" / "checkpoints")
     multi = read_history(tmp_path / "multi" / "checkpoints")
-    assert [row["epoch"] for row in multi] == [0, 1, 2]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+    assert [row["epoch"] for row in multi] == [0, 1]
+    for key in ("loss", "val_loss"):
+        gaps = [abs(m[key] - s[key]) / abs(s[key]) for m, s in zip(multi, single)]
+        assert max(gaps) < LOSS_RTOL, (key, gaps)
+    # Accuracies count images: allow one image to flip on a near tie (96 train, 100 val images).
+    for key, images in (("accuracy", 96), ("val_accuracy", 100)):
         np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in single],
-                                   rtol=1e-3, atol=1e-4, err_msg=key)
+                                   atol=1.01 / images, err_msg=key)
+    np.testing.assert_allclose([r["learning_rate"] for r in multi],
+                               [r["learning_rate"] for r in single], rtol=1e-6)
     assert multi[-1]["loss"] < multi[0]["loss"]
+
+    # Weights after each epoch (checkpoints 1 and 2) and the saved model.
+    after = {name: [checkpoint_weights(tmp_path / name / "checkpoints", epoch)
+                    for epoch in (1, 2)] for name in ("single", "multi")}
+    update = np.linalg.norm(after["single"][1] - after["single"][0])
+    assert update > 1e-2  # the second epoch really moved the weights
+    for epoch in (0, 1):
+        gap = np.linalg.norm(after["multi"][epoch] - after["single"][epoch]) / update
+        assert gap < WEIGHT_RTOL, (epoch, gap)
+    multi_model = keras.saving.load_model(tmp_path / "multi" / "model_run" / "model.keras")
+    np.testing.assert_array_equal(flat(multi_model.trainable_variables), after["multi"][1])
 
     # Only the chief (worker 0) wrote outputs; the other worker's checkpoint copies are gone.
     assert sorted(os.listdir(tmp_path / "multi")) == ["checkpoints", "model_run", "serving_model"]
-    single_model = keras.saving.load_model(tmp_path / "single" / "model_run" / "model.keras")
-    multi_model = keras.saving.load_model(tmp_path / "multi" / "model_run" / "model.keras")
-    for got, expected in zip(multi_model.get_weights(), single_model.get_weights()):
-        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
     config = json.loads((tmp_path / "multi" / "model_run" / "train_config.json").read_text())
-    assert (config["strategy"], config["alpha"]) == ("multi_worker", 0.5)
+    assert (config["strategy"], config["alpha"]) == ("multi_worker", 1.0)

@@ -282,20 +282,24 @@ def test_cli_on_a_two_worker_dask_cluster_gives_the_direct_runner_splits(
     assert read_class_info(str(on_dask))["counts"] == info["counts"]
 
 
-def test_corrupt_images_are_skipped_counted_and_named(digits, tmp_path, caplog):
+def test_corrupt_and_unreadable_images_are_skipped_counted_and_named(digits, tmp_path, caplog):
     images, labels = digits
     root = _write_digits_folder(tmp_path / "src", images[:300], labels[:300])
     broken = root / "train" / "digit_3" / "broken.png"
     png = io.BytesIO()
     Image.fromarray(images[0]).save(png, format="PNG")
     broken.write_bytes(png.getvalue()[:40])
+    dangling = root / "train" / "digit_5" / "moved.png"
+    dangling.symlink_to(tmp_path / "elsewhere.png")
     with caplog.at_level(logging.WARNING, logger="pipeline.prepare"):
         info = prepare_examples(f"folder:{root}", str(tmp_path / "out"),
                                 PrepareConfig(imbalance_ratio=2.0, val_per_class=2),
                                 pipeline_args=IN_MEMORY)
-    assert info["num_skipped"] == 1
-    assert info["skipped_files"][0]["path"] == str(broken)
-    assert any(str(broken) in r.getMessage() for r in caplog.records)
+    assert info["num_skipped"] == 2
+    assert [s["path"] for s in info["skipped_files"]] == [str(broken), str(dangling)]
+    assert "dangling symbolic link" in info["skipped_files"][1]["reason"]
+    for path in (broken, dangling):
+        assert any(str(path) in r.getMessage() for r in caplog.records)
     pool = np.bincount(labels[:300][np.arange(300) % 5 != 0], minlength=10)
     assert info["n_max"] == pool.min() - 2
 

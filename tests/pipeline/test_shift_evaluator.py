@@ -1,6 +1,7 @@
 """ShiftEvaluator's report on real logits: two logistic-regression models fitted on a long-tailed
 subset of Fashion-MNIST (plain, and class-balanced = prior-free logits like Balanced Softmax),
-scored on the full official test split; numbers checked against NumPy references in this file."""
+scored on the full official test split, with a balanced validation split (20 per class) for the
+calibrated-EM and BBSE rows; numbers checked against NumPy references in this file."""
 from __future__ import annotations
 
 import gzip
@@ -11,11 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lade_tf.priors import SHIFT_NAMES, subsample_by_counts
+from lade_tf.priors import SHIFT_NAMES
 from pipeline import shift_evaluator as se
 
 # Long-tailed counts with every shot group present: 600 ... 6 (> 100, 20..100, < 20 images).
 TRAIN_COUNTS = [int(600 * 0.01 ** (k / 9)) for k in range(10)]
+VAL_PER_CLASS = 20
+NAMES = ["Softmax", "PC Softmax", "PC Softmax + EM", "PC Softmax + calibrated EM",
+         "PC Softmax + BBSE", "Balanced Softmax", "Balanced Softmax + EM",
+         "Balanced Softmax + calibrated EM", "Balanced Softmax + BBSE"]
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
@@ -24,8 +29,9 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def real_logits(fashion_mnist_dir: Path):
-    """{"ce": logits, "balanced_softmax": logits} [10000, 10] on the test split, and its labels."""
+def real_data(fashion_mnist_dir: Path):
+    """Test logits {"ce", "balanced_softmax"} [10000, 10] and labels; val logits [200, 10] and
+    labels (20 per class, disjoint from the training subset)."""
     from sklearn.linear_model import LogisticRegression
 
     def load(prefix: str):
@@ -38,20 +44,42 @@ def real_logits(fashion_mnist_dir: Path):
     train_x, train_y = load("train")
     test_x, test_y = load("t10k")
     rng = np.random.default_rng(0)
-    keep = np.concatenate([rng.choice(np.flatnonzero(train_y == c), n, replace=False)
-                           for c, n in enumerate(TRAIN_COUNTS)])
-    logits = {}
+    keep, val = [], []
+    for c, n in enumerate(TRAIN_COUNTS):
+        members = rng.permutation(np.flatnonzero(train_y == c))
+        val.extend(members[:VAL_PER_CLASS])
+        keep.extend(members[VAL_PER_CLASS:VAL_PER_CLASS + n])
+    logits, val_logits, weights = {}, {}, {}
     for loss, weight in (("ce", None), ("balanced_softmax", "balanced")):
         model = LogisticRegression(max_iter=300, class_weight=weight)
         model.fit(train_x[keep], train_y[keep])
         logits[loss] = model.decision_function(test_x)
-    return logits, test_y
+        val_logits[loss] = model.decision_function(train_x[val])
+        weights[loss] = (model.coef_, model.intercept_)
+    return {"logits": logits, "labels": test_y, "val_logits": val_logits,
+            "val_labels": train_y[val], "weights": weights}
 
 
 @pytest.fixture(scope="module")
-def report(real_logits):
-    logits, labels = real_logits
-    return se.compute_shift_report(logits, labels, {loss: TRAIN_COUNTS for loss in logits})
+def real_logits(real_data):
+    """(test logits by loss, test labels)."""
+    return real_data["logits"], real_data["labels"]
+
+
+@pytest.fixture(scope="module")
+def report(real_data):
+    return se.compute_shift_report(real_data["logits"], real_data["labels"],
+                                   {loss: TRAIN_COUNTS for loss in real_data["logits"]},
+                                   val_logits_by_loss=real_data["val_logits"],
+                                   val_labels=real_data["val_labels"])
+
+
+def _subsample(labels: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
+    """The documented seeded protocol, written directly: one generator, classes in label order,
+    counts[c] images of class c without replacement, indices sorted."""
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), size=n,
+                                              replace=False) for c, n in enumerate(counts)]))
 
 
 def _accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -61,14 +89,16 @@ def _accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
 def test_report_has_the_issue_schema(report):
     assert set(report) == {"distributions", "methods", "uniform"}
     assert report["distributions"] == list(SHIFT_NAMES) and len(SHIFT_NAMES) == 11
-    names = ["Softmax", "PC Softmax", "PC Softmax + EM", "Balanced Softmax",
-             "Balanced Softmax + EM"]
-    assert list(report["methods"]) == names and list(report["uniform"]) == names
-    for by_dist in report["methods"].values():
+    assert list(report["methods"]) == NAMES and list(report["uniform"]) == NAMES
+    for name, by_dist in report["methods"].items():
         assert list(by_dist) == list(SHIFT_NAMES)
+        estimated = name.endswith(("EM", "BBSE"))
         for cell in by_dist.values():
-            assert set(cell) == {"mean", "std"}
+            assert set(cell) == {"mean", "std"} | ({"prior_l1", "prior_js"} if estimated
+                                                   else set())
             assert 0 <= cell["mean"] <= 1 and 0 <= cell["std"] < 0.1
+            if estimated:
+                assert 0 <= cell["prior_l1"] <= 2 and 0 <= cell["prior_js"] <= math.log(2)
     for metrics in report["uniform"].values():
         assert list(metrics) == list(se.UNIFORM_KEYS)
         assert all(math.isfinite(value) for value in metrics.values())
@@ -97,7 +127,7 @@ def test_shifted_accuracy_matches_numpy(report, real_logits):
             log_target = np.log(counts / counts.sum())
         scores = []
         for seed in (0, 1, 2):
-            kept = subsample_by_counts(labels, counts, seed)
+            kept = _subsample(labels, counts, seed)
             assert np.array_equal(np.bincount(labels[kept], minlength=10), counts)
             scores.append(_accuracy(labels[kept], logits["ce"][kept] - log_source + log_target))
         cell = report["methods"]["PC Softmax"][name]
@@ -131,6 +161,49 @@ def test_prior_correction_helps_where_the_paper_says(report):
     assert methods["PC Softmax + EM"]["B50"]["mean"] > methods["Softmax"]["B50"]["mean"] + 0.05
 
 
+def test_calibration_and_bbse_rows(report):
+    """Measured, B50 accuracy (%) / L1 error of the estimate: PC Softmax known 83.3, EM
+    81.5 / 0.18, calibrated EM 82.7 / 0.12, BBSE 74.1 / 1.12; Balanced Softmax known 81.0, EM
+    78.0 / 0.27, calibrated EM 80.2 / 0.13, BBSE 73.9 / 0.91. At F50 uncalibrated EM is already
+    close (L1 0.04 / 0.09 against 0.13 with BCTS, accuracy within 0.4 points); BBSE suffers from
+    the 200-image validation confusion matrix."""
+    methods = report["methods"]
+    for model in ("PC Softmax", "Balanced Softmax"):
+        calibrated, plain = (methods[f"{model} + calibrated EM"], methods[f"{model} + EM"])
+        assert calibrated["B50"]["mean"] > plain["B50"]["mean"] + 0.01, model
+        assert calibrated["B50"]["prior_l1"] < plain["B50"]["prior_l1"] - 0.03, model
+        for name in ("F50", "U", "B50"):
+            assert calibrated[name]["mean"] > methods[model][name]["mean"] - 0.015, (model, name)
+        assert methods[f"{model} + BBSE"]["B50"]["mean"] > methods["Softmax"]["B50"]["mean"] + 0.1
+
+
+def test_logit_adjusted_rows_use_tau(real_data):
+    """A CE model's logits shifted by -tau log p_s are those of a tau-logit-adjusted model with the
+    same posteriors: every row (known prior, EM, calibrated EM, BBSE) must then equal PC
+    Softmax's, which only holds if tau reaches the rule."""
+    log_source = np.log(np.asarray(TRAIN_COUNTS) / sum(TRAIN_COUNTS))
+    tau = 2.0
+    ce, ce_val = real_data["logits"]["ce"], real_data["val_logits"]["ce"]
+    adjusted = {"ce": ce, "logit_adjusted": ce - tau * log_source}
+    adjusted_val = {"ce": ce_val, "logit_adjusted": ce_val - tau * log_source}
+    report = se.compute_shift_report(adjusted, real_data["labels"],
+                                     {loss: TRAIN_COUNTS for loss in adjusted}, seeds=(0,),
+                                     val_logits_by_loss=adjusted_val,
+                                     val_labels=real_data["val_labels"],
+                                     tau_by_loss={"logit_adjusted": tau})
+    for suffix in ("", " + EM", " + calibrated EM", " + BBSE"):
+        for name in SHIFT_NAMES:
+            ours = report["methods"][f"Logit Adjusted{suffix}"][name]
+            theirs = report["methods"][f"PC Softmax{suffix}"][name]
+            assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-12), (suffix, name)
+            if suffix:
+                assert ours["prior_l1"] == pytest.approx(theirs["prior_l1"], abs=1e-6)
+    wrong = se.compute_shift_report(adjusted, real_data["labels"],
+                                    {loss: TRAIN_COUNTS for loss in adjusted}, seeds=(0,))
+    assert wrong["methods"]["Logit Adjusted"]["B50"]["mean"] < \
+        report["methods"]["Logit Adjusted"]["B50"]["mean"] - 0.05
+
+
 def test_written_report_files(report, tmp_path: Path):
     paths = se.write_report(report, tmp_path, notes=["a note"])
     assert sorted(Path(p).name for p in paths.values()) == sorted(se.REPORT_FILES)
@@ -147,6 +220,9 @@ def test_written_report_files(report, tmp_path: Path):
         assert f" {name} |" in markdown
     pc_f50 = report["methods"]["PC Softmax"]["F50"]
     assert f"{100 * pc_f50['mean']:.1f} ± {100 * pc_f50['std']:.1f}" in markdown
+    assert "## Target-prior estimation error" in markdown
+    calibrated_b50 = report["methods"]["PC Softmax + calibrated EM"]["B50"]
+    assert f"{calibrated_b50['prior_l1']:.3f} / {calibrated_b50['prior_js']:.4f}" in markdown
 
     png = Path(paths[se.REPORT_PLOT]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -157,8 +233,10 @@ def test_written_report_files(report, tmp_path: Path):
 def test_empty_shot_group_is_null_in_json_and_na_in_markdown(real_logits, tmp_path: Path):
     """Fashion-MNIST-LT IR 100 has no class under 20 images: `few` has no value, not a fake one."""
     logits, labels = real_logits
-    counts = [5980, 3584, 2147, 1287, 771, 462, 277, 166, 99, 59]
+    counts = [math.floor(5980 * (1 / 100) ** (k / 9)) for k in range(10)]  # 5980 ... 59
     report = se.compute_shift_report({"ce": logits["ce"]}, labels, {"ce": counts}, seeds=(0, 1, 2))
+    # Without a validation split there are no calibrated-EM or BBSE rows.
+    assert list(report["methods"]) == ["Softmax", "PC Softmax", "PC Softmax + EM"]
     assert math.isnan(report["uniform"]["PC Softmax"]["few"])
     paths = se.write_report(report, tmp_path)
     written = json.loads(Path(paths[se.REPORT_JSON]).read_text())
@@ -169,7 +247,10 @@ def test_empty_shot_group_is_null_in_json_and_na_in_markdown(real_logits, tmp_pa
 
 def test_methods_and_errors():
     assert [m.name for m in se.methods_for(["lade", "logit_adjusted"])] == [
-        "LADE", "LADE + EM", "Logit Adjusted", "Logit Adjusted + EM"]
+        "LADE", "LADE + EM", "LADE + calibrated EM", "LADE + BBSE", "Logit Adjusted",
+        "Logit Adjusted + EM", "Logit Adjusted + calibrated EM", "Logit Adjusted + BBSE"]
+    assert [m.name for m in se.methods_for(["ce"], with_validation=False)] == [
+        "Softmax", "PC Softmax", "PC Softmax + EM"]
     with pytest.raises(ValueError, match="hinge"):
         se.methods_for(["hinge"])
     logits = np.zeros((20, 10))
@@ -178,3 +259,41 @@ def test_methods_and_errors():
         se.compute_shift_report({"lade": logits}, labels, {"ce": TRAIN_COUNTS})
     with pytest.raises(ValueError, match="seeds is empty"):
         se.compute_shift_report({"ce": logits}, labels, {"ce": TRAIN_COUNTS}, seeds=())
+    with pytest.raises(ValueError, match=r"no validation logits .*'ce'"):
+        se.compute_shift_report({"ce": logits}, labels, {"ce": TRAIN_COUNTS},
+                                val_labels=labels)
+
+
+def test_serving_check_covers_the_rule_and_estimate_prior(real_data, fashion_mnist_dir,
+                                                         tmp_path: Path):
+    """The blessing's serving check on a real export of the logistic-regression CE model (as a
+    Keras model on 14x14 pooled images): the exported rule and the BCTS-calibrated
+    estimate_prior pass, a model checked as another loss or tau does not."""
+    import keras
+
+    from lade_tf.export import export_serving_model
+    from lade_tf.prior_estimation import TargetPriorEstimator
+
+    images = _read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", 16).reshape(
+        -1, 14, 2, 14, 2).mean(axis=(2, 4))[..., None].astype(np.float32)[:256]
+    coef, intercept = real_data["weights"]["ce"]
+    inputs = keras.Input((14, 14, 1))
+    dense = keras.layers.Dense(10)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    # The model's features are pixels / 255: decision_function = pixels @ (W / 255)^T + b.
+    dense.set_weights([(coef.T / 255.0).astype(np.float32), intercept.astype(np.float32)])
+    model_logits = np.asarray(model(images), np.float64)
+    np.testing.assert_allclose(model_logits, real_data["logits"]["ce"][:256], atol=1e-3)
+    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(real_data["val_logits"]["ce"],
+                                                             real_data["val_labels"])
+    export_serving_model(model, tmp_path / "Format-Serving", class_counts=TRAIN_COUNTS,
+                         train_loss="ce", prior_estimator=estimator)
+
+    class Artifact:
+        uri = str(tmp_path)
+
+    assert se._check_serving_model(Artifact(), images, model_logits, TRAIN_COUNTS, "ce") == ""
+    assert "served logits differ" in se._check_serving_model(
+        Artifact(), images, model_logits, TRAIN_COUNTS, "logit_adjusted", 2.0)
+    assert "served logits differ" in se._check_serving_model(
+        Artifact(), images, model_logits, TRAIN_COUNTS, "balanced_softmax")

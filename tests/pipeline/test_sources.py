@@ -135,6 +135,75 @@ def test_corrupt_and_truncated_images_are_skipped_with_a_warning_naming_the_file
         os.path.relpath(good, root), "b/good.jpg"]
 
 
+def test_unreadable_files_are_skipped_like_corrupt_ones_and_folders_are_walked(digits, tmp_path,
+                                                                             caplog):
+    images, _ = digits
+    root = tmp_path / "unreadable"
+    good = _save(root / "a" / "good.png", images[0], "PNG")
+    _save(root / "b" / "good.png", images[1], "PNG")
+    dangling = root / "a" / "gone.png"
+    dangling.symlink_to(root / "a" / "deleted.png")
+    fifo = root / "b" / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    (root / "b" / "folder.jpg").mkdir()  # a folder named like an image is walked, not opened
+    nested = _save(root / "b" / "folder.jpg" / "inner.png", images[2], "PNG")
+    source = resolve_source(f"folder:{root}")
+    assert source.num_images == 5
+    with caplog.at_level(logging.WARNING, logger="pipeline.sources"):
+        read = _read_all(source)
+    skipped = {Path(s.path).name: s for s in read if isinstance(s, SkippedFile)}
+    assert set(skipped) == {"gone.png", "pipe.png"}
+    assert skipped["gone.png"].reason == (
+        f"cannot be read: dangling symbolic link to {str(root / 'a' / 'deleted.png')!r}")
+    assert skipped["pipe.png"].reason == "cannot be read: not a regular file"
+    assert [skipped[n].label for n in ("gone.png", "pipe.png")] == [0, 1]
+    for path in (dangling, fifo):
+        assert any(str(path) in record.getMessage() for record in caplog.records)
+    assert sorted(i.key for i in read if isinstance(i, SourceImage)) == sorted(
+        os.path.relpath(p, root) for p in (good, root / "b" / "good.png", nested))
+
+
+def _write_idx(path: Path, array: np.ndarray) -> Path:
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+@pytest.fixture()
+def digits_idx(digits, tmp_path) -> Path:
+    """The first 130 digits as gzip idx files: 100 train, 30 test."""
+    images, labels = digits
+    for prefix, part in (("train", slice(0, 100)), ("t10k", slice(100, 130))):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[part])
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels[part])
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate_gzip", r"is corrupt or truncated \(Compressed file ended before the end-of-stream"),
+    ("flip_a_byte", r"is corrupt or truncated \((CRC check failed|Error -3)"),
+    ("short_data", r"is truncated: its header says \[100, 8, 8\], which takes 6416 bytes, but "
+                   r"it holds 6415"),
+    ("not_gzip", r"is corrupt or truncated \(Not a gzipped file"),
+])
+def test_corrupt_or_truncated_idx_files_are_named_before_anything_is_read(digits_idx, damage,
+                                                                            message):
+    path = digits_idx / "train-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate_gzip":
+        data = data[:len(data) // 2]
+    elif damage == "flip_a_byte":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "short_data":
+        data = gzip.compress(gzip.decompress(bytes(data))[:-1])
+    else:
+        data = gzip.decompress(bytes(data))
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"idx file {str(path)!r} {message}"):
+        resolve_source(f"idx:{digits_idx}")
+
+
 def test_conform_image_converts_grey_to_rgb_and_resizes(digits):
     images, _ = digits
     grey_png = io.BytesIO()

@@ -63,6 +63,31 @@ def test_cli_prints_top_k_for_images_and_arrays(server_url, saved_model, input_f
         assert best["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
 
 
+def test_cli_estimated_prior_sends_the_batch_to_estimate_prior(server_url, saved_model,
+                                                               input_files):
+    paths, images = input_files
+    expected = run_signature(saved_model, "estimate_prior", images=images)
+    result = run_cli("--url", server_url, "--prior", "estimate", "--top-k", "2", "--json", *paths)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    prior = [entry["prior"] for entry in document["target_prior"]]
+    assert [entry["class_name"] for entry in document["target_prior"]] == CLASS_NAMES
+    np.testing.assert_allclose(prior, expected["target_prior"][0], atol=1e-6)
+    rows = document["predictions"]
+    assert [row["input"] for row in rows] == paths[:3] + [f"{paths[3]}[0]", f"{paths[3]}[1]"]
+    for row, probabilities in zip(rows, expected["probabilities"]):
+        assert [entry["class_id"] for entry in row["top_k"]] == [c for c, _ in top_k(
+            probabilities[None], 2)[0]]
+        assert row["top_k"][0]["probability"] == pytest.approx(float(probabilities.max()),
+                                                               abs=1e-6)
+    text = run_cli("--url", server_url, "--prior", "estimate", "--top-k", "1", *paths)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.strip().splitlines()
+    assert lines[0].startswith("estimated target prior (5 images): zero (0) ")
+    assert f"nine (9) {expected['target_prior'][0][9]:.4f}" in lines[0]
+    assert len(lines) == 6 and lines[1].startswith(f"{paths[0]}: ")
+
+
 def test_cli_one_hot_prior_file_and_label(server_url, input_files, tmp_path):
     paths, _ = input_files
     prior_file = tmp_path / "prior.json"
@@ -109,6 +134,12 @@ def test_library_calls(server_url, saved_model, export_base, digits_split, tmp_p
     encoded = client.predict_encoded([buffer.getvalue()], prior)  # batch 1: same up to rounding
     np.testing.assert_allclose(encoded["probabilities"][0], outputs["probabilities"][0],
                                rtol=1e-4, atol=1e-7)
+    estimated = client.estimate_prior(images)
+    served = run_signature(saved_model, "estimate_prior", images=images)
+    np.testing.assert_allclose(estimated["target_prior"], served["target_prior"][0], atol=1e-6)
+    np.testing.assert_allclose(estimated["probabilities"], served["probabilities"], atol=1e-6)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        client.estimate_prior(images[:0])
     with pytest.raises(ServingRequestError) as caught:
         ServingClient(server_url, "nope").status()
     assert caught.value.status == 404

@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from lade_tf.export import (EM_MAX_ITERATIONS, EM_TOLERANCE, SIGNATURE_NAMES,
-                            export_serving_model, read_serving_metadata)
+from lade_tf.export import SIGNATURE_NAMES, export_serving_model, read_serving_metadata
+from lade_tf.prior_estimation import TargetPriorEstimator
+from lade_tf.priors import DEFAULT_PRIOR_STRENGTH, EM_MAX_ITERATIONS, EM_TOLERANCE
 from tests.serving.serving_support import CLASS_NAMES, REPO_ROOT, run_signature
 
 
@@ -27,14 +28,16 @@ def raw_logits(model, images):
     return np.asarray(model(images, training=False), np.float64)
 
 
-def reference_adjusted(raw, counts, train_loss, prior):
-    """Independent inference rule: CE f - log p_s + log p_t, else f + log p_t (p_t normalised)."""
+def reference_adjusted(raw, counts, train_loss, prior, tau=1.0):
+    """Independent inference rule (p_t normalised): a model trained with CE(f + k log p_s) has
+    f = log p_s(y|x) - k log p_s + const, so log p_t(y|x) = f - (1 - k) log p_s + log p_t + const,
+    with k = 0 (CE), 1 (LADE, Balanced Softmax) or tau (logit-adjusted)."""
     source = np.asarray(counts, np.float64) / np.sum(counts)
     prior = np.asarray(prior, np.float64)
     prior = prior / prior.sum(axis=-1, keepdims=True)
-    shift = -np.log(source) if train_loss == "ce" else 0.0
+    k = {"ce": 0.0, "lade": 1.0, "balanced_softmax": 1.0, "logit_adjusted": tau}[train_loss]
     with np.errstate(divide="ignore"):
-        return raw + shift + np.log(prior)
+        return raw - (1.0 - k) * np.log(source) + np.log(prior)
 
 
 def check_against_reference(outputs, reference):
@@ -121,27 +124,31 @@ def test_predict_encoded_decodes_to_the_model_input(saved_model, digits_split):
     assert np.mean(outputs["class_ids"] == expected["class_ids"]) >= 0.8
 
 
-def numpy_em(posterior, source):
-    """Saerens et al. (2002) EM, written independently of lade_tf."""
-    prior = source.copy()
+def numpy_map_em(posterior, reference, centre, strength):
+    """Saerens et al. (2002) EM with a Dirichlet(1 + strength * centre) prior on p_t, written
+    independently of lade_tf: M-step pi = (sum_i q_i + strength * centre) / (N + strength)."""
+    prior = reference.copy()
     for _ in range(EM_MAX_ITERATIONS):
-        weighted = posterior * (prior / source)
-        updated = (weighted / weighted.sum(axis=1, keepdims=True)).mean(axis=0)
+        weighted = posterior * (prior / reference)
+        updated = ((weighted / weighted.sum(axis=1, keepdims=True)).sum(axis=0)
+                   + strength * centre) / (len(posterior) + strength)
         change = np.abs(updated - prior).max()
         prior = updated
         if change < EM_TOLERANCE:
             break
-    return prior
+    return prior / prior.sum()
 
 
 def test_estimate_prior_is_em_on_the_source_posterior(saved_model, trained_model, digits_split):
+    """The default export: uncalibrated EM under the default Dirichlet prior centred on p_s."""
     labels = digits_split["test_y"]
     # A tail-heavy target sample: class c keeps 2 (c + 1) of its test images.
     keep = np.concatenate([np.flatnonzero(labels == c)[:2 * (c + 1)] for c in range(10)])
     images = digits_split["test_x"][keep]
     counts = np.asarray(digits_split["counts"], np.float64)
     source = counts / counts.sum()
-    expected = numpy_em(softmax(raw_logits(trained_model, images)), source)  # CE: p_s(y|x)
+    expected = numpy_map_em(softmax(raw_logits(trained_model, images)), source, source,
+                            DEFAULT_PRIOR_STRENGTH)  # CE: p_s(y|x) = softmax(f)
     outputs = run_signature(saved_model, "estimate_prior", images=images)
     assert outputs["target_prior"].shape == (len(images), 10)
     np.testing.assert_allclose(outputs["target_prior"], np.tile(expected, (len(images), 1)),
@@ -150,6 +157,114 @@ def test_estimate_prior_is_em_on_the_source_posterior(saved_model, trained_model
     reference = reference_adjusted(raw_logits(trained_model, images), counts, "ce",
                                    outputs["target_prior"][0])
     check_against_reference(outputs, np.broadcast_to(reference, outputs["logits"].shape))
+    # One image: about the source prior, not a one-hot collapse (L1 <= 2 / (1 + strength)).
+    one = run_signature(saved_model, "estimate_prior", images=images[-1:])["target_prior"][0]
+    assert np.abs(one - source).sum() <= 2 / (1 + DEFAULT_PRIOR_STRENGTH) + 1e-5
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one image"):
+        run_signature(saved_model, "estimate_prior", images=images[:0])
+
+
+def calibration_split(digits_split):
+    """(val images, val labels, target images): 10 test images per class as the labelled split the
+    calibration is fitted on, the other test images as the unlabeled target batch."""
+    labels = digits_split["test_y"]
+    val = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(10)])
+    target = np.setdiff1d(np.arange(len(labels)), val)
+    return digits_split["test_x"][val], labels[val], digits_split["test_x"][target]
+
+
+@pytest.fixture(scope="module")
+def calibrated_exports(tmp_path_factory, trained_model, digits_split):
+    """The CE model exported as itself and as a tau = 2 logit-adjusted model (logits shifted by
+    -2 log p_s: the same posteriors), each with a BCTS-calibrated estimate_prior."""
+    import keras
+
+    counts = digits_split["counts"]
+    val_images, val_labels, _ = calibration_split(digits_split)
+    log_source = np.log(np.asarray(counts, np.float64) / np.sum(counts))
+    inputs = keras.Input((8, 8, 1))
+    shifted = keras.Model(inputs, trained_model(inputs) - np.float32(2.0 * log_source))
+    root = tmp_path_factory.mktemp("calibrated")
+    exports = {}
+    for name, model, loss, tau in (("ce", trained_model, "ce", 1.0),
+                                   ("logit_adjusted", shifted, "logit_adjusted", 2.0)):
+        estimator = TargetPriorEstimator(counts, loss, tau=tau).fit(raw_logits(model, val_images),
+                                                                    val_labels)
+        path = export_serving_model(model, root / name, class_counts=counts, train_loss=loss,
+                                    tau=tau, prior_estimator=estimator)
+        exports[name] = (model, estimator, tf.saved_model.load(path), path)
+    return exports
+
+
+@pytest.mark.parametrize("name", ["ce", "logit_adjusted"])
+def test_calibrated_estimate_prior_graph_equals_numpy(calibrated_exports, digits_split, name):
+    model, estimator, loaded, path = calibrated_exports[name]
+    assert estimator.calibrator.method == "bcts"
+    _, _, target = calibration_split(digits_split)
+    rng = np.random.default_rng(3)
+    for size in (1, 8, 64, len(target)):
+        images = target[np.sort(rng.choice(len(target), size, replace=False))]
+        served = run_signature(loaded, "estimate_prior", images=images)["target_prior"]
+        expected = estimator.estimate(raw_logits(model, images))
+        np.testing.assert_allclose(served, np.tile(expected, (size, 1)), atol=1e-5,
+                                   err_msg=f"batch of {size}")
+    metadata = read_serving_metadata(path)
+    assert metadata["prior_estimation"] == json.loads(json.dumps(estimator.to_config()))
+    assert metadata["tau"] == (2.0 if name == "logit_adjusted" else None)
+
+
+def test_calibrated_estimate_prior_against_an_independent_formula(calibrated_exports,
+                                                                   digits_split):
+    """BCTS-calibrated posteriors for the balanced val prior, z = (f - log p_s + log p_u) / T + b,
+    then MAP-EM with p_u as the reference and p_s as the Dirichlet centre, written out here."""
+    model, estimator, loaded, _ = calibrated_exports["ce"]
+    calibration = estimator.to_config()["calibration"]
+    _, _, target = calibration_split(digits_split)
+    counts = np.asarray(digits_split["counts"], np.float64)
+    source, uniform = counts / counts.sum(), np.full(10, 0.1)
+    scores = (raw_logits(model, target) - np.log(source) + np.log(uniform)) / \
+        calibration["temperature"] + np.asarray(calibration["bias"])
+    expected = numpy_map_em(softmax(scores), uniform, source, DEFAULT_PRIOR_STRENGTH)
+    served = run_signature(loaded, "estimate_prior", images=target)["target_prior"][0]
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_logit_adjusted_export_applies_tau(calibrated_exports, digits_split):
+    model, _, loaded, _ = calibrated_exports["logit_adjusted"]
+    images = digits_split["test_x"][:16]
+    prior = np.tile(np.linspace(3.0, 1.0, 10, dtype=np.float32), (16, 1))
+    outputs = run_signature(loaded, "serving_default", images=images, target_prior=prior)
+    reference = reference_adjusted(raw_logits(model, images), digits_split["counts"],
+                                   "logit_adjusted", prior, tau=2.0)
+    check_against_reference(outputs, reference)
+    # The same posteriors as the CE model it was made from, through PC Softmax.
+    _, _, ce_loaded, _ = calibrated_exports["ce"]
+    ce_outputs = run_signature(ce_loaded, "serving_default", images=images, target_prior=prior)
+    np.testing.assert_allclose(outputs["probabilities"], ce_outputs["probabilities"], atol=1e-5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other_loss", r"prior_estimator is for .*'lade'"),
+    ("unfitted", "is not fitted"),
+    ("bbse", "expected 'em'"),
+    ("tau_for_ce", "tau = 2.0 with train_loss = 'ce'"),
+])
+def test_export_rejects_a_mismatched_estimator(tmp_path, trained_model, digits_split, case,
+                                               message):
+    counts = digits_split["counts"]
+    arguments = {"class_counts": counts, "train_loss": "ce"}
+    if case == "other_loss":
+        arguments["prior_estimator"] = TargetPriorEstimator(counts, "lade", calibration="none")
+    elif case == "unfitted":
+        arguments["prior_estimator"] = TargetPriorEstimator(counts, "ce")
+    elif case == "bbse":
+        arguments["prior_estimator"] = TargetPriorEstimator(counts, "ce", method="bbse",
+                                                            calibration="none")
+    else:
+        arguments["tau"] = 2.0
+    with pytest.raises(ValueError, match=message):
+        export_serving_model(trained_model, tmp_path / "1", **arguments)
+    assert not (tmp_path / "1").exists()
 
 
 def test_class_info_and_metadata_asset(saved_model, export_base, digits_split):
@@ -166,7 +281,12 @@ def test_class_info_and_metadata_asset(saved_model, export_base, digits_split):
     assert metadata["class_names"] == CLASS_NAMES
     assert metadata["class_counts"] == list(counts)
     np.testing.assert_allclose(metadata["source_prior"], source)
-    assert metadata["train_loss"] == "ce" and metadata["alpha"] is None
+    assert metadata["train_loss"] == "ce" and metadata["alpha"] is None and metadata["tau"] is None
+    estimation = metadata["prior_estimation"]
+    assert estimation["calibration"] == {"method": "none", "temperature": 1.0, "bias": None}
+    assert estimation["prior_strength"] == DEFAULT_PRIOR_STRENGTH
+    assert (estimation["tolerance"], estimation["max_iterations"]) == (EM_TOLERANCE,
+                                                                        EM_MAX_ITERATIONS)
     assert metadata["input_shape"] == [8, 8, 1]
     assert metadata["signatures"]["serving_default"]["inputs"] == ["images", "target_prior"]
     assert metadata["dataset"].startswith("sklearn digits")
@@ -225,3 +345,24 @@ def test_saved_model_loads_without_this_package(export_base, digits_split):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"lade": [], "shape": [2, 10]}
+
+
+def test_trainer_fits_the_served_estimator_on_the_val_split(trained_model, digits_split):
+    """pipeline.trainer.prior_estimator: BCTS on the val batches, uncalibrated without them or
+    when the val split lacks a class (the fit cannot run)."""
+    from pipeline.trainer import prior_estimator
+
+    counts = digits_split["counts"]
+    val_images, val_labels, _ = calibration_split(digits_split)
+    batches = tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(32)
+    fitted = prior_estimator(trained_model, batches, counts, "ce", 1.0)
+    expected = TargetPriorEstimator(counts, "ce").fit(raw_logits(trained_model, val_images),
+                                                      val_labels)
+    assert fitted.calibrator.method == "bcts"
+    assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature,
+                                                          rel=1e-6)
+    np.testing.assert_allclose(fitted.calibrator.bias, expected.calibrator.bias, atol=1e-6)
+    assert prior_estimator(trained_model, None, counts, "ce", 1.0).calibrator.method == "none"
+    partial = tf.data.Dataset.from_tensor_slices((val_images[val_labels != 9],
+                                                  val_labels[val_labels != 9])).batch(32)
+    assert prior_estimator(trained_model, partial, counts, "ce", 1.0).calibrator.method == "none"

@@ -13,6 +13,7 @@ import pytest
 from serving.json_tensor import (COLUMNAR, ROW, TensorSpec, parse_json, predict_inputs,
                                  predict_response, signature_name_of)
 from serving.status import ServingError
+from tests.conftest import import_or_skip
 
 TWO_INPUTS = {"images": TensorSpec("float32", (None, 2, 2)),
               "target_prior": TensorSpec("float32", (None, 3))}
@@ -171,15 +172,52 @@ def test_fast_and_exact_paths_agree():
         assert fast[name].dtype == slow[name].dtype == np.float32
 
 
-def test_without_orjson_the_standard_parser_gives_the_same_tensors(monkeypatch):
+class CountingParser:
+    """Stands in for the orjson module and counts the bodies it parsed."""
+
+    def __init__(self, orjson):
+        self._orjson = orjson
+        self.JSONDecodeError = orjson.JSONDecodeError
+        self.parsed = 0
+
+    def loads(self, body):
+        document = self._orjson.loads(body)
+        self.parsed += 1
+        return document
+
+
+def test_without_orjson_the_standard_parser_gives_the_same_tensors_and_errors(monkeypatch):
     import serving.json_tensor as json_tensor
 
-    body = b'{"instances": [1.5, NaN, 2]}'
-    with_orjson, _ = parse(body, ONE_INPUT)
+    orjson = import_or_skip("orjson", "the REST server's fast JSON parser (requirements.txt)")
+    assert json_tensor.orjson is orjson
+    # Strict JSON, so orjson itself parses it; numbers where two parsers could disagree.
+    body = json.dumps({"instances": [
+        {"images": [[0.1, 1e-45], [3.4028234663852886e38, -0.0]], "target_prior": [1, 16777215, 2]},
+        {"images": [[1 / 3, 2.5e-38], [123456.789, 7]], "target_prior": [0.5, 0.25, 0.25]}],
+    }).encode()
+    counting = CountingParser(orjson)
+    monkeypatch.setattr(json_tensor, "orjson", counting)
+    with_orjson, _ = parse(body, TWO_INPUTS)
+    assert counting.parsed == 1  # the document came from orjson, not from the fallback
+    malformed = [b"{", b'{"instances": [1, 2}', b'{"instances": [1.5] "x"}', b"\xff"]
+    errors_with = [error_of(text, ONE_INPUT).message for text in malformed]
     monkeypatch.setattr(json_tensor, "orjson", None)
-    without, _ = parse(body, ONE_INPUT)
-    np.testing.assert_array_equal(with_orjson["x"], without["x"])
-    assert "JSON Parse error" in error_of(b"{", ONE_INPUT).message
+    without, _ = parse(body, TWO_INPUTS)
+    for name in TWO_INPUTS:
+        assert with_orjson[name].dtype == without[name].dtype == np.float32
+        np.testing.assert_array_equal(with_orjson[name], without[name])
+    assert [error_of(text, ONE_INPUT).message for text in malformed] == errors_with
+    assert all(message.startswith("JSON Parse error") for message in errors_with), errors_with
+
+
+def test_nan_tokens_which_orjson_rejects_are_read_by_the_fallback():
+    orjson = import_or_skip("orjson", "the REST server's fast JSON parser (requirements.txt)")
+    body = b'{"instances": [1.5, NaN, -Infinity]}'
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    tensors, _ = parse(body, ONE_INPUT)
+    assert tensors["x"][0] == 1.5 and np.isnan(tensors["x"][1]) and tensors["x"][2] == -np.inf
 
 
 def test_absurdly_nested_json_is_a_bad_request():

@@ -1,13 +1,14 @@
 """serving.model_manager: model configs, version policies, loading, status and metadata JSON."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
-from serving.model_manager import ModelConfig, ModelManager, parse_model_config, \
-    read_model_config_file
+from serving.model_manager import (ModelConfig, ModelManager, base_path_problem,
+                                   parse_model_config, read_model_config_file)
 from serving.status import ServingError
 from tests.serving.serving_support import REPO_ROOT
 
@@ -40,6 +41,27 @@ def test_model_config_policies_and_errors():
             ("model_config_list { config { nmae: 'a' } }", "not a text ModelServerConfig")]:
         with pytest.raises(ValueError, match=message):
             parse_model_config(text)
+
+
+def test_config_files_that_cannot_be_read_are_value_errors(tmp_path):
+    binary = tmp_path / "binary.config"
+    binary.write_bytes(b"model_config_list { \xff }")
+    for path, message in [(tmp_path / "missing.config", r"cannot be read \(No such file"),
+                          (tmp_path, r"cannot be read \(Is a directory\)"),
+                          (binary, r"is not UTF-8 text \(byte 20\)")]:
+        with pytest.raises(ValueError, match=message):
+            read_model_config_file(str(path))
+
+
+def test_base_path_problems(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    assert base_path_problem(str(tmp_path)) is None
+    assert base_path_problem(str(tmp_path / "not_yet")) is None  # may be pushed later
+    assert base_path_problem(str(tmp_path / "file")).startswith("is not a directory; expected")
+    assert base_path_problem(str(tmp_path / "file" / "1")).startswith("has a file where")
+    assert base_path_problem(str(tmp_path / "link")).startswith(
+        f"is a symbolic link to {str(tmp_path / 'gone')!r}, which does not exist")
 
 
 @pytest.fixture()
@@ -118,3 +140,19 @@ def test_metadata_is_tf_serving_signature_def_json(two_versions):
     outputs = loaded.signature("").run({"images": np.zeros((2, 8, 8, 1), np.float32),
                                         "target_prior": np.ones((2, 10), np.float32)})
     assert outputs["probabilities"].shape == (2, 10)
+
+
+def test_a_base_path_turned_into_a_file_is_logged_once_and_serving_continues(two_versions,
+                                                                             caplog):
+    manager = ModelManager([ModelConfig("m", str(two_versions))])
+    manager.poll()
+    shutil.rmtree(two_versions)
+    two_versions.write_text("not a directory any more")
+    with caplog.at_level(logging.ERROR, logger="serving"):
+        for _ in range(3):
+            manager.poll()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"model m: base path {str(two_versions)!r} is not a directory; expected a "
+                      "directory of numbered SavedModel versions (1/, 2/, ...); serving continues "
+                      "with the loaded versions"]
+    assert manager.resolve("m").version == 2

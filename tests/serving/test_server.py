@@ -216,6 +216,58 @@ def test_unknown_model_version_label_or_method(server_url, path, code, message):
     assert (status, set(body)) == (code, {"error"}) and message in body["error"]
 
 
+SNIPPET_BYTES = 256  # the longest quote of a request in an error message (TF Serving's)
+
+
+def quoted_request(message: str, before: str) -> str:
+    """The part of an error message between "JSON Value: " and `before`."""
+    assert message.startswith("JSON Value: ") and before in message, message
+    return message[len("JSON Value: "):message.index(before)]
+
+
+@pytest.mark.parametrize("method", ["classify", "regress"])
+def test_classify_or_regress_without_examples_quote_a_bounded_line_of_the_request(server_url,
+                                                                                  method):
+    payload = {"instances": [[0.5] * 1000] * 150, "note": "two\nlines"}  # 0.75 MB
+    status, body = http(f"{server_url}/v1/models/lade:{method}", payload)
+    assert status == 400 and set(body) == {"error"}
+    message = body["error"]
+    expected = f" When method is {method}, key 'examples' is expected and was not found"
+    assert message.endswith(expected) and "\n" not in message
+    quoted = quoted_request(message, expected)
+    assert quoted.startswith('{"instances": [[0.5, 0.5') and quoted.endswith("...")
+    assert len(quoted.encode()) <= SNIPPET_BYTES + len("...")
+    for examples, text in (({"x": 1}, "Expecting 'examples' value to be an list/array"),
+                           ([], "'examples' value is an empty array")):
+        status, body = http(f"{server_url}/v1/models/lade:{method}", {"examples": examples})
+        assert status == 400 and body["error"].endswith(text)
+
+
+def test_deeply_nested_arrays_are_bad_requests_and_the_server_keeps_serving(server_url):
+    deep = b"[" * 1000 + b"]" * 1000
+    for method in ("predict", "classify"):
+        status, body = http(f"{server_url}/v1/models/lade:{method}", data=deep)
+        assert status == 400 and set(body) == {"error"}
+        assert body["error"].endswith(" Is not object")
+        assert quoted_request(body["error"], " Is not object") == "[" * SNIPPET_BYTES + "..."
+    status, body = http(f"{server_url}/v1/models/lade:predict",
+                        data=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested too deeply" in body["error"]
+    assert predict(server_url, instance())[0] == 200
+
+
+def test_long_names_in_a_request_are_quoted_cut_short(server_url):
+    name = "s" * 100_000
+    status, body = predict(server_url, {"signature_name": name, **instance()})
+    assert status == 400
+    cut = "s" * SNIPPET_BYTES + "..."
+    assert body["error"] == f'Serving signature name: "{cut}" not found in signature def'
+    status, body = predict(server_url, {"instances": [{"images": IMAGE, "target_prior": PRIOR,
+                                                       "x\n" * 50_000: 1}]})
+    assert status == 400 and "does not have named input: x\\nx\\n" in body["error"]
+    assert len(body["error"].encode()) < 1000 and "\n" not in body["error"]
+
+
 @pytest.mark.parametrize("path, code, message", [
     ("/v1/models/nope", 404, "Could not find any versions of model nope"),
     ("/v1/models/lade/versions/7", 404, "Could not find version 7 of model lade"),
