@@ -31,11 +31,9 @@ TUNERS = ("random", "bayesian", "hyperband")
 QUICK_SETTINGS = {"epochs": 2, "max_train_examples": 3000, "beam_mode": "in_memory",
                   "eval_test_per_class": 200}
 
-#: What `python pipeline/run.py` uses for flags left unset (after --quick). Epochs: its no-flag run
-#: must finish in 15 minutes on 2 shared CPU cores (issue 4); one small-CNN epoch of
-#: Fashion-MNIST-LT takes 32 s (idle) to 80 s (busy machine) here, twice (CE and LADE), next to
-#: about 3 minutes for the other components. Other entry points keep TrainConfig's default.
-PIPELINE_DEFAULTS = {"epochs": 6, "beam_mode": "multi_processing", "eval_test_per_class": 0}
+#: What `python pipeline/run.py` uses for flags left unset (after --quick). Training flags left
+#: unset take TrainConfig's defaults (6 epochs), the one place they are defined.
+PIPELINE_DEFAULTS = {"beam_mode": "multi_processing", "eval_test_per_class": 0}
 
 #: TrainConfig fields set from the command line, one flag each (flag dest == field name).
 TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "loss")

@@ -5,6 +5,9 @@ Requests for the same model version and signature wait in a queue; a batch close
 call once one of `num_batch_threads` is free (padded with copies of its first row up to the next
 `allowed_batch_sizes` entry, if any), and each request gets its own rows back. Parameters
 come from a text-proto `BatchingParameters` file, TF Serving's --batching_parameters_file format.
+
+Merging is only correct for signatures whose rows are independent; the signatures named in
+`BATCH_LEVEL_SIGNATURES` compute over the whole batch and are never batched (see `batchable`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,14 @@ from serving.model_manager import read_text_file
 from serving.status import ServingError, invalid_argument
 
 Tensors = Mapping[str, np.ndarray]
+
+# Signatures whose outputs depend on every row of the call, so merging two clients' requests
+# would silently answer each with a result over the other's rows too. `estimate_prior`
+# (lade_tf/export.py) runs EM over all its images and returns one target prior for the whole
+# batch. Nothing in an exported model marks such signatures (the SignatureDefs and
+# assets/lade_metadata.json list only inputs and outputs), hence the names here. TF Serving's
+# own --enable_batching knows no such exception and would merge these requests.
+BATCH_LEVEL_SIGNATURES = frozenset({"estimate_prior"})
 
 # (name, kind) of BatchingParameters (tensorflow_serving/servables/tensorflow/
 # session_bundle_config.proto); only the names matter for the text format.
@@ -116,6 +127,11 @@ def read_batching_parameters_file(path: str) -> BatchingOptions:
     return parse_batching_parameters(read_text_file(path))
 
 
+def batchable(signature_name: str) -> bool:
+    """Whether requests for this signature may be merged (False: BATCH_LEVEL_SIGNATURES)."""
+    return signature_name not in BATCH_LEVEL_SIGNATURES
+
+
 def batch_rows(tensors: Tensors) -> int:
     """The common 0th dimension of a request's inputs (TF Serving's batching preconditions)."""
     rows = set()
@@ -147,6 +163,10 @@ class Batcher:
         threads: semaphore shared by all batchers, `num_batch_threads` batches at a time.
         idle_seconds: the queue's worker stops after this long without requests, so a batcher
             of an unloaded version does not keep the model alive.
+
+    Attributes:
+        requests: requests taken off the queue so far.
+        batches: batches formed from them (a batch of several requests was merged).
     """
 
     def __init__(self, run: Callable[[Tensors], dict], options: BatchingOptions,
@@ -159,6 +179,8 @@ class Batcher:
         self._pending: deque[_Task] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self.requests = 0
+        self.batches = 0
 
     async def submit(self, inputs: Tensors) -> dict:
         """Queues one request and waits for its outputs.
@@ -211,6 +233,8 @@ class Batcher:
             while self._pending and rows + self._pending[0].rows <= limit:
                 rows += self._pending[0].rows
                 batch.append(self._pending.popleft())
+            self.requests += len(batch)
+            self.batches += 1
             asyncio.create_task(self._execute(batch))
 
     async def _execute(self, batch: list[_Task]) -> None:

@@ -9,9 +9,9 @@ Speaks TF Serving's REST API (tensorflow_serving/g3doc/api_rest.md):
 /labels/{l}]` (model status) and `GET .../metadata` (signature defs), with TF Serving's request and
 response JSON, `{"error": ...}` bodies and HTTP codes. Serves the highest loaded version and polls
 the base paths for new versions (no restart; --file-system-poll-wait-seconds 0 loads what is
-there at start-up and never polls again, as in TF Serving). Built on aiohttp; inference runs in a thread pool,
-never on the event loop. Binds 127.0.0.1 unless --host says otherwise. TF Serving's underscore
-flag spellings (--model_base_path, --rest_api_port, ...) are accepted too.
+there at start-up and never polls again, as in TF Serving). Built on aiohttp; inference runs in a
+thread pool, never on the event loop. Binds 127.0.0.1 unless --host says otherwise. TF Serving's
+underscore flag spellings (--model_base_path, --rest_api_port, ...) are accepted too.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from serving import json_tensor
-from serving.batching import Batcher, BatchingOptions, read_batching_parameters_file
+from serving.batching import (BATCH_LEVEL_SIGNATURES, Batcher, BatchingOptions, batchable,
+                              read_batching_parameters_file)
 from serving.model_manager import (LoadedVersion, ModelConfig, ModelManager, base_path_problem,
                                    read_model_config_file)
 from serving.status import ServingError, invalid_argument
@@ -253,12 +254,15 @@ class ServingApp:
             return await self._run(self._predict_blocking, body, name, version, label)
         loaded, signature, tensors, request_format = await self._run(
             self._prepare, body, name, version, label)
-        batcher = self._batcher(loaded, signature, tensors)
-        try:
-            outputs = await asyncio.wait_for(batcher.submit(tensors),
-                                             self.options.timeout_seconds)
-        except asyncio.TimeoutError:
-            raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+        if not batchable(signature.name):  # its outputs depend on the whole batch: run alone
+            outputs = await self._run(signature.run, tensors)
+        else:
+            batcher = self._batcher(loaded, signature, tensors)
+            try:
+                outputs = await asyncio.wait_for(batcher.submit(tensors),
+                                                 self.options.timeout_seconds)
+            except asyncio.TimeoutError:
+                raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
         payload = await self._run(json_tensor.predict_response, outputs, request_format)
         return _json_response(payload)
 
@@ -270,6 +274,20 @@ class ServingApp:
             per_version[key] = Batcher(signature.run, self.options.batching, self.executor,
                                        self._batch_threads)
         return per_version[key]
+
+    def batching_stats(self) -> dict[tuple[str, int, str], dict[str, int]]:
+        """{(model, version, signature): {"requests": n, "batches": m}} of the live batchers.
+
+        requests > batches means requests were merged; a signature never batched is absent.
+        """
+        stats: dict[tuple[str, int, str], dict[str, int]] = {}
+        for loaded, per_version in list(self._batchers.items()):
+            for (signature_name, _), batcher in per_version.items():
+                entry = stats.setdefault((loaded.model_name, loaded.version, signature_name),
+                                         {"requests": 0, "batches": 0})
+                entry["requests"] += batcher.requests
+                entry["batches"] += batcher.batches
+        return stats
 
     def _classify_or_regress(self, body: bytes, name: str, version: int | None,
                              label: str | None, method: str) -> web.Response:
@@ -394,7 +412,7 @@ def _seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
 
     Args:
         zero: what 0 means, for the error message.
-        negative: what TF Serving does with a negative value, which is rejected here.
+        negative: what TF Serving does with a negative value (a clause), rejected here.
     """
     expected = f"a finite number of seconds >= 0 (0: {zero})"
 
@@ -405,8 +423,8 @@ def _seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
             value = math.nan
         if math.isfinite(value) and value < 0:
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {expected}; TF Serving {negative}, which this server does "
-                "not support")
+                f"{text!r}: expected {expected}; {negative}, which this server does not "
+                "support")
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
         return value + 0.0  # -0.0 is 0
@@ -441,18 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
     flag("model-config-file", help="text-proto ModelServerConfig (several models, version "
          "policies, version labels)")
     flag("model-config-file-poll-wait-seconds", default=0.0,
-         type=_seconds_flag("read the file once", "reserves negative values for testing"),
+         type=_seconds_flag("read the file once", "TF Serving reserves negative values for "
+                            "testing"),
          help="seconds between re-reads of --model-config-file (default 0: the file is read "
          "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
          "once")
     flag("file-system-poll-wait-seconds", default=1.0,
-         type=_seconds_flag("poll once", "disables polling for a negative value and waits for "
-                            "a model at start-up"),
+         type=_seconds_flag("poll once", "a negative value makes TF Serving disable polling and "
+                            "wait for a model at start-up"),
          help="seconds between polls of the model base paths for new versions (default 1; 0: "
          "poll exactly once, loading the versions there at start-up, and never again; "
          "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
          "supported)")
-    flag("enable-batching", action="store_true", help="batch concurrent requests")
+    flag("enable-batching", action="store_true",
+         help="batch concurrent requests of the same model version and signature, except for "
+         f"{', '.join(sorted(BATCH_LEVEL_SIGNATURES))}, whose outputs depend on the whole "
+         "batch and which therefore always runs alone (TF Serving's --enable_batching would "
+         "merge it)")
     flag("batching-parameters-file", help="text-proto BatchingParameters (implies batching)")
     flag("max-request-bytes", type=_integer_flag(1), default=64 * 2**20,
          help="larger request bodies get HTTP 413")

@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-def require_or_skip(reason: str) -> None:
+def require_or_skip(reason: str) -> NoReturn:
     """Ends the current test for a missing data file or package: a failure under CI=true, else a
     skip. Works in tests, fixtures and at module level."""
     if in_ci():
@@ -40,7 +41,8 @@ def import_or_skip(name: str, why: str = "") -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as error:
-        require_or_skip(f"cannot import {name} ({error}){': ' + why if why else ''}")
+        problem = f"cannot import {name} ({error}){': ' + why if why else ''}"
+    require_or_skip(problem)  # outside the except block: no chained traceback
 
 
 @pytest.fixture(scope="session")

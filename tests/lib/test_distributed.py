@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a fresh TensorFlow process with two logical CPUs, about a minute
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r'''

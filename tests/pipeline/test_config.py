@@ -73,7 +73,10 @@ def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path)
         return config.parse_args(config.build_parser(), list(argv),
                                  unset_defaults=config.PIPELINE_DEFAULTS)
 
-    assert parse_pipeline().epochs == config.PIPELINE_DEFAULTS["epochs"]
+    # Training flags left unset take TrainConfig's defaults, the one place they are defined.
+    assert parse_pipeline().epochs is None
+    assert config.training_config_from_args(parse_pipeline(), "lade").epochs == TrainConfig().epochs
+    assert parse_pipeline().beam_mode == config.PIPELINE_DEFAULTS["beam_mode"]
     assert parse_pipeline("--quick").epochs == config.QUICK_SETTINGS["epochs"]
     assert parse_pipeline("--epochs", "3").epochs == 3
     path = tmp_path / "run.yaml"

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.batching import (Batcher, BatchingOptions, parse_batching_parameters,
+from serving.batching import (Batcher, BatchingOptions, batchable, parse_batching_parameters,
                               read_batching_parameters_file)
 from serving.status import ServingError, invalid_argument
 from tests.serving.serving_support import REPO_ROOT
@@ -53,14 +53,33 @@ class RecordingModel:
         return {"y": inputs["x"] * 2.0, "n": np.arange(len(inputs["x"]))}
 
 
-def run_requests(model, options, requests):
+def run_requests(model, options, requests, batchers: list | None = None):
     async def main():
         with ThreadPoolExecutor(2) as executor:
             threads = asyncio.Semaphore(options.num_batch_threads)
             batcher = Batcher(model, options, executor, threads, idle_seconds=0.5)
+            if batchers is not None:
+                batchers.append(batcher)
             return await asyncio.gather(*(batcher.submit(r) for r in requests),
                                         return_exceptions=True)
     return asyncio.run(main())
+
+
+def test_batch_level_signatures_are_not_batchable():
+    assert not batchable("estimate_prior")  # EM over the whole batch: one prior for all rows
+    for name in ("serving_default", "predict_uniform", "predict_encoded", "class_info"):
+        assert batchable(name)
+
+
+def test_counters_count_requests_and_the_batches_they_formed():
+    model = RecordingModel(delay=0.0)
+    # A batch closes only when full (the timeout is far off): 4 requests of 2 rows, 1 batch.
+    options = BatchingOptions(max_batch_size=8, batch_timeout_micros=30_000_000,
+                              num_batch_threads=1)
+    batchers = []
+    results = run_requests(model, options, [{"x": np.ones((2, 2))} for _ in range(4)], batchers)
+    assert all(isinstance(r, dict) for r in results)
+    assert (batchers[0].requests, batchers[0].batches) == (4, 1) and model.batch_sizes == [8]
 
 
 def test_concurrent_requests_are_merged_and_split_back():

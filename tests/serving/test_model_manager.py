@@ -156,3 +156,19 @@ def test_a_base_path_turned_into_a_file_is_logged_once_and_serving_continues(two
                       "directory of numbered SavedModel versions (1/, 2/, ...); serving continues "
                       "with the loaded versions"]
     assert manager.resolve("m").version == 2
+
+
+def test_poll_new_only_loads_models_a_reconfigure_added_and_leaves_the_others(two_versions,
+                                                                              export_base,
+                                                                              tmp_path):
+    base = tmp_path / "once"
+    shutil.copytree(export_base / "1", base / "1")
+    manager = ModelManager([ModelConfig("once", str(base))])
+    manager.poll()
+    shutil.copytree(export_base / "1", base / "2")
+    manager.reconfigure([ModelConfig("once", str(base)), ModelConfig("added", str(two_versions))])
+    manager.poll(new_only=True)
+    assert manager.resolve("added").version == 2
+    assert list(manager.models["once"].available) == [1]  # polled once already: not again
+    manager.poll()
+    assert manager.resolve("once").version == 2

@@ -1,20 +1,27 @@
-"""Bad flags and files given to `python -m serving.server`, run as real processes.
+"""Flags and files given to `python -m serving.server`, run as real processes.
 
-Each ends in one `error: ...` line naming the flag, the value and what was expected, with exit
-status 2 and no traceback; all are found before TensorFlow is imported, so within seconds.
+A bad flag or file ends in one `error: ...` line naming the flag, the value and what was expected,
+with exit status 2 and no traceback; all are found before TensorFlow is imported, so within
+seconds. The poll intervals' 0 ("exactly once", as in TF Serving) is checked in process (no poll
+task is started) and with real servers (a version pushed later is not loaded).
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from tests.serving.serving_support import REPO_ROOT
+from serving.server import ServerOptions, ServingApp, build_parser
+from tests.serving.serving_support import REPO_ROOT, ServerProcess, http
 
 PROCESS_SECONDS = 120
 
@@ -103,14 +110,22 @@ CASES = {
     "zero_threads": (["--model-base-path", "{models}", "--rest-api-num-threads", "0"],
                      "error: argument --rest-api-num-threads/--rest_api_num_threads: '0': "
                      "expected an integer >= 1 (see python -m serving.server --help)"),
-    "zero_poll_interval": (["--model-base-path", "{models}", "--file-system-poll-wait-seconds",
-                            "0"],
-                           "error: argument --file-system-poll-wait-seconds/"
-                           "--file_system_poll_wait_seconds: '0': expected a finite number of "
-                           "seconds > 0"),
+    "negative_poll_interval": (["--model-base-path", "{models}", "--file_system_poll_wait_seconds",
+                                "-1"],
+                               "error: argument --file-system-poll-wait-seconds/"
+                               "--file_system_poll_wait_seconds: '-1': expected a finite number "
+                               "of seconds >= 0 (0: poll once); a negative value makes TF Serving "
+                               "disable polling and wait for a model at start-up, which this "
+                               "server does not support (see python -m serving.server --help)"),
+    "non_finite_poll_interval": (["--model-base-path", "{models}",
+                                  "--file-system-poll-wait-seconds", "nan"],
+                                 "--file_system_poll_wait_seconds: 'nan': expected a finite number "
+                                 "of seconds >= 0 (0: poll once) (see"),
     "negative_config_poll_interval": (["--model-base-path", "{models}",
                                        "--model_config_file_poll_wait_seconds", "-1"],
-                                      "'-1': expected a finite number of seconds >= 0"),
+                                      "'-1': expected a finite number of seconds >= 0 (0: read "
+                                      "the file once); TF Serving reserves negative values for "
+                                      "testing, which this server does not support"),
     "port_out_of_range": (["--model-base-path", "{models}", "--port", "70000"],
                           "error: argument --port: '70000': expected an integer from 0 to 65535"),
     "no_model": ([], "error: give --model-base-path (and --model-name) or --model-config-file"),
@@ -142,3 +157,150 @@ def test_a_port_in_use_is_reported_before_the_models_load(files, busy_port):
     line = error_line(start("--model-base-path", str(files["models"]), "--port", str(busy_port)))
     assert line == (f"error: --port {busy_port}: 127.0.0.1:{busy_port} is already in use; stop "
                     "what listens there or choose another port (0: any free port)")
+
+
+def test_help_states_what_the_poll_intervals_and_their_0_mean(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # no wrapping (argparse also breaks after hyphens)
+    text = " ".join(build_parser().format_help().split())
+    assert ("--file-system-poll-wait-seconds FILE_SYSTEM_POLL_WAIT_SECONDS, "
+            "--file_system_poll_wait_seconds FILE_SYSTEM_POLL_WAIT_SECONDS seconds between polls "
+            "of the model base paths for new versions (default 1; 0: poll exactly once, loading "
+            "the versions there at start-up, and never again; negative values, TF Serving's 'no "
+            "polling, wait for a model at start-up', are not supported)") in text
+    assert ("--model_config_file_poll_wait_seconds MODEL_CONFIG_FILE_POLL_WAIT_SECONDS seconds "
+            "between re-reads of --model-config-file (default 0: the file is read exactly once, "
+            "at start-up, and never re-read); a model a re-read adds is loaded at once") in text
+    assert build_parser().parse_args(["--file_system_poll_wait_seconds", "0"]) \
+        .file_system_poll_wait_seconds == 0
+
+
+class RecordingManager:
+    """Stands in for ModelManager: records the polls and config re-reads the app makes."""
+
+    models: dict = {}
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def poll(self, new_only: bool = False) -> None:
+        self.calls.append("poll new models" if new_only else "poll")
+
+    def reconfigure(self, configs) -> None:
+        self.calls.append("reconfigure")
+
+
+def run_app_for(options: ServerOptions, seconds: float) -> tuple[list[str], int]:
+    """The app's start-up and clean-up around `seconds` of running (no socket, no models).
+
+    Returns:
+        the manager calls made while it ran, and how many other asyncio tasks it had started.
+    """
+    manager = RecordingManager()
+
+    async def run() -> int:
+        runner = web.AppRunner(ServingApp(manager, options).application())
+        await runner.setup()  # runs the app's on_startup: where poll tasks would start
+        try:
+            tasks = len(asyncio.all_tasks() - {asyncio.current_task()})
+            await asyncio.sleep(seconds)
+        finally:
+            await runner.cleanup()
+        return tasks
+
+    tasks = asyncio.run(run())
+    return manager.calls, tasks
+
+
+@pytest.fixture()
+def config_file(tmp_path) -> str:
+    path = tmp_path / "models.config"
+    path.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}\n')
+    return str(path)
+
+
+def test_poll_intervals_of_0_start_no_poll_task_and_never_poll(config_file):
+    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0,
+                                             model_config_file=config_file,
+                                             model_config_file_poll_wait_seconds=0), 1.0)
+    assert (calls, tasks) == ([], 0)
+
+
+def test_a_positive_file_system_poll_interval_polls_again_and_again(config_file):
+    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0.1,
+                                             model_config_file=config_file), 1.0)
+    assert tasks == 1
+    assert set(calls) == {"poll"} and len(calls) >= 3  # the config file is never re-read
+
+
+def test_the_config_file_is_re_read_while_the_file_system_poll_is_off(config_file):
+    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0,
+                                             model_config_file=config_file,
+                                             model_config_file_poll_wait_seconds=0.1), 1.0)
+    assert tasks == 1
+    assert len(calls) >= 6 and calls[:2] == ["reconfigure", "poll new models"]
+    assert set(calls) == {"reconfigure", "poll new models"}  # only added models are polled
+
+
+def model_states(url: str, name: str) -> dict[str, str]:
+    status, body = http(f"{url}/v1/models/{name}")
+    if status != 200:
+        return {}
+    return {entry["version"]: entry["state"] for entry in body["model_version_status"]}
+
+
+def write_config(path: Path, bases: dict[str, Path]) -> None:
+    entries = "".join(f'  config {{ name: "{name}" base_path: "{base}" }}\n'
+                      for name, base in bases.items())
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(f"model_config_list {{\n{entries}}}\n")
+    staged.replace(path)  # a re-read never sees half a file
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_poll_wait_0_serves_the_start_up_version_and_never_loads_a_later_one(tmp_path,
+                                                                             export_base):
+    """Two servers, started together: poll 0 ("once") and, as the control, poll 0.5.
+
+    Version 2 is pushed to both. Once the control serves it (so the copy is loadable and the
+    0.5 s poll has run several times), the "once" server is given two more seconds and must
+    still serve only version 1. Its config file is re-read (every 0.5 s) and adds a model,
+    which is loaded once: the re-read runs although the file-system poll is off.
+    """
+    bases = {name: tmp_path / name for name in ("once", "polled", "added")}
+    for base in bases.values():
+        shutil.copytree(export_base / "1", base / "1")
+    config = tmp_path / "models.config"
+    write_config(config, {"once": bases["once"]})
+    once = ServerProcess(["--model-config-file", str(config), "--file_system_poll_wait_seconds",
+                          "0", "--model-config-file-poll-wait-seconds", "0.5"],
+                         tmp_path / "once.log")
+    polled = ServerProcess(["--model-base-path", str(bases["polled"]), "--model-name", "polled",
+                            "--file-system-poll-wait-seconds", "0.5"], tmp_path / "polled.log")
+    try:
+        once_url, polled_url = once.url, polled.url
+        assert model_states(once_url, "once") == {"1": "AVAILABLE"}
+        assert model_states(polled_url, "polled") == {"1": "AVAILABLE"}
+        for name in ("once", "polled"):
+            shutil.copytree(export_base / "1", bases[name] / ".2.tmp")
+            (bases[name] / ".2.tmp").rename(bases[name] / "2")  # appears whole, as pushes should
+        write_config(config, {name: bases[name] for name in ("once", "added")})
+        deadline = time.monotonic() + 120
+        while not (model_states(polled_url, "polled") == {"2": "AVAILABLE", "1": "END"}
+                   and model_states(once_url, "added") == {"1": "AVAILABLE"}):
+            assert time.monotonic() < deadline, (model_states(polled_url, "polled"),
+                                                 model_states(once_url, "added"),
+                                                 once.log_text()[-3000:])
+            time.sleep(0.25)
+        time.sleep(2.0)
+        assert model_states(once_url, "once") == {"1": "AVAILABLE"}
+        status, body = http(f"{once_url}/v1/models/once/versions/2")
+        assert status == 404, body
+        status, body = http(f"{once_url}/v1/models/once/metadata")
+        assert status == 200 and body["model_spec"]["version"] == "1"
+        log_text = once.log_text()
+        assert "base paths are not polled again" in log_text
+        assert "{name: once version: 2}" not in log_text and "Traceback" not in log_text
+    finally:
+        once.stop()
+        polled.stop()
