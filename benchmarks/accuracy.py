@@ -37,6 +37,7 @@ parts of its budget into `accuracy_<budget>.{json,md,png}` and `figure2_<budget>
     .venv/bin/python benchmarks/accuracy.py --budget cpu [--datasets cifar10_lt_ir100]
         [--methods softmax,lade_class] [--seeds 0] [--skip-figure2] [--only-merge]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,7 +71,8 @@ EVAL_SEEDS = (0, 1, 2)
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A long-tailed training split made by `pipeline.prepare`, and the model trained on it."""
-    source: str             # "cifar10" (the shared tarball) or "fashion_mnist"
+
+    source: str  # "cifar10" (the shared tarball) or "fashion_mnist"
     imbalance_ratio: int
     arch: str
 
@@ -95,9 +97,10 @@ TRAININGS = {
 @dataclasses.dataclass(frozen=True)
 class Method:
     """How one row of the table predicts: which training run, which rule."""
+
     label: str
     training: str
-    rule: str               # "raw", "known_prior" or "posthoc_uniform"
+    rule: str  # "raw", "known_prior" or "posthoc_uniform"
 
 
 METHODS = {
@@ -106,16 +109,17 @@ METHODS = {
     "posthoc_la": Method("Post-hoc logit adjustment (CE, tau 1)", "ce", "posthoc_uniform"),
     "lade_class": Method("LADE, importance=class (+ known p_t)", "lade_class", "known_prior"),
     "lade_sample": Method("LADE, importance=sample (+ known p_t)", "lade_sample", "known_prior"),
-    "balanced_softmax": Method("Balanced Softmax (+ known p_t)", "balanced_softmax",
-                               "known_prior"),
-    "logit_adjusted": Method("Logit-adjusted loss (tau 1, + known p_t)", "logit_adjusted",
-                             "known_prior"),
+    "balanced_softmax": Method("Balanced Softmax (+ known p_t)", "balanced_softmax", "known_prior"),
+    "logit_adjusted": Method(
+        "Logit-adjusted loss (tau 1, + known p_t)", "logit_adjusted", "known_prior"
+    ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Epochs, recipe and the parts a budget runs by default."""
+
     epochs: int
     batch_size: int
     learning_rate: float
@@ -129,15 +133,38 @@ class Budget:
 
 _ALL = tuple(METHODS)
 BUDGET_SETTINGS = {
-    "smoke": Budget(2, 64, 0.05, "cosine", 1.0, 512,
-                    {"cifar10_lt_ir100": (_ALL, (0,))}, "cifar10_lt_ir100", 2),
-    "cpu": Budget(30, 128, 0.1, "cosine", 5.0, None,
-                  {"cifar10_lt_ir100": (_ALL, (0,)),
-                   "fmnist_lt_ir100": (("softmax", "pc_softmax", "lade_sample"), (0, 1, 2))},
-                  "fmnist_lt_ir100", 10),
-    "gpu": Budget(200, 256, 0.2, "step", 5.0, None,
-                  {"cifar10_lt_ir100": (_ALL, (0,)), "cifar10_lt_ir50": (_ALL, (0,)),
-                   "cifar10_lt_ir10": (_ALL, (0,))}, "cifar10_lt_ir100", 200),
+    "smoke": Budget(
+        2, 64, 0.05, "cosine", 1.0, 512, {"cifar10_lt_ir100": (_ALL, (0,))}, "cifar10_lt_ir100", 2
+    ),
+    "cpu": Budget(
+        30,
+        128,
+        0.1,
+        "cosine",
+        5.0,
+        None,
+        {
+            "cifar10_lt_ir100": (_ALL, (0,)),
+            "fmnist_lt_ir100": (("softmax", "pc_softmax", "lade_sample"), (0, 1, 2)),
+        },
+        "fmnist_lt_ir100",
+        10,
+    ),
+    "gpu": Budget(
+        200,
+        256,
+        0.2,
+        "step",
+        5.0,
+        None,
+        {
+            "cifar10_lt_ir100": (_ALL, (0,)),
+            "cifar10_lt_ir50": (_ALL, (0,)),
+            "cifar10_lt_ir10": (_ALL, (0,)),
+        },
+        "cifar10_lt_ir100",
+        200,
+    ),
 }
 
 
@@ -147,6 +174,7 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- data
+
 
 def prepared_examples(name: str, work_dir: Path, tarball: Path) -> Path:
     """The examples directory of a dataset, prepared once with `pipeline.prepare` and reused."""
@@ -160,8 +188,10 @@ def prepared_examples(name: str, work_dir: Path, tarball: Path) -> Path:
         tree = work_dir / "cifar10-jpeg"
         if not (tree / "test").is_dir():
             if not tarball.exists():
-                raise SystemExit(f"error: {tarball} not found: expected the shared CIFAR-10 "
-                                 "tarball (pass --tarball)")
+                raise SystemExit(
+                    f"error: {tarball} not found: expected the shared CIFAR-10 "
+                    "tarball (pass --tarball)"
+                )
             log(f"extracting {tarball} to {work_dir}")
             work_dir.mkdir(parents=True, exist_ok=True)
             subprocess.run(["tar", "-xJf", str(tarball), "-C", str(work_dir)], check=True)
@@ -169,8 +199,12 @@ def prepared_examples(name: str, work_dir: Path, tarball: Path) -> Path:
     else:
         source = dataset.source
     log(f"preparing {name} from {source} (IR {dataset.imbalance_ratio}, 20 val per class)")
-    prepare_examples(source, str(output), PrepareConfig(imbalance_ratio=dataset.imbalance_ratio),
-                     pipeline_args=["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
+    prepare_examples(
+        source,
+        str(output),
+        PrepareConfig(imbalance_ratio=dataset.imbalance_ratio),
+        pipeline_args=["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
+    )
     return output
 
 
@@ -186,17 +220,27 @@ def split_arrays(examples: Path, split: str, image_shape: Sequence[int]) -> tupl
 
 # --------------------------------------------------------------------------- one training run
 
+
 def train_config(budget: Budget, dataset: Dataset, training: str, seed: int, **overrides):
     """The TrainConfig of one training run under a budget."""
     from lade_tf.training import TrainConfig
 
     options = dict(TRAININGS[training])
     options.update(overrides)
-    return TrainConfig(arch=dataset.arch, epochs=budget.epochs, batch_size=budget.batch_size,
-                       learning_rate=budget.learning_rate, schedule=budget.schedule,
-                       warmup_epochs=budget.warmup_epochs, weight_decay=5e-4, momentum=0.9,
-                       seed=seed, augment=True, max_train_examples=budget.max_train_examples,
-                       **options)
+    return TrainConfig(
+        arch=dataset.arch,
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        schedule=budget.schedule,
+        warmup_epochs=budget.warmup_epochs,
+        weight_decay=5e-4,
+        momentum=0.9,
+        seed=seed,
+        augment=True,
+        max_train_examples=budget.max_train_examples,
+        **options,
+    )
 
 
 def train_and_predict(config, examples: Path, checkpoint_dir: Path) -> dict[str, Any]:
@@ -207,32 +251,45 @@ def train_and_predict(config, examples: Path, checkpoint_dir: Path) -> dict[str,
     info = read_class_info(str(examples))
     shape = (int(info["height"]), int(info["width"]), int(info["channels"]))
     counts = [int(n) for n in info["counts"]["train"]]
-    train = training.train_dataset(split_file_pattern(str(examples), "train"), shape,
-                                   config.batch_size, augment=config.augment, seed=config.seed,
-                                   max_examples=config.max_train_examples)
+    train = training.train_dataset(
+        split_file_pattern(str(examples), "train"),
+        shape,
+        config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        max_examples=config.max_train_examples,
+    )
     val, val_labels = split_arrays(examples, "val", shape)
     test, test_labels = split_arrays(examples, "test", shape)
     started = time.perf_counter()
-    model = training.train_model(config, train, val, counts, shape, checkpoint_dir, None,
-                                 verbose=2)
+    model = training.train_model(config, train, val, counts, shape, checkpoint_dir, None, verbose=2)
     history = training.read_history(checkpoint_dir)
-    train_seconds = sum(row.get("epoch_seconds", 0.0) for row in history) \
-        or time.perf_counter() - started
+    train_seconds = (
+        sum(row.get("epoch_seconds", 0.0) for row in history) or time.perf_counter() - started
+    )
     images = training.steps_per_epoch(config, counts) * config.batch_size * config.epochs
     started = time.perf_counter()
     test_logits = model.predict(test, verbose=0)
     infer_seconds = time.perf_counter() - started
-    return {"counts": counts, "test_logits": test_logits, "test_labels": test_labels,
-            "val_logits": model.predict(val, verbose=0), "val_labels": val_labels,
-            "train_seconds": train_seconds, "train_images_per_s": images / train_seconds,
-            "infer_images_per_s": len(test_labels) / infer_seconds,
-            "final_epoch": history[-1] if history else {}}
+    return {
+        "counts": counts,
+        "test_logits": test_logits,
+        "test_labels": test_labels,
+        "val_logits": model.predict(val, verbose=0),
+        "val_labels": val_labels,
+        "train_seconds": train_seconds,
+        "train_images_per_s": images / train_seconds,
+        "infer_images_per_s": len(test_labels) / infer_seconds,
+        "final_epoch": history[-1] if history else {},
+    }
 
 
 # --------------------------------------------------------------------------- scoring
 
-def method_logits(method: Method, logits: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray,
-                                                                                       str, bool]:
+
+def method_logits(
+    method: Method, logits: np.ndarray, counts: Sequence[int]
+) -> tuple[np.ndarray, str, bool]:
     """(logits, train_loss, corrected) to hand to `lade_tf.shift_eval` for one method."""
     loss = TRAININGS[method.training]["loss"]
     if method.rule == "raw":
@@ -248,10 +305,10 @@ def score_method(method: Method, run: Mapping[str, Any]) -> dict[str, Any]:
     from lade_tf.shift_eval import evaluate_under_shift, uniform_summary
 
     logits, loss, corrected = method_logits(method, run["test_logits"], run["counts"])
-    shift = evaluate_under_shift(logits, run["test_labels"], run["counts"], loss,
-                                 seeds=EVAL_SEEDS, corrected=corrected)
-    uniform = uniform_summary(logits, run["test_labels"], run["counts"], loss,
-                              corrected=corrected)
+    shift = evaluate_under_shift(
+        logits, run["test_labels"], run["counts"], loss, seeds=EVAL_SEEDS, corrected=corrected
+    )
+    uniform = uniform_summary(logits, run["test_labels"], run["counts"], loss, corrected=corrected)
     return {"shift": shift, "uniform": uniform}
 
 
@@ -259,18 +316,23 @@ def logit_statistics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     """Mean positive-sample logit f(x)[y] and mean negative-sample logit f(x)[c != y]."""
     positive = logits[np.arange(len(labels)), labels]
     negative_sum = logits.sum(axis=1) - positive
-    return {"positive": float(positive.mean()),
-            "negative": float((negative_sum / (logits.shape[1] - 1)).mean())}
+    return {
+        "positive": float(positive.mean()),
+        "negative": float((negative_sum / (logits.shape[1] - 1)).mean()),
+    }
 
 
 # --------------------------------------------------------------------------- parts
 
+
 def save_logits(path: Path, run: Mapping[str, Any]) -> None:
     """Keeps a run's logits and labels, so its methods can be scored again without training."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, counts=np.asarray(run["counts"]),
-                        **{k: run[k] for k in ("test_logits", "test_labels", "val_logits",
-                                               "val_labels")})
+    np.savez_compressed(
+        path,
+        counts=np.asarray(run["counts"]),
+        **{k: run[k] for k in ("test_logits", "test_labels", "val_logits", "val_labels")},
+    )
 
 
 def rescore_parts(output: Path, work_dir: Path, budget: str) -> None:
@@ -302,8 +364,14 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_accuracy_part(budget_name: str, dataset_name: str, training: str, methods: Sequence[str],
-                      seed: int, args: argparse.Namespace) -> None:
+def run_accuracy_part(
+    budget_name: str,
+    dataset_name: str,
+    training: str,
+    methods: Sequence[str],
+    seed: int,
+    args: argparse.Namespace,
+) -> None:
     """Trains one run (unless its part exists) and writes the scores of its methods."""
     path = part_path(args.output, budget_name, "accuracy", f"{dataset_name}-{training}-s{seed}")
     if path.exists():
@@ -315,18 +383,29 @@ def run_accuracy_part(budget_name: str, dataset_name: str, training: str, method
     examples = prepared_examples(dataset_name, args.work_dir, args.tarball)
     config = train_config(budget, DATASETS[dataset_name], training, seed)
     checkpoints = args.work_dir / "checkpoints" / budget_name / path.stem
-    log(f"training {training} on {dataset_name}, seed {seed}, {budget.epochs} epochs "
-        f"({DATASETS[dataset_name].arch})")
+    log(
+        f"training {training} on {dataset_name}, seed {seed}, {budget.epochs} epochs "
+        f"({DATASETS[dataset_name].arch})"
+    )
     run = train_and_predict(config, examples, checkpoints)
     save_logits(args.work_dir / "logits" / budget_name / f"{path.stem}.npz", run)
     scores = {name: score_method(METHODS[name], run) for name in methods}
-    write_json(path, {"dataset": dataset_name, "training": training, "seed": seed,
-                      "budget": budget_name, "config": config.to_dict(),
-                      "train_seconds": run["train_seconds"],
-                      "train_images_per_s": run["train_images_per_s"],
-                      "infer_images_per_s": run["infer_images_per_s"],
-                      "final_epoch": run["final_epoch"], "machine": machine(),
-                      "methods": scores})
+    write_json(
+        path,
+        {
+            "dataset": dataset_name,
+            "training": training,
+            "seed": seed,
+            "budget": budget_name,
+            "config": config.to_dict(),
+            "train_seconds": run["train_seconds"],
+            "train_images_per_s": run["train_images_per_s"],
+            "infer_images_per_s": run["infer_images_per_s"],
+            "final_epoch": run["final_epoch"],
+            "machine": machine(),
+            "methods": scores,
+        },
+    )
     uniform = {name: round(100 * s["shift"]["U"]["mean"], 1) for name, s in scores.items()}
     log(f"{path.stem}: {run['train_seconds']:.0f} s training, uniform accuracy {uniform}")
 
@@ -343,18 +422,31 @@ def run_figure2_part(budget_name: str, alpha: float, args: argparse.Namespace) -
     config = dataclasses.replace(
         train_config(budget, DATASETS[dataset_name], "lade_sample", 0, alpha=alpha),
         epochs=budget.figure2_epochs,
-        warmup_epochs=min(budget.warmup_epochs, budget.figure2_epochs / 2))
+        warmup_epochs=min(budget.warmup_epochs, budget.figure2_epochs / 2),
+    )
     log(f"Figure 2: LADE alpha {alpha:g} on {dataset_name}, {config.epochs} epochs")
-    run = train_and_predict(config, examples, args.work_dir / "checkpoints" / budget_name /
-                            f"figure2-{path.stem}")
+    run = train_and_predict(
+        config, examples, args.work_dir / "checkpoints" / budget_name / f"figure2-{path.stem}"
+    )
     stats = logit_statistics(run["test_logits"], run["test_labels"])
     accuracy = float(np.mean(run["test_logits"].argmax(1) == run["test_labels"]))
-    write_json(path, {"dataset": dataset_name, "alpha": alpha, "budget": budget_name,
-                      "epochs": config.epochs, "num_classes": len(run["counts"]),
-                      "uniform_accuracy_raw_logits": accuracy,
-                      "train_seconds": run["train_seconds"], **stats})
-    log(f"{path.stem}: positive {stats['positive']:.3f}, negative {stats['negative']:.3f}, "
-        f"log C {math.log(len(run['counts'])):.3f}")
+    write_json(
+        path,
+        {
+            "dataset": dataset_name,
+            "alpha": alpha,
+            "budget": budget_name,
+            "epochs": config.epochs,
+            "num_classes": len(run["counts"]),
+            "uniform_accuracy_raw_logits": accuracy,
+            "train_seconds": run["train_seconds"],
+            **stats,
+        },
+    )
+    log(
+        f"{path.stem}: positive {stats['positive']:.3f}, negative {stats['negative']:.3f}, "
+        f"log C {math.log(len(run['counts'])):.3f}"
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -364,22 +456,31 @@ def machine() -> dict[str, Any]:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), "")
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+            )
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
 
 
 # --------------------------------------------------------------------------- merge and report
 
+
 def load_parts(output: Path, budget: str, kind: str) -> list[dict[str, Any]]:
     """Every finished part of one kind for a budget."""
     folder = output / "parts" / budget / kind
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] \
-        if folder.is_dir() else []
+    return (
+        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        if folder.is_dir()
+        else []
+    )
 
 
 def merge_accuracy(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -394,29 +495,36 @@ def merge_accuracy(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             by_key.setdefault((part["dataset"], name), []).append((part["seed"], scores, part))
     merged: dict[str, Any] = {}
     order = {name: i for i, name in enumerate(METHODS)}
-    for (dataset, name), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0],
-                                                                       order[kv[0][1]])):
+    for (dataset, name), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         runs.sort(key=lambda run: run[0])
         seeds = [seed for seed, _, _ in runs]
         shift = {}
         for dist in SHIFTS:
             means = np.array([s["shift"][dist]["mean"] for _, s, _ in runs])
             sub_std = float(np.mean([s["shift"][dist]["std"] for _, s, _ in runs]))
-            shift[dist] = {"mean": float(means.mean()),
-                           "std": float(means.std()) if len(runs) > 1 else sub_std,
-                           "subsampling_std": sub_std}
+            shift[dist] = {
+                "mean": float(means.mean()),
+                "std": float(means.std()) if len(runs) > 1 else sub_std,
+                "subsampling_std": sub_std,
+            }
         shift_means = [shift[d]["mean"] for d in SHIFTS]
         uniform = {}
         for metric in runs[0][1]["uniform"]:
             values = np.array([s["uniform"][metric] for _, s, _ in runs], dtype=np.float64)
-            uniform[metric] = {"mean": float(np.mean(values)),
-                               "std": float(np.std(values)) if len(runs) > 1 else 0.0}
+            uniform[metric] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)) if len(runs) > 1 else 0.0,
+            }
         merged.setdefault(dataset, {})[name] = {
-            "label": METHODS[name].label, "seeds": seeds, "shift": shift,
-            "mean_of_11": float(np.mean(shift_means)), "uniform": uniform,
+            "label": METHODS[name].label,
+            "seeds": seeds,
+            "shift": shift,
+            "mean_of_11": float(np.mean(shift_means)),
+            "uniform": uniform,
             "train_seconds": [p["train_seconds"] for _, _, p in runs],
             "train_images_per_s": [p["train_images_per_s"] for _, _, p in runs],
-            "epochs": runs[0][2]["config"]["epochs"]}
+            "epochs": runs[0][2]["config"]["epochs"],
+        }
     return merged
 
 
@@ -426,31 +534,46 @@ def _pct(value: float | None) -> str:
 
 def accuracy_markdown(merged: Mapping[str, Any], budget: str) -> str:
     """The tables of one budget: 11 distributions, then uniform-test metrics, per dataset."""
-    lines = [f"# Accuracy under label shift (budget `{budget}`)", "",
-             f"Top-1 %, mean over {len(EVAL_SEEDS)} test subsamplings (and over training seeds "
-             "where there are several); `largest std`: the largest of the 11 standard deviations "
-             "(over subsamplings, or over training seeds where there are several). Command: "
-             f"`.venv/bin/python benchmarks/accuracy.py --budget {budget}`.", ""]
+    lines = [
+        f"# Accuracy under label shift (budget `{budget}`)",
+        "",
+        f"Top-1 %, mean over {len(EVAL_SEEDS)} test subsamplings (and over training seeds "
+        "where there are several); `largest std`: the largest of the 11 standard deviations "
+        "(over subsamplings, or over training seeds where there are several). Command: "
+        f"`.venv/bin/python benchmarks/accuracy.py --budget {budget}`.",
+        "",
+    ]
     for dataset, methods in merged.items():
         first = next(iter(methods.values()))
-        lines += [f"## {dataset} ({first['epochs']} epochs, {DATASETS[dataset].arch})", "",
-                  "| Method | seeds | " + " | ".join(SHIFTS) + " | mean of 11 | largest std |",
-                  "|---|---|" + "---:|" * (len(SHIFTS) + 2)]
+        lines += [
+            f"## {dataset} ({first['epochs']} epochs, {DATASETS[dataset].arch})",
+            "",
+            "| Method | seeds | " + " | ".join(SHIFTS) + " | mean of 11 | largest std |",
+            "|---|---|" + "---:|" * (len(SHIFTS) + 2),
+        ]
         for name, row in methods.items():
             cells = [_pct(row["shift"][d]["mean"]) for d in SHIFTS]
             largest_std = max(row["shift"][d]["std"] for d in SHIFTS)
-            lines.append(f"| {row['label']} | {len(row['seeds'])} | " + " | ".join(cells)
-                         + f" | {_pct(row['mean_of_11'])} | {_pct(largest_std)} |")
-        lines += ["", "Uniform test set:", "",
-                  "| Method | accuracy | many | medium | few | ECE % | NLL | train s | "
-                  "train img/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {row['label']} | {len(row['seeds'])} | "
+                + " | ".join(cells)
+                + f" | {_pct(row['mean_of_11'])} | {_pct(largest_std)} |"
+            )
+        lines += [
+            "",
+            "Uniform test set:",
+            "",
+            "| Method | accuracy | many | medium | few | ECE % | NLL | train s | train img/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, row in methods.items():
             u = {k: v["mean"] for k, v in row["uniform"].items()}
             lines.append(
                 f"| {row['label']} | {_pct(u['accuracy'])} | {_pct(u['many'])} | "
                 f"{_pct(u['medium'])} | {_pct(u['few'])} | {_pct(u['ece'])} | "
                 f"{u['nll']:.3f} | {np.mean(row['train_seconds']):.0f} | "
-                f"{np.mean(row['train_images_per_s']):.0f} |")
+                f"{np.mean(row['train_images_per_s']):.0f} |"
+            )
         lines.append("")
         verdict = importance_verdict(methods)
         if verdict:
@@ -464,8 +587,10 @@ def importance_verdict(methods: Mapping[str, Any]) -> str | None:
         return None
     sample, cls = methods["lade_sample"]["mean_of_11"], methods["lade_class"]["mean_of_11"]
     better = "sample" if sample >= cls else "class"
-    return (f"LADE importance: sample {_pct(sample)} vs class {_pct(cls)} (mean of 11): "
-            f"`{better}` is better here by {100 * abs(sample - cls):.1f} points.")
+    return (
+        f"LADE importance: sample {_pct(sample)} vs class {_pct(cls)} (mean of 11): "
+        f"`{better}` is better here by {100 * abs(sample - cls):.1f} points."
+    )
 
 
 def plot_accuracy(merged: Mapping[str, Any], path: Path) -> None:
@@ -499,22 +624,35 @@ def plot_accuracy(merged: Mapping[str, Any], path: Path) -> None:
 def merge_figure2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Figure 2 rows sorted by alpha."""
     rows = sorted(parts, key=lambda p: p["alpha"])
-    return {"dataset": rows[0]["dataset"] if rows else None,
-            "log_C": math.log(rows[0]["num_classes"]) if rows else None,
-            "rows": [{k: p[k] for k in ("alpha", "positive", "negative",
-                                        "uniform_accuracy_raw_logits", "epochs")} for p in rows]}
+    return {
+        "dataset": rows[0]["dataset"] if rows else None,
+        "log_C": math.log(rows[0]["num_classes"]) if rows else None,
+        "rows": [
+            {
+                k: p[k]
+                for k in ("alpha", "positive", "negative", "uniform_accuracy_raw_logits", "epochs")
+            }
+            for p in rows
+        ],
+    }
 
 
 def figure2_markdown(fig2: Mapping[str, Any], budget: str) -> str:
     """Figure 2 as a table."""
-    lines = [f"# Figure 2 check (budget `{budget}`): LADE logits vs alpha on {fig2['dataset']}",
-             "", f"log C = {fig2['log_C']:.3f}. Mean over the test set of the positive-sample "
-             "logit f(x)[y] and of the negative-sample logits f(x)[c != y].", "",
-             "| alpha | epochs | positive | negative | accuracy % (raw logits) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Figure 2 check (budget `{budget}`): LADE logits vs alpha on {fig2['dataset']}",
+        "",
+        f"log C = {fig2['log_C']:.3f}. Mean over the test set of the positive-sample "
+        "logit f(x)[y] and of the negative-sample logits f(x)[c != y].",
+        "",
+        "| alpha | epochs | positive | negative | accuracy % (raw logits) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for row in fig2["rows"]:
-        lines.append(f"| {row['alpha']:g} | {row['epochs']} | {row['positive']:.3f} | "
-                     f"{row['negative']:.3f} | {_pct(row['uniform_accuracy_raw_logits'])} |")
+        lines.append(
+            f"| {row['alpha']:g} | {row['epochs']} | {row['positive']:.3f} | "
+            f"{row['negative']:.3f} | {_pct(row['uniform_accuracy_raw_logits'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -563,14 +701,16 @@ def write_reports(output: Path, budget: str) -> None:
 
 # --------------------------------------------------------------------------- command line
 
+
 def _names(text: str | None, allowed: Iterable[str], what: str) -> tuple[str, ...] | None:
     if text is None:
         return None
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in allowed]
     if unknown or not names:
-        raise SystemExit(f"error: --{what} {text!r}: expected a comma-separated subset of "
-                         f"{', '.join(allowed)}")
+        raise SystemExit(
+            f"error: --{what} {text!r}: expected a comma-separated subset of {', '.join(allowed)}"
+        )
     return names
 
 
@@ -578,20 +718,30 @@ def build_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=BUDGETS, default="smoke")
-    parser.add_argument("--datasets", help=f"subset of {', '.join(DATASETS)} "
-                                           "(default: the budget's)")
+    parser.add_argument(
+        "--datasets", help=f"subset of {', '.join(DATASETS)} (default: the budget's)"
+    )
     parser.add_argument("--methods", help=f"subset of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--seeds", help="training seeds, e.g. 0,1,2 (default: the budget's)")
     parser.add_argument("--skip-figure2", action="store_true", help="no Figure 2 trainings")
     parser.add_argument("--only-figure2", action="store_true", help="only Figure 2 trainings")
-    parser.add_argument("--only-merge", action="store_true",
-                        help="train nothing; merge the finished parts into the reports")
-    parser.add_argument("--rescore", action="store_true",
-                        help="train nothing; score the finished parts again from their saved "
-                             "logits, then merge")
+    parser.add_argument(
+        "--only-merge",
+        action="store_true",
+        help="train nothing; merge the finished parts into the reports",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing; score the finished parts again from their saved logits, then merge",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
-                        help="prepared data and checkpoints (default: %(default)s)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="prepared data and checkpoints (default: %(default)s)",
+    )
     parser.add_argument("--tarball", type=Path, default=DEFAULT_TARBALL)
     return parser
 
@@ -622,8 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run_accuracy_part(args.budget, dataset_name, training, wanted, seed, args)
         if datasets is not None:
             for name in set(datasets) - set(budget.plan):
-                log(f"{name} is not in the {args.budget} budget's plan "
-                    f"({', '.join(budget.plan)}): nothing trained for it")
+                log(
+                    f"{name} is not in the {args.budget} budget's plan "
+                    f"({', '.join(budget.plan)}): nothing trained for it"
+                )
     if not args.only_merge and not args.skip_figure2:
         for alpha in SMOKE_FIGURE2_ALPHAS if args.budget == "smoke" else FIGURE2_ALPHAS:
             run_figure2_part(args.budget, alpha, args)

@@ -9,6 +9,7 @@ and after each run is recorded with it.
     .venv/bin/python benchmarks/prepare.py [--datasets fashion_mnist,cifar10]
         [--modes in_memory,multi_processing,dask] [--workers 2] [--output FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,17 @@ def _children_cpu_seconds() -> float:
 def run_once(source: str, mode: str, workers: int, work_dir: Path) -> dict:
     """One CLI run; returns wall time, CPU time, the CLI's own pipeline time and load averages."""
     output_dir = work_dir / f"out-{mode}"
-    command = [sys.executable, "-m", "pipeline.prepare", "--source", source,
-               "--output-dir", str(output_dir), "--overwrite", *_runner_flags(mode, workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.prepare",
+        "--source",
+        source,
+        "--output-dir",
+        str(output_dir),
+        "--overwrite",
+        *_runner_flags(mode, workers),
+    ]
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_seconds()
     start = time.perf_counter()
@@ -57,10 +67,14 @@ def run_once(source: str, mode: str, workers: int, work_dir: Path) -> dict:
     pipeline_seconds = float(re.search(r" in ([\d.]+) s \(", done.stdout).group(1))
     with open(output_dir / "class_info.json") as f:
         counts = json.load(f)["counts"]
-    return {"wall_s": round(wall, 1), "pipeline_s": pipeline_seconds,
-            "cpu_s": round(_children_cpu_seconds() - cpu_before, 1),
-            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
-            "written": {split: sum(c) for split, c in counts.items()}}
+    return {
+        "wall_s": round(wall, 1),
+        "pipeline_s": pipeline_seconds,
+        "cpu_s": round(_children_cpu_seconds() - cpu_before, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "written": {split: sum(c) for split, c in counts.items()},
+    }
 
 
 def main(argv=None) -> int:
@@ -69,8 +83,9 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="in_memory,multi_processing")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cifar-tarball", type=Path, default=DEFAULT_TARBALL)
-    parser.add_argument("--output", type=Path,
-                        default=REPO_ROOT / "benchmarks" / "results" / "prepare.json")
+    parser.add_argument(
+        "--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "prepare.json"
+    )
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     modes = [m for m in args.modes.split(",") if m]
@@ -92,26 +107,44 @@ def main(argv=None) -> int:
         for dataset in datasets:
             for mode in modes:
                 run = run_once(sources[dataset], mode, args.workers, tmp)
-                run.update(dataset=dataset, mode=mode, workers=args.workers,
-                           source_images=SOURCE_IMAGES[dataset],
-                           images_per_s=round(SOURCE_IMAGES[dataset] / run["wall_s"]))
+                run.update(
+                    dataset=dataset,
+                    mode=mode,
+                    workers=args.workers,
+                    source_images=SOURCE_IMAGES[dataset],
+                    images_per_s=round(SOURCE_IMAGES[dataset] / run["wall_s"]),
+                )
                 results.append(run)
-                print(f"{dataset:14s} {mode:17s} wall {run['wall_s']:6.1f} s  "
-                      f"({run['images_per_s']} images/s, pipeline {run['pipeline_s']} s, "
-                      f"cpu {run['cpu_s']} s, load {run['load_before']}->{run['load_after']})",
-                      flush=True)
+                print(
+                    f"{dataset:14s} {mode:17s} wall {run['wall_s']:6.1f} s  "
+                    f"({run['images_per_s']} images/s, pipeline {run['pipeline_s']} s, "
+                    f"cpu {run['cpu_s']} s, load {run['load_before']}->{run['load_after']})",
+                    flush=True,
+                )
 
-    print(f"\n| dataset | Beam mode | workers | wall s | source images/s | in-process pipeline s "
-          f"| CPU s | load avg before->after |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| dataset | Beam mode | workers | wall s | source images/s | in-process pipeline s "
+        "| CPU s | load avg before->after |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in results:
-        print(f"| {r['dataset']} | {r['mode']} | {r['workers']} | {r['wall_s']} | "
-              f"{r['images_per_s']} | {r['pipeline_s']} | {r['cpu_s']} | "
-              f"{r['load_before']}->{r['load_after']} |")
+        print(
+            f"| {r['dataset']} | {r['mode']} | {r['workers']} | {r['wall_s']} | "
+            f"{r['images_per_s']} | {r['pipeline_s']} | {r['cpu_s']} | "
+            f"{r['load_before']}->{r['load_after']} |"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}, indent=1))
+    args.output.write_text(
+        json.dumps(
+            {
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.output}")
     return 0
 

@@ -11,6 +11,7 @@ connection per client thread; the time includes the client's JSON encoding and d
 the load of a shared machine affects them alike. Prints a table with the REST/in-process overhead
 ratios, writes benchmarks/results/serving.json and benchmarks/results/serving.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,13 @@ def build_model():
 def make_inputs(batch: int, count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """`count` distinct (images, target_prior) pairs of one batch size."""
     rng = np.random.default_rng(seed + batch)
-    return [(rng.integers(0, 256, (batch, *IMAGE_SHAPE)).astype(np.float32),
-             rng.dirichlet(np.ones(NUM_CLASSES), size=batch).astype(np.float32))
-            for _ in range(count)]
+    return [
+        (
+            rng.integers(0, 256, (batch, *IMAGE_SHAPE)).astype(np.float32),
+            rng.dirichlet(np.ones(NUM_CLASSES), size=batch).astype(np.float32),
+        )
+        for _ in range(count)
+    ]
 
 
 def timed_calls(call, inputs: list, concurrency: int) -> tuple[list[float], float]:
@@ -77,9 +82,13 @@ def timed_calls(call, inputs: list, concurrency: int) -> tuple[list[float], floa
 
 def summary(latencies: list[float], wall: float, batch: int) -> dict:
     times = np.asarray(latencies) * 1e3
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "requests_per_s": len(times) / wall, "images_per_s": len(times) * batch / wall,
-            "requests": len(times)}
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "requests_per_s": len(times) / wall,
+        "images_per_s": len(times) * batch / wall,
+        "requests": len(times),
+    }
 
 
 class RestCaller:
@@ -93,14 +102,15 @@ class RestCaller:
 
     def __call__(self, item) -> dict:
         images, priors = item
-        body = json.dumps({"inputs": {"images": images.tolist(),
-                                      "target_prior": priors.tolist()}})
+        body = json.dumps({"inputs": {"images": images.tolist(), "target_prior": priors.tolist()}})
         connection = getattr(self.local, "connection", None)
         if connection is None:
             connection = self.local.connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=120)
-        connection.request("POST", self.path, body=body,
-                           headers={"Content-Type": "application/json"})
+                self.host, self.port, timeout=120
+            )
+        connection.request(
+            "POST", self.path, body=body, headers={"Content-Type": "application/json"}
+        )
         response = connection.getresponse()
         payload = json.loads(response.read())
         if response.status != 200:
@@ -111,9 +121,24 @@ class RestCaller:
 def start_server(base: Path, extra: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model-base-path", str(base),
-         "--model-name", "bench", "--port", "0", *extra], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--model-base-path",
+            str(base),
+            "--model-name",
+            "bench",
+            "--port",
+            "0",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "w"),
+        text=True,
+    )
     for line in process.stdout:
         match = re.search(r"(http://\S+)", line)
         if match:
@@ -138,8 +163,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="lade-serving-bench-"))
     model = build_model()
     base = workdir / "bench"
-    export_serving_model(model, base / "1", class_counts=long_tail_counts(6000, NUM_CLASSES, 100),
-                         train_loss="ce")
+    export_serving_model(
+        model, base / "1", class_counts=long_tail_counts(6000, NUM_CLASSES, 100), train_loss="ce"
+    )
     loaded = tf.saved_model.load(str(base / "1"))
     signature = loaded.signatures["serving_default"]
 
@@ -148,16 +174,21 @@ def run(args: argparse.Namespace) -> dict:
         outputs = signature(images=tf.constant(images), target_prior=tf.constant(priors))
         return {name: value.numpy() for name, value in outputs.items()}
 
-    inputs = {batch: make_inputs(batch, args.requests if batch == 1 else args.requests // 4)
-              for batch in args.batch_sizes}
+    inputs = {
+        batch: make_inputs(batch, args.requests if batch == 1 else args.requests // 4)
+        for batch in args.batch_sizes
+    }
     callers = {"in-process": in_process}
     servers = [("REST", [])]
     if args.batching:
         config = workdir / "batching.config"
-        config.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n"
-                          "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n")
-        servers.append(("REST+batching", ["--enable-batching", "--batching-parameters-file",
-                                          str(config)]))
+        config.write_text(
+            "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n"
+            "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
+        )
+        servers.append(
+            ("REST+batching", ["--enable-batching", "--batching-parameters-file", str(config)])
+        )
     processes = []
     results = []
     try:
@@ -166,26 +197,38 @@ def run(args: argparse.Namespace) -> dict:
             processes.append(process)
             callers[name] = RestCaller(url, "bench")
             served = callers[name](inputs[args.batch_sizes[0]][0])
-            np.testing.assert_allclose(np.asarray(served["probabilities"]),
-                                       in_process(inputs[args.batch_sizes[0]][0])["probabilities"],
-                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(
+                np.asarray(served["probabilities"]),
+                in_process(inputs[args.batch_sizes[0]][0])["probabilities"],
+                rtol=1e-5,
+                atol=1e-7,
+            )
         for batch in args.batch_sizes:
             for concurrency in args.concurrency:
                 for call in callers.values():
-                    for item in inputs[batch][:args.warmup]:
+                    for item in inputs[batch][: args.warmup]:
                         call(item)
                 pooled = {name: ([], 0.0) for name in callers}
                 # Paths take turns in every round, so a busy machine's drift hits them alike.
                 for round_index in range(args.rounds):
-                    chunk = inputs[batch][round_index::args.rounds]
+                    chunk = inputs[batch][round_index :: args.rounds]
                     for name, call in callers.items():
                         latencies, wall = timed_calls(call, chunk, concurrency)
                         pooled[name] = (pooled[name][0] + latencies, pooled[name][1] + wall)
                 for name, (latencies, wall) in pooled.items():
-                    results.append({"path": name, "batch": batch, "concurrency": concurrency,
-                                    **summary(latencies, wall, batch)})
-                    print(f"{name:<14} batch {batch:>2} concurrency {concurrency}: "
-                          f"p50 {results[-1]['p50_ms']:.2f} ms", flush=True)
+                    results.append(
+                        {
+                            "path": name,
+                            "batch": batch,
+                            "concurrency": concurrency,
+                            **summary(latencies, wall, batch),
+                        }
+                    )
+                    print(
+                        f"{name:<14} batch {batch:>2} concurrency {concurrency}: "
+                        f"p50 {results[-1]['p50_ms']:.2f} ms",
+                        flush=True,
+                    )
     finally:
         for process in processes:
             stop_server(process)
@@ -196,26 +239,37 @@ def run(args: argparse.Namespace) -> dict:
         row["throughput_fraction"] = row["requests_per_s"] / reference["requests_per_s"]
     return {
         "model": f"small_cnn {IMAGE_SHAPE} -> {NUM_CLASSES} logits, "
-                 f"{model.count_params()} parameters",
+        f"{model.count_params()} parameters",
         "signature": "serving_default (images, target_prior)",
         "request_format": "columnar JSON ('inputs'), keep-alive HTTP/1.1 on 127.0.0.1",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": os.getloadavg(), "tensorflow": tf.__version__},
-        "results": results}
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": os.getloadavg(),
+            "tensorflow": tf.__version__,
+        },
+        "results": results,
+    }
 
 
 def print_table(report: dict) -> None:
     print(f"\n{report['model']}; {report['request_format']}")
-    print(f"machine: {report['machine']['cpus']} CPUs, load average at end "
-          f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}")
-    header = (f"{'path':<14}{'batch':>6}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}"
-              f"{'img/s':>10}{'p50 x':>8}{'thr frac':>10}")
+    print(
+        f"machine: {report['machine']['cpus']} CPUs, load average at end "
+        f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}"
+    )
+    header = (
+        f"{'path':<14}{'batch':>6}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}"
+        f"{'img/s':>10}{'p50 x':>8}{'thr frac':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in sorted(report["results"], key=lambda r: (r["batch"], r["concurrency"])):
-        print(f"{r['path']:<14}{r['batch']:>6}{r['concurrency']:>6}{r['p50_ms']:>10.2f}"
-              f"{r['p99_ms']:>10.2f}{r['requests_per_s']:>10.1f}{r['images_per_s']:>10.0f}"
-              f"{r['p50_overhead_x']:>8.1f}{r['throughput_fraction']:>10.2f}")
+        print(
+            f"{r['path']:<14}{r['batch']:>6}{r['concurrency']:>6}{r['p50_ms']:>10.2f}"
+            f"{r['p99_ms']:>10.2f}{r['requests_per_s']:>10.1f}{r['images_per_s']:>10.0f}"
+            f"{r['p50_overhead_x']:>8.1f}{r['throughput_fraction']:>10.2f}"
+        )
     print("p50 x: REST p50 / in-process p50; thr frac: REST throughput / in-process throughput")
 
 
@@ -234,14 +288,20 @@ def plot(report: dict, path: Path) -> None:
         rows = {(r["batch"], r["concurrency"]): r for r in results if r["path"] == name}
         x = np.arange(len(cells)) + index * width
         latency_axis.bar(x, [rows[c]["p50_ms"] for c in cells], width, label=name)
-        latency_axis.errorbar(x, [rows[c]["p50_ms"] for c in cells],
-                              yerr=[[0] * len(cells),
-                                    [rows[c]["p99_ms"] - rows[c]["p50_ms"] for c in cells]],
-                              fmt="none", ecolor="black", capsize=3)
+        latency_axis.errorbar(
+            x,
+            [rows[c]["p50_ms"] for c in cells],
+            yerr=[[0] * len(cells), [rows[c]["p99_ms"] - rows[c]["p50_ms"] for c in cells]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
         throughput_axis.bar(x, [rows[c]["images_per_s"] for c in cells], width, label=name)
     labels = [f"batch {b}\nconc {c}" for b, c in cells]
-    for axis, title in ((latency_axis, "latency p50 (bar) to p99 (whisker), ms"),
-                        (throughput_axis, "throughput, images/s")):
+    for axis, title in (
+        (latency_axis, "latency p50 (bar) to p99 (whisker), ms"),
+        (throughput_axis, "throughput, images/s"),
+    ):
         axis.set_xticks(np.arange(len(cells)) + width * (len(paths) - 1) / 2, labels)
         axis.set_yscale("log")
         axis.set_title(title)
@@ -252,17 +312,27 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=240,
-                        help="calls per path for batch-1 cells (a quarter for larger batches)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="the paths take turns this many times per cell")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=240,
+        help="calls per path for batch-1 cells (a quarter for larger batches)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="the paths take turns this many times per cell"
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--no-batching", dest="batching", action="store_false",
-                        help="skip the --enable-batching server")
+    parser.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="skip the --enable-batching server",
+    )
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     report = run(args)

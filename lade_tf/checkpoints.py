@@ -4,6 +4,7 @@
 in the checkpoint directory (the last `CHECKPOINTS_KEPT` are kept), plus `history.json` with one
 row of metrics per epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,15 @@ HISTORY_FILE = "history.json"
 class EpochState:
     """Checkpoint (model, optimizer, epoch) and history.json of one checkpoint directory."""
 
-    def __init__(self, checkpoint_dir: str | os.PathLike | None, model: keras.Model,
-                 optimizer: keras.optimizers.Optimizer, *, write: bool = True,
-                 worker_dir: str | None = None):
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike | None,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        *,
+        write: bool = True,
+        worker_dir: str | None = None,
+    ):
         self.directory = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.write = write
@@ -37,12 +44,13 @@ class EpochState:
             return
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
         self._manager = tf.train.CheckpointManager(
-            checkpoint, self.directory if write else worker_dir, max_to_keep=CHECKPOINTS_KEPT)
+            checkpoint, self.directory if write else worker_dir, max_to_keep=CHECKPOINTS_KEPT
+        )
         latest = tf.train.latest_checkpoint(self.directory)
         if latest:
             optimizer.build(model.trainable_variables)
             checkpoint.restore(latest).assert_existing_objects_matched()
-            self.history = read_history(self.directory)[:int(self.epoch.numpy())]
+            self.history = read_history(self.directory)[: int(self.epoch.numpy())]
 
     def end_epoch(self, epoch: int, logs: Mapping[str, Any]) -> None:
         """Records the epoch's metrics and saves the checkpoint (every worker must call it)."""
@@ -84,4 +92,3 @@ def read_history(checkpoint_dir: str | os.PathLike) -> list[dict[str, float]]:
         return []
     with tf.io.gfile.GFile(path) as handle:
         return json.load(handle)
-

@@ -21,6 +21,7 @@ The metadata (class names, counts, source prior, training loss, alpha, tau, inpu
 signatures, and the prior estimator's `to_config` under "prior_estimation") is a JSON asset,
 `assets/lade_metadata.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,20 +38,43 @@ from lade_tf.prior_estimation import TargetPriorEstimator
 from lade_tf.priors import source_prior
 
 METADATA_ASSET = "lade_metadata.json"
-SIGNATURE_NAMES = ("serving_default", "predict_uniform", "predict_encoded", "estimate_prior",
-                   "class_info")
+SIGNATURE_NAMES = (
+    "serving_default",
+    "predict_uniform",
+    "predict_encoded",
+    "estimate_prior",
+    "class_info",
+)
 PREDICTION_OUTPUTS = ("probabilities", "logits", "class_ids")
-_RESERVED_METADATA_KEYS = ("format", "class_names", "class_counts", "source_prior",
-                           "num_classes", "train_loss", "alpha", "tau", "input_shape",
-                           "input_dtype", "pixel_range", "signatures", "prior_estimation")
+_RESERVED_METADATA_KEYS = (
+    "format",
+    "class_names",
+    "class_counts",
+    "source_prior",
+    "num_classes",
+    "train_loss",
+    "alpha",
+    "tau",
+    "input_shape",
+    "input_dtype",
+    "pixel_range",
+    "signatures",
+    "prior_estimation",
+)
 
 
 class _ServingModule(tf.Module):
     """Holds the logits model and the prior correction; its tf.functions are the signatures."""
 
-    def __init__(self, model, correction: PriorCorrection, estimator: TargetPriorEstimator,
-                 class_counts: Sequence[int], class_names: Sequence[str],
-                 image_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        model,
+        correction: PriorCorrection,
+        estimator: TargetPriorEstimator,
+        class_counts: Sequence[int],
+        class_names: Sequence[str],
+        image_shape: tuple[int, int, int],
+    ):
         super().__init__(name="lade_serving")
         self.model = model
         self.correction = correction
@@ -67,8 +91,9 @@ class _ServingModule(tf.Module):
         class_ids = tf.TensorSpec([None], tf.int64, name="class_ids")
         self.serving_default = tf.function(self._predict, input_signature=[images, prior])
         self.predict_uniform = tf.function(self._predict_uniform, input_signature=[images])
-        self.predict_encoded = tf.function(self._predict_encoded,
-                                           input_signature=[image_bytes, prior])
+        self.predict_encoded = tf.function(
+            self._predict_encoded, input_signature=[image_bytes, prior]
+        )
         self.estimate_prior = tf.function(self._estimate_prior, input_signature=[images])
         self.class_info = tf.function(self._class_info, input_signature=[class_ids])
 
@@ -104,30 +129,37 @@ class _ServingModule(tf.Module):
         height, width, channels = self._image_shape
 
         def decode_one(encoded):
-            image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8,
-                                       expand_animations=False)
+            image = tf.io.decode_image(
+                encoded, channels=channels, dtype=tf.uint8, expand_animations=False
+            )
             image = tf.cast(image, tf.float32)
             shape = tf.shape(image)
             same_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
             # Resizing only when needed keeps a same-size PNG bit-exact with the raw pixels.
-            image = tf.cond(same_size, lambda: image,
-                            lambda: tf.image.resize(image, [height, width], antialias=True))
+            image = tf.cond(
+                same_size,
+                lambda: image,
+                lambda: tf.image.resize(image, [height, width], antialias=True),
+            )
             return tf.ensure_shape(image, [height, width, channels])
 
-        return tf.map_fn(decode_one, image_bytes,
-                         fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+        return tf.map_fn(
+            decode_one,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
+        )
 
     def _estimate_prior(self, images):
         raw = self._raw_logits(images)
         rows = tf.shape(raw)[0]
         tf.debugging.assert_positive(
-            rows, message="estimate_prior needs at least one image from the target distribution")
+            rows, message="estimate_prior needs at least one image from the target distribution"
+        )
         estimator = self._estimator
         scale, offset = estimator.affine_posterior()
         # Calibrated log-posteriors for the reference prior p_r, as TargetPriorEstimator computes
         # them: (f + b + log p_r) / T + beta folded into one scale and one offset.
-        posterior = tf.nn.softmax(tf.cast(raw, tf.float64) * scale + tf.constant(offset),
-                                  axis=-1)
+        posterior = tf.nn.softmax(tf.cast(raw, tf.float64) * scale + tf.constant(offset), axis=-1)
         reference = tf.constant(estimator.reference_prior, tf.float64)
         strength = tf.constant(estimator.prior_strength, tf.float64)
         pseudo_counts = strength * tf.constant(estimator.source_prior, tf.float64)
@@ -139,14 +171,14 @@ class _ServingModule(tf.Module):
         def em_step(step, prior, change):
             weighted = posterior * (prior / reference)[None, :]
             responsibilities = weighted / tf.maximum(
-                tf.reduce_sum(weighted, axis=1, keepdims=True), np.finfo(np.float64).tiny)
-            updated = (tf.reduce_sum(responsibilities, axis=0) + pseudo_counts) / (
-                batch + strength)
+                tf.reduce_sum(weighted, axis=1, keepdims=True), np.finfo(np.float64).tiny
+            )
+            updated = (tf.reduce_sum(responsibilities, axis=0) + pseudo_counts) / (batch + strength)
             return step + 1, updated, tf.reduce_max(tf.abs(updated - prior))
 
         _, estimate, _ = tf.while_loop(
-            not_converged, em_step,
-            (tf.constant(0), reference, tf.constant(np.inf, tf.float64)))
+            not_converged, em_step, (tf.constant(0), reference, tf.constant(np.inf, tf.float64))
+        )
         estimate = estimate / tf.reduce_sum(estimate)
         estimate = tf.tile(tf.cast(estimate, tf.float32)[None, :], tf.stack([rows, 1]))
         outputs = self._outputs(raw, estimate)
@@ -156,8 +188,12 @@ class _ServingModule(tf.Module):
     def _class_info(self, class_ids):
         checks = [
             tf.debugging.assert_non_negative(class_ids, message="class_ids must be >= 0"),
-            tf.debugging.assert_less(class_ids, tf.constant(self._num_classes, tf.int64),
-                                     message=f"class_ids must be < {self._num_classes}")]
+            tf.debugging.assert_less(
+                class_ids,
+                tf.constant(self._num_classes, tf.int64),
+                message=f"class_ids must be < {self._num_classes}",
+            ),
+        ]
         with tf.control_dependencies(checks):  # checked before gather (a GPU gather never fails)
             class_ids = tf.identity(class_ids)
         return {
@@ -172,12 +208,22 @@ def _image_shape(model) -> tuple[int, int, int]:
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ValueError(
             f"model.input_shape = {shape}: expected (batch, height, width, channels) with known "
-            "height, width and channels")
+            "height, width and channels"
+        )
     return tuple(int(d) for d in shape[1:])
 
 
-def _metadata(class_counts, class_names, train_loss, alpha, tau, image_shape, signatures,
-              estimator: TargetPriorEstimator, extra: Mapping[str, Any] | None) -> dict:
+def _metadata(
+    class_counts,
+    class_names,
+    train_loss,
+    alpha,
+    tau,
+    image_shape,
+    signatures,
+    estimator: TargetPriorEstimator,
+    extra: Mapping[str, Any] | None,
+) -> dict:
     document = {
         "format": "lade_tf.serving/1",
         "class_names": list(class_names),
@@ -191,25 +237,37 @@ def _metadata(class_counts, class_names, train_loss, alpha, tau, image_shape, si
         "input_dtype": "float32",
         "pixel_range": [0, 255],
         "signatures": {
-            name: {"inputs": [spec.name for spec in fn.structured_input_signature[0]],
-                   "outputs": sorted(fn.structured_outputs)}
-            for name, fn in signatures.items()},
+            name: {
+                "inputs": [spec.name for spec in fn.structured_input_signature[0]],
+                "outputs": sorted(fn.structured_outputs),
+            }
+            for name, fn in signatures.items()
+        },
         "prior_estimation": estimator.to_config(),
     }
     for key, value in (extra or {}).items():
         if key in document:
-            raise ValueError(f"metadata key {key!r} is reserved; reserved keys: "
-                             f"{', '.join(_RESERVED_METADATA_KEYS)}")
+            raise ValueError(
+                f"metadata key {key!r} is reserved; reserved keys: "
+                f"{', '.join(_RESERVED_METADATA_KEYS)}"
+            )
         document[key] = value
     json.dumps(document, allow_nan=False)  # fail here, not in a consumer, if not plain JSON
     return document
 
 
-def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: Sequence[int],
-                         train_loss: str, tau: float = 1.0,
-                         class_names: Sequence[str] | None = None, alpha: float | None = None,
-                         prior_estimator: TargetPriorEstimator | None = None,
-                         metadata: Mapping[str, Any] | None = None) -> str:
+def export_serving_model(
+    model,
+    export_dir: str | os.PathLike,
+    *,
+    class_counts: Sequence[int],
+    train_loss: str,
+    tau: float = 1.0,
+    class_names: Sequence[str] | None = None,
+    alpha: float | None = None,
+    prior_estimator: TargetPriorEstimator | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
     """Write `model` (raw pixels -> raw logits) as a prior-aware serving SavedModel.
 
     The SavedModel is first written to a hidden sibling directory and then renamed to
@@ -245,30 +303,39 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
     counts = [int(n) for n in class_counts]
     source_prior(counts)  # validates the counts, naming a bad class
     num_classes = len(counts)
-    names = [str(i) for i in range(num_classes)] if class_names is None else [
-        str(name) for name in class_names]
+    names = (
+        [str(i) for i in range(num_classes)]
+        if class_names is None
+        else [str(name) for name in class_names]
+    )
     if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} entries, expected {num_classes} "
-                         "(one per entry of class_counts)")
+        raise ValueError(
+            f"class_names has {len(names)} entries, expected {num_classes} "
+            "(one per entry of class_counts)"
+        )
     output_shape = tuple(model.output_shape)
     if len(output_shape) != 2 or output_shape[-1] != num_classes:
-        raise ValueError(f"model.output_shape = {output_shape}: expected (batch, {num_classes}) "
-                         "logits, one per entry of class_counts")
+        raise ValueError(
+            f"model.output_shape = {output_shape}: expected (batch, {num_classes}) "
+            "logits, one per entry of class_counts"
+        )
     image_shape = _image_shape(model)
     correction = PriorCorrection(counts, train_loss=train_loss, tau=tau)
     estimator = _checked_estimator(prior_estimator, counts, train_loss, tau)
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if os.path.isdir(export_dir) and os.listdir(export_dir):
-        raise ValueError(f"export_dir {export_dir!r} exists and is not empty; pick a new version "
-                         "directory")
+        raise ValueError(
+            f"export_dir {export_dir!r} exists and is not empty; pick a new version directory"
+        )
     parent, leaf = os.path.split(export_dir)
     os.makedirs(parent, exist_ok=True)
 
     module = _ServingModule(model, correction, estimator, counts, names, image_shape)
     signatures = module.signatures()
-    document = _metadata(counts, names, train_loss, alpha, tau, image_shape, signatures,
-                         estimator, metadata)
+    document = _metadata(
+        counts, names, train_loss, alpha, tau, image_shape, signatures, estimator, metadata
+    )
     staging = tempfile.mkdtemp(prefix=f".{leaf}.tmp-", dir=parent)
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -286,24 +353,31 @@ def export_serving_model(model, export_dir: str | os.PathLike, *, class_counts: 
     return export_dir
 
 
-def _checked_estimator(estimator: TargetPriorEstimator | None, counts: Sequence[int],
-                       train_loss: str, tau: float) -> TargetPriorEstimator:
+def _checked_estimator(
+    estimator: TargetPriorEstimator | None, counts: Sequence[int], train_loss: str, tau: float
+) -> TargetPriorEstimator:
     """The estimator to bake into `estimate_prior`: the given one, checked, or the default."""
     if estimator is None:
         return TargetPriorEstimator(counts, train_loss, tau=tau, calibration="none")
     if not isinstance(estimator, TargetPriorEstimator):
         raise ValueError(f"prior_estimator = {estimator!r}: expected a TargetPriorEstimator")
     if estimator.method != "em":
-        raise ValueError(f"prior_estimator.method = {estimator.method!r}: the estimate_prior "
-                         "signature runs EM; expected 'em'")
+        raise ValueError(
+            f"prior_estimator.method = {estimator.method!r}: the estimate_prior "
+            "signature runs EM; expected 'em'"
+        )
     mine = (list(map(float, counts)), train_loss, float(tau))
     theirs = (estimator.class_counts, estimator.train_loss, estimator.tau)
     if mine != theirs:
-        raise ValueError(f"prior_estimator is for (class_counts, train_loss, tau) = {theirs}: "
-                         f"expected the exported model's {mine}")
+        raise ValueError(
+            f"prior_estimator is for (class_counts, train_loss, tau) = {theirs}: "
+            f"expected the exported model's {mine}"
+        )
     if not estimator.fitted:
-        raise ValueError(f"prior_estimator with calibration = {estimator.calibration!r} is not "
-                         "fitted: call fit(val_logits, val_labels) on the validation split first")
+        raise ValueError(
+            f"prior_estimator with calibration = {estimator.calibration!r} is not "
+            "fitted: call fit(val_logits, val_labels) on the validation split first"
+        )
     return estimator
 
 

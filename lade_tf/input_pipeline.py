@@ -1,4 +1,5 @@
 """tf.data input for training and evaluation from the TFRecords of `lade_tf.records`."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,9 +28,17 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
 
 
-def train_dataset(file_pattern: str | Sequence[str], image_shape: Sequence[int], batch_size: int,
-                  *, augment: bool = True, seed: int = 0, max_examples: int | None = None,
-                  shuffle_buffer: int = 16384, cache: bool = True) -> tf.data.Dataset:
+def train_dataset(
+    file_pattern: str | Sequence[str],
+    image_shape: Sequence[int],
+    batch_size: int,
+    *,
+    augment: bool = True,
+    seed: int = 0,
+    max_examples: int | None = None,
+    shuffle_buffer: int = 16384,
+    cache: bool = True,
+) -> tf.data.Dataset:
     """Shuffled, augmented, batched training data from TFRecords of `lade_tf.records`.
 
     Order: parallel decode -> (seeded subset) -> cache -> shuffle (reshuffled every epoch) ->
@@ -62,12 +71,18 @@ def train_dataset(file_pattern: str | Sequence[str], image_shape: Sequence[int],
         seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
         data = tf.data.Dataset.zip((data, seeds)).map(
             lambda example, image_seed: (augment_image(example[0], image_seed), example[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(file_pattern: str | Sequence[str], image_shape: Sequence[int], batch_size: int,
-                 *, cache: bool = True) -> tf.data.Dataset:
+def eval_dataset(
+    file_pattern: str | Sequence[str],
+    image_shape: Sequence[int],
+    batch_size: int,
+    *,
+    cache: bool = True,
+) -> tf.data.Dataset:
     """Evaluation data in file order, no augmentation, the last batch possibly smaller.
 
     Returns:
@@ -85,4 +100,3 @@ def steps_per_epoch(config: TrainConfig, class_counts: Sequence[int]) -> int:
     if config.max_train_examples is not None:
         examples = min(examples, config.max_train_examples)
     return examples // config.batch_size
-

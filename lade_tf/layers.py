@@ -17,6 +17,7 @@ p_t is normalised to sum to 1. A class with p_t(c) = 0 gets the adjusted logit Z
 0 in float32 and float64 whenever the other logits are above -1e9 + 104: outputs stay finite (JSON
 safe), gradients stay free of NaN, and argmax never picks that class.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -38,18 +39,26 @@ def _check_train_loss(train_loss: str) -> None:
 
 
 def _check_tau(train_loss: str, tau: float) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(tau) or tau < 0:
-        raise ValueError(f"tau = {tau!r}: expected a finite number >= 0 (the logit-adjusted "
-                         "loss's temperature)")
+    if (
+        isinstance(tau, bool)
+        or not isinstance(tau, (int, float, np.floating, np.integer))
+        or not np.isfinite(tau)
+        or tau < 0
+    ):
+        raise ValueError(
+            f"tau = {tau!r}: expected a finite number >= 0 (the logit-adjusted loss's temperature)"
+        )
     if train_loss != "logit_adjusted" and tau != 1.0:
-        raise ValueError(f"tau = {tau!r} with train_loss = {train_loss!r}: tau belongs to the "
-                         "'logit_adjusted' loss; other losses take tau = 1.0")
+        raise ValueError(
+            f"tau = {tau!r} with train_loss = {train_loss!r}: tau belongs to the "
+            "'logit_adjusted' loss; other losses take tau = 1.0"
+        )
     return float(tau)
 
 
-def correction_offset(class_counts: Sequence[float], train_loss: str,
-                      tau: float = 1.0) -> np.ndarray:
+def correction_offset(
+    class_counts: Sequence[float], train_loss: str, tau: float = 1.0
+) -> np.ndarray:
     """The per-class offset b of the inference rule, adjusted = f + b + log p_t, float64 [C].
 
     Formula:
@@ -88,22 +97,33 @@ def _validate_prior_values(prior: np.ndarray, num_classes: int) -> None:
     if prior.ndim not in (1, 2) or prior.shape[-1] != num_classes:
         raise ValueError(
             f"target_prior has shape {prior.shape}: expected [{num_classes}] or "
-            f"[batch, {num_classes}] (one entry per class)")
+            f"[batch, {num_classes}] (one entry per class)"
+        )
     shown = np.array2string(prior, threshold=24, separator=", ")
     if not np.all(np.isfinite(prior)):
-        raise ValueError(f"target_prior {shown} has NaN or infinite entries: expected "
-                         "finite, non-negative class weights")
+        raise ValueError(
+            f"target_prior {shown} has NaN or infinite entries: expected "
+            "finite, non-negative class weights"
+        )
     if np.any(prior < 0):
-        raise ValueError(f"target_prior {shown} has negative entries: expected "
-                         "non-negative class weights")
+        raise ValueError(
+            f"target_prior {shown} has negative entries: expected non-negative class weights"
+        )
     if np.any(prior.sum(axis=-1) <= 0):
-        raise ValueError(f"target_prior {shown} sums to 0 (in some row): expected at "
-                         "least one positive class weight")
+        raise ValueError(
+            f"target_prior {shown} sums to 0 (in some row): expected at "
+            "least one positive class weight"
+        )
 
 
-def adjust_logits_numpy(logits: np.ndarray, class_counts: Sequence[float], train_loss: str,
-                        target_prior: np.ndarray | Sequence[float] | None, *,
-                        tau: float = 1.0) -> np.ndarray:
+def adjust_logits_numpy(
+    logits: np.ndarray,
+    class_counts: Sequence[float],
+    train_loss: str,
+    target_prior: np.ndarray | Sequence[float] | None,
+    *,
+    tau: float = 1.0,
+) -> np.ndarray:
     """NumPy twin of `PriorCorrection`: logits adjusted to `target_prior`, float64 [N, C].
 
     Formula:
@@ -136,8 +156,10 @@ def adjust_logits_numpy(logits: np.ndarray, class_counts: Sequence[float], train
     prior = np.asarray(target_prior, dtype=np.float64)
     _validate_prior_values(prior, offset.size)
     if prior.ndim == 2 and prior.shape[0] != logits.shape[0]:
-        raise ValueError(f"target_prior has {prior.shape[0]} rows for {logits.shape[0]} logits "
-                         "rows: expected one prior per example, or a single [C] prior")
+        raise ValueError(
+            f"target_prior has {prior.shape[0]} rows for {logits.shape[0]} logits "
+            "rows: expected one prior per example, or a single [C] prior"
+        )
     prior = prior / prior.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
         adjusted = logits + offset + np.log(prior)
@@ -203,13 +225,13 @@ class PriorCorrection(keras.layers.Layer):
         [[0.0, -1000000000.0]]
     """
 
-    def __init__(self, class_counts: Sequence[float], train_loss: str = "ce", tau: float = 1.0,
-                 **kwargs: Any):
+    def __init__(
+        self, class_counts: Sequence[float], train_loss: str = "ce", tau: float = 1.0, **kwargs: Any
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.class_counts = _counts_config(class_counts)
-        self._logit_shift = correction_offset(self.class_counts, train_loss, tau).astype(
-            np.float32)
+        self._logit_shift = correction_offset(self.class_counts, train_loss, tau).astype(np.float32)
         self.num_classes = len(self.class_counts)
         self.train_loss = train_loss
         self.tau = float(tau)
@@ -221,14 +243,19 @@ class PriorCorrection(keras.layers.Layer):
             _validate_prior_values(concrete, self.num_classes)
             rows = logits.shape[0]
             if concrete.ndim == 2 and rows is not None and concrete.shape[0] != rows:
-                raise ValueError(f"target_prior has {concrete.shape[0]} rows for {rows} logits "
-                                 "rows: expected one prior per example, or a single [C] prior")
+                raise ValueError(
+                    f"target_prior has {concrete.shape[0]} rows for {rows} logits "
+                    "rows: expected one prior per example, or a single [C] prior"
+                )
         prior = ops.cast(ops.convert_to_tensor(target_prior), "float32")
         rank = _static_rank(prior)
-        if rank is not None and (rank not in (1, 2)
-                                 or prior.shape[-1] not in (None, self.num_classes)):
-            raise ValueError(f"target_prior has shape {tuple(prior.shape)}: expected "
-                             f"[{self.num_classes}] or [batch, {self.num_classes}]")
+        if rank is not None and (
+            rank not in (1, 2) or prior.shape[-1] not in (None, self.num_classes)
+        ):
+            raise ValueError(
+                f"target_prior has shape {tuple(prior.shape)}: expected "
+                f"[{self.num_classes}] or [batch, {self.num_classes}]"
+            )
         if concrete is None and keras.backend.backend() == "tensorflow":
             prior = self._graph_checked(prior)
         prior = prior / ops.sum(prior, axis=-1, keepdims=True)
@@ -246,14 +273,19 @@ class PriorCorrection(keras.layers.Layer):
         # Chained, so a prior breaking several rules reports the first one, as the eager check does.
         checks = [
             lambda: tf.debugging.assert_equal(
-                tf.shape(prior)[-1], self.num_classes,
-                message=f"target_prior must have {self.num_classes} entries per row"),
+                tf.shape(prior)[-1],
+                self.num_classes,
+                message=f"target_prior must have {self.num_classes} entries per row",
+            ),
             lambda: tf.debugging.assert_all_finite(
-                prior, message="target_prior has NaN or infinite entries"),
+                prior, message="target_prior has NaN or infinite entries"
+            ),
             lambda: tf.debugging.assert_non_negative(
-                prior, message="target_prior has negative entries"),
+                prior, message="target_prior has negative entries"
+            ),
             lambda: tf.debugging.assert_positive(
-                tf.reduce_sum(prior, axis=-1), message="target_prior sums to 0 (in some row)"),
+                tf.reduce_sum(prior, axis=-1), message="target_prior sums to 0 (in some row)"
+            ),
         ]
         for check in checks:
             with tf.control_dependencies([check()]):
@@ -264,5 +296,9 @@ class PriorCorrection(keras.layers.Layer):
         return tuple(logits_shape)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "class_counts": self.class_counts,
-                "train_loss": self.train_loss, "tau": self.tau}
+        return {
+            **super().get_config(),
+            "class_counts": self.class_counts,
+            "train_loss": self.train_loss,
+            "tau": self.tau,
+        }

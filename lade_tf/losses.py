@@ -34,6 +34,7 @@ computed on the GLOBAL batch: logits and labels are gathered from all replicas w
 training step equals single-device training on the global batch. The CE term stays per replica.
 On JAX, `keras.distribution` shards one global array, so the loss already sees the global batch.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -97,7 +98,8 @@ def _check_label_range(labels: Any, num_classes: int) -> None:
         raise ValueError(
             f"y_true[{index}] = {shown!r}: expected a class id in [0, {num_classes}) "
             f"({num_classes} classes in class_counts); {outside.size} of {flat.size} labels are "
-            "outside")
+            "outside"
+        )
 
 
 def _integer_labels(y_true: Any, num_classes: int) -> Any:
@@ -115,7 +117,8 @@ def _integer_labels(y_true: Any, num_classes: int) -> Any:
     elif len(shape) != 1:
         raise ValueError(
             f"y_true has shape {shape}: expected integer labels [batch] or [batch, 1], or one-hot "
-            f"labels [batch, {num_classes}]")
+            f"labels [batch, {num_classes}]"
+        )
     _check_label_range(y_true, num_classes)
     return ops.cast(y_true, "int32")
 
@@ -125,7 +128,8 @@ def _float32_logits(logits: Any, num_classes: int) -> Any:
     if len(logits.shape) != 2 or logits.shape[-1] not in (None, num_classes):
         raise ValueError(
             f"logits have shape {tuple(logits.shape)}: expected [batch, {num_classes}] "
-            f"({num_classes} classes in class_counts)")
+            f"({num_classes} classes in class_counts)"
+        )
     return logits
 
 
@@ -144,7 +148,8 @@ def _global_batch(logits: Any, labels: Any) -> tuple[Any, Any]:
 def _prior_cross_entropy(labels: Any, logits: Any, log_prior_shift: np.ndarray) -> Any:
     """Per-sample CE(logits + shift, y) as float32 [batch]."""
     return ops.sparse_categorical_crossentropy(
-        labels, logits + ops.convert_to_tensor(log_prior_shift), from_logits=True)
+        labels, logits + ops.convert_to_tensor(log_prior_shift), from_logits=True
+    )
 
 
 def balanced_softmax_loss(y_true: Any, logits: Any, class_counts: Sequence[float]) -> Any:
@@ -172,8 +177,9 @@ def balanced_softmax_loss(y_true: Any, logits: Any, class_counts: Sequence[float
     return _prior_cross_entropy(_integer_labels(y_true, log_prior.size), logits, log_prior)
 
 
-def logit_adjusted_loss(y_true: Any, logits: Any, class_counts: Sequence[float],
-                        tau: float = 1.0) -> Any:
+def logit_adjusted_loss(
+    y_true: Any, logits: Any, class_counts: Sequence[float], tau: float = 1.0
+) -> Any:
     """Logit-adjusted cross-entropy per sample (Menon et al. 2021).
 
     Formula:
@@ -195,12 +201,19 @@ def logit_adjusted_loss(y_true: Any, logits: Any, class_counts: Sequence[float],
     _check_non_negative("tau", tau)
     log_prior = _log_source_prior(class_counts)
     logits = _float32_logits(logits, log_prior.size)
-    return _prior_cross_entropy(_integer_labels(y_true, log_prior.size), logits,
-                                (tau * log_prior).astype(np.float32))
+    return _prior_cross_entropy(
+        _integer_labels(y_true, log_prior.size), logits, (tau * log_prior).astype(np.float32)
+    )
 
 
-def lader(y_true: Any, logits: Any, class_counts: Sequence[float], remine_lambda: float = 0.1,
-          importance: str = "sample", lader_classes: str = "all") -> Any:
+def lader(
+    y_true: Any,
+    logits: Any,
+    class_counts: Sequence[float],
+    remine_lambda: float = 0.1,
+    importance: str = "class",
+    lader_classes: str = "all",
+) -> Any:
     """The LADER regulariser of a batch (a scalar), over the global batch under tf.distribute.
 
     Formula (batch of N samples, N_c of class c, p_u(c) = 1/C, p_s(c) = n_c / sum(n)):
@@ -235,8 +248,14 @@ def lader(y_true: Any, logits: Any, class_counts: Sequence[float], remine_lambda
     return _lader_value(labels, logits, log_prior, remine_lambda, importance, lader_classes)
 
 
-def _lader_value(labels: Any, logits: Any, log_prior: np.ndarray, remine_lambda: float,
-                 importance: str, lader_classes: str) -> Any:
+def _lader_value(
+    labels: Any,
+    logits: Any,
+    log_prior: np.ndarray,
+    remine_lambda: float,
+    importance: str,
+    lader_classes: str,
+) -> Any:
     logits, labels = _global_batch(logits, labels)
     num_classes = log_prior.size
     log_uniform = -np.log(num_classes).astype(np.float32)
@@ -244,8 +263,9 @@ def _lader_value(labels: Any, logits: Any, log_prior: np.ndarray, remine_lambda:
     members = ops.one_hot(labels, num_classes, dtype="float32")  # [N, C]
     class_sizes = ops.sum(members, axis=0)  # N_c
     present = class_sizes > 0
-    first = ops.where(present, ops.sum(members * logits, axis=0)
-                      / ops.where(present, class_sizes, 1.0), 0.0)
+    first = ops.where(
+        present, ops.sum(members * logits, axis=0) / ops.where(present, class_sizes, 1.0), 0.0
+    )
     if importance == "sample":
         log_weights = ops.expand_dims(log_uniform - ops.take(log_prior_t, labels), axis=-1)
     else:
@@ -259,16 +279,23 @@ def _lader_value(labels: Any, logits: Any, log_prior: np.ndarray, remine_lambda:
     return ops.sum(class_weights * per_class)
 
 
-def lade_loss(y_true: Any, logits: Any, class_counts: Sequence[float], alpha: float = 0.1,
-              remine_lambda: float = 0.1, importance: str = "sample",
-              lader_classes: str = "all") -> Any:
+def lade_loss(
+    y_true: Any,
+    logits: Any,
+    class_counts: Sequence[float],
+    alpha: float = 0.1,
+    remine_lambda: float = 0.1,
+    importance: str = "class",
+    lader_classes: str = "all",
+) -> Any:
     """LADE loss of a batch, returned per sample so that its batch mean is the LADE value.
 
     Formula (docs/design.md section 1; `lader` gives the LADER term and its variants):
         l_i  = CE(f_i + log p_s, y_i) + alpha * LADER
         LADE = mean_i l_i = mean_i LADE-CE_i + alpha * sum_{c in S} p_s(c) * L_c
-        The authors' code (hyperconnect/LADE) uses importance="class", lader_classes="all"; the
-        default importance="sample" follows the paper's equation.
+        The authors' code (hyperconnect/LADE) uses importance="class", lader_classes="all", the
+        defaults; importance="sample" is the paper's equation (see the README's Results for why
+        "class" is the default).
 
     Args:
         y_true: integer labels [batch] or [batch, 1], or one-hot [batch, C].
@@ -326,8 +353,12 @@ class BalancedSoftmaxLoss(keras.losses.Loss):
         0.2877
     """
 
-    def __init__(self, class_counts: Sequence[float], reduction: str = "sum_over_batch_size",
-                 name: str = "balanced_softmax_loss"):
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        reduction: str = "sum_over_batch_size",
+        name: str = "balanced_softmax_loss",
+    ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
         self.class_counts = _counts_config(class_counts)
 
@@ -357,8 +388,13 @@ class LogitAdjustedLoss(keras.losses.Loss):
         0.1054
     """
 
-    def __init__(self, class_counts: Sequence[float], tau: float = 1.0,
-                 reduction: str = "sum_over_batch_size", name: str = "logit_adjusted_loss"):
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        tau: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "logit_adjusted_loss",
+    ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
         _check_non_negative("tau", tau)
         self.class_counts = _counts_config(class_counts)
@@ -396,7 +432,8 @@ class LADELoss(keras.losses.Loss):
         class_counts: training images per class n [C], all positive.
         alpha: weight of LADER (>= 0), default 0.1 (CIFAR-100-LT; ImageNet-LT used 0.05).
         remine_lambda: ReMINE penalty lambda (>= 0), default 0.1.
-        importance: "sample" (default, paper) or "class" (authors' code).
+        importance: "class" (default, the authors' code; better on CIFAR-10-LT, see the README's
+            Results) or "sample" (the paper's equation).
         lader_classes: "all" (default, authors' code) or "present".
         reduction: Keras reduction, default "sum_over_batch_size".
         name: loss name.
@@ -407,10 +444,16 @@ class LADELoss(keras.losses.Loss):
         0.2877
     """
 
-    def __init__(self, class_counts: Sequence[float], alpha: float = 0.1,
-                 remine_lambda: float = 0.1, importance: str = "sample",
-                 lader_classes: str = "all", reduction: str = "sum_over_batch_size",
-                 name: str = "lade_loss"):
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        alpha: float = 0.1,
+        remine_lambda: float = 0.1,
+        importance: str = "class",
+        lader_classes: str = "all",
+        reduction: str = "sum_over_batch_size",
+        name: str = "lade_loss",
+    ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
         _check_non_negative("alpha", alpha)
         _check_non_negative("remine_lambda", remine_lambda)
@@ -423,14 +466,25 @@ class LADELoss(keras.losses.Loss):
         self.lader_classes = lader_classes
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return lade_loss(y_true, y_pred, self.class_counts, alpha=self.alpha,
-                         remine_lambda=self.remine_lambda, importance=self.importance,
-                         lader_classes=self.lader_classes)
+        return lade_loss(
+            y_true,
+            y_pred,
+            self.class_counts,
+            alpha=self.alpha,
+            remine_lambda=self.remine_lambda,
+            importance=self.importance,
+            lader_classes=self.lader_classes,
+        )
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "class_counts": self.class_counts, "alpha": self.alpha,
-                "remine_lambda": self.remine_lambda, "importance": self.importance,
-                "lader_classes": self.lader_classes}
+        return {
+            **super().get_config(),
+            "class_counts": self.class_counts,
+            "alpha": self.alpha,
+            "remine_lambda": self.remine_lambda,
+            "importance": self.importance,
+            "lader_classes": self.lader_classes,
+        }
 
 
 #: The options `make_loss` passes on, per loss name (what `TrainConfig.loss_options` takes).
@@ -442,8 +496,7 @@ LOSS_OPTIONS = {
 }
 
 
-def make_loss(name: str, class_counts: Sequence[float] | None,
-              **options: Any) -> keras.losses.Loss:
+def make_loss(name: str, class_counts: Sequence[float] | None, **options: Any) -> keras.losses.Loss:
     """The training loss called `name` (one of LOSS_NAMES) for a data set with `class_counts`.
 
     Args:
@@ -464,8 +517,10 @@ def make_loss(name: str, class_counts: Sequence[float] | None,
         raise ValueError(f"loss name {name!r} is unknown: expected one of {LOSS_NAMES}")
     unknown = sorted(set(options) - set(LOSS_OPTIONS[name]))
     if unknown:
-        raise ValueError(f"loss {name!r} takes no option(s) {unknown}: it accepts "
-                         f"{list(LOSS_OPTIONS[name]) or 'none'}")
+        raise ValueError(
+            f"loss {name!r} takes no option(s) {unknown}: it accepts "
+            f"{list(LOSS_OPTIONS[name]) or 'none'}"
+        )
     if name == "ce":
         if class_counts is not None:
             source_prior(class_counts)

@@ -4,6 +4,7 @@ NumPy functions take integer labels [N] and scores [N, C]. Functions that only r
 balanced and shot accuracy) accept logits or probabilities alike; calibration metrics (ECE, NLL,
 Brier) need probabilities and reject anything else.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -22,25 +23,37 @@ def _labels_and_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray
     if scores.ndim != 2:
         raise ValueError(f"scores have shape {scores.shape}: expected [N, C]")
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"labels have shape {labels.shape}: expected [{scores.shape[0]}] "
-                         "integer labels, one per row of scores")
+        raise ValueError(
+            f"labels have shape {labels.shape}: expected [{scores.shape[0]}] "
+            "integer labels, one per row of scores"
+        )
     if labels.size == 0:
         raise ValueError("labels are empty: a metric needs at least one example")
-    if (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
-            or labels.max() >= scores.shape[1]):
-        raise ValueError(f"labels must be integers in [0, {scores.shape[1]}), got dtype "
-                         f"{labels.dtype}, range [{labels.min()}, {labels.max()}]")
+    if (
+        not np.issubdtype(labels.dtype, np.integer)
+        or labels.min() < 0
+        or labels.max() >= scores.shape[1]
+    ):
+        raise ValueError(
+            f"labels must be integers in [0, {scores.shape[1]}), got dtype "
+            f"{labels.dtype}, range [{labels.min()}, {labels.max()}]"
+        )
     return labels.astype(np.int64), scores
 
 
 def _probabilities(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     labels, probs = _labels_and_scores(labels, probs)
     sums = probs.sum(axis=1)
-    if np.any(probs < 0) or not np.all(np.isfinite(probs)) or np.any(
-            np.abs(sums - 1.0) > _PROBABILITY_ATOL):
+    if (
+        np.any(probs < 0)
+        or not np.all(np.isfinite(probs))
+        or np.any(np.abs(sums - 1.0) > _PROBABILITY_ATOL)
+    ):
         bad = int(np.argmax(np.abs(sums - 1.0)))
-        raise ValueError(f"probs must be probabilities (non-negative rows summing to 1); row {bad} "
-                         f"sums to {sums[bad]!r}: apply softmax to logits first")
+        raise ValueError(
+            f"probs must be probabilities (non-negative rows summing to 1); row {bad} "
+            f"sums to {sums[bad]!r}: apply softmax to logits first"
+        )
     return labels, probs
 
 
@@ -53,8 +66,9 @@ def accuracy(labels: Any, probs_or_logits: Any) -> float:
 def _per_class_accuracy(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Recall of each class [C]; NaN for classes absent from labels."""
     num_classes = scores.shape[1]
-    correct = np.bincount(labels, weights=np.argmax(scores, axis=1) == labels,
-                          minlength=num_classes)
+    correct = np.bincount(
+        labels, weights=np.argmax(scores, axis=1) == labels, minlength=num_classes
+    )
     totals = np.bincount(labels, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, correct / totals, np.nan)
@@ -71,8 +85,13 @@ def balanced_accuracy(labels: Any, scores: Any) -> float:
     return float(np.nanmean(_per_class_accuracy(labels, scores)))
 
 
-def shot_accuracy(labels: Any, scores: Any, train_counts: Sequence[float],
-                  many_threshold: int = 100, few_threshold: int = 20) -> dict[str, float]:
+def shot_accuracy(
+    labels: Any,
+    scores: Any,
+    train_counts: Sequence[float],
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+) -> dict[str, float]:
     """Mean per-class accuracy of the many-, medium- and few-shot class groups.
 
     Formula:
@@ -95,8 +114,10 @@ def shot_accuracy(labels: Any, scores: Any, train_counts: Sequence[float],
     if counts.shape != (scores.shape[1],):
         raise ValueError(f"train_counts has shape {counts.shape}: expected [{scores.shape[1]}]")
     if few_threshold > many_threshold:
-        raise ValueError(f"few_threshold = {few_threshold} exceeds many_threshold = "
-                         f"{many_threshold}: expected few_threshold <= many_threshold")
+        raise ValueError(
+            f"few_threshold = {few_threshold} exceeds many_threshold = "
+            f"{many_threshold}: expected few_threshold <= many_threshold"
+        )
     per_class = _per_class_accuracy(labels, scores)
     groups = {"many": counts > many_threshold, "few": counts < few_threshold}
     groups["medium"] = ~(groups["many"] | groups["few"])
@@ -120,8 +141,10 @@ def expected_calibration_error(labels: Any, probs: Any, n_bins: int = 15) -> flo
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    gaps = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
-                  - np.bincount(bins, weights=confidence, minlength=n_bins))
+    gaps = np.abs(
+        np.bincount(bins, weights=correct, minlength=n_bins)
+        - np.bincount(bins, weights=confidence, minlength=n_bins)
+    )
     return float(gaps.sum() / labels.size)
 
 
@@ -176,10 +199,12 @@ class BalancedAccuracy(keras.metrics.Metric):
         if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes = {num_classes!r}: expected an integer >= 2")
         self.num_classes = int(num_classes)
-        self.correct = self.add_variable(shape=(self.num_classes,), initializer="zeros",
-                                         dtype="float32", name="correct")
-        self.total = self.add_variable(shape=(self.num_classes,), initializer="zeros",
-                                       dtype="float32", name="total")
+        self.correct = self.add_variable(
+            shape=(self.num_classes,), initializer="zeros", dtype="float32", name="correct"
+        )
+        self.total = self.add_variable(
+            shape=(self.num_classes,), initializer="zeros", dtype="float32", name="total"
+        )
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         y_true = ops.convert_to_tensor(y_true)
@@ -190,8 +215,9 @@ class BalancedAccuracy(keras.metrics.Metric):
             y_true = ops.squeeze(y_true, axis=-1)
         labels = ops.cast(y_true, "int32")
         members = ops.one_hot(labels, self.num_classes, dtype="float32")
-        hits = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels),
-                        "float32")
+        hits = ops.cast(
+            ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels), "float32"
+        )
         if sample_weight is not None:
             members = members * ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
         self.total.assign_add(ops.sum(members, axis=0))

@@ -5,6 +5,7 @@ pixels as the data pipeline produces. Only Keras 3 layers and `keras.ops` are us
 build, train and save on the TensorFlow and JAX backends alike. The classification head computes in
 float32, so logits stay float32 under a `mixed_float16` policy.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -19,8 +20,10 @@ ARCHITECTURES = ("auto", "resnet32", "resnet32_bbn", "small_cnn", "app:<Name>")
 
 # PyTorch's kaiming_normal_ (fan_in, gain sqrt(2), not truncated), as in the CIFAR ResNet and BBN
 # reference code; Keras' "he_normal" would truncate the normal.
-KAIMING_NORMAL = {"class_name": "VarianceScaling",
-                  "config": {"scale": 2.0, "mode": "fan_in", "distribution": "untruncated_normal"}}
+KAIMING_NORMAL = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_in", "distribution": "untruncated_normal"},
+}
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 0.9 here), as the reference recipes use.
 _BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5}
 
@@ -44,13 +47,14 @@ class ZeroPadShortcut(layers.Layer):
         self.stride = int(stride)
 
     def call(self, inputs):
-        subsampled = inputs[:, ::self.stride, ::self.stride, :]
+        subsampled = inputs[:, :: self.stride, :: self.stride, :]
         extra = self.filters - subsampled.shape[-1]
         return ops.pad(subsampled, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
 
     def compute_output_shape(self, input_shape):
         def reduced(size):
             return None if size is None else -(-size // self.stride)
+
         return (input_shape[0], reduced(input_shape[1]), reduced(input_shape[2]), self.filters)
 
     def get_config(self):
@@ -80,9 +84,14 @@ class ApplicationPreprocessing(layers.Layer):
         return {**super().get_config(), "application": self.application}
 
 
-def resnet32(num_classes: int, input_shape: Sequence[int] = (32, 32, 3), variant: str = "standard",
-             *, pixel_mean: float | Sequence[float] = 127.5,
-             pixel_std: float | Sequence[float] = 127.5) -> keras.Model:
+def resnet32(
+    num_classes: int,
+    input_shape: Sequence[int] = (32, 32, 3),
+    variant: str = "standard",
+    *,
+    pixel_mean: float | Sequence[float] = 127.5,
+    pixel_std: float | Sequence[float] = 127.5,
+) -> keras.Model:
     """CIFAR ResNet-32 (He et al. 2016): 3 stages of 16/32/64 channels, basic blocks, GAP, dense.
 
     Both variants use option-A (zero-padded, parameter-free) shortcuts, Kaiming-normal
@@ -107,8 +116,9 @@ def resnet32(num_classes: int, input_shape: Sequence[int] = (32, 32, 3), variant
     if variant not in RESNET32_VARIANTS:
         raise ValueError(f"variant = {variant!r}: expected one of {RESNET32_VARIANTS}")
     inputs, x = _normalised_input(num_classes, input_shape, pixel_mean, pixel_std)
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer=KAIMING_NORMAL,
-                      name="stem_conv")(x)
+    x = layers.Conv2D(
+        16, 3, padding="same", use_bias=False, kernel_initializer=KAIMING_NORMAL, name="stem_conv"
+    )(x)
     x = layers.BatchNormalization(name="stem_bn", **_BATCH_NORM)(x)
     x = layers.ReLU(name="stem_relu")(x)
     stage3_blocks = 5 if variant == "standard" else 4
@@ -120,17 +130,23 @@ def resnet32(num_classes: int, input_shape: Sequence[int] = (32, 32, 3), variant
         # BBN's two branches (conventional and re-balancing) share the trunk; LADE keeps both and
         # concatenates them as one 128-d feature.
         x = layers.Concatenate(name="branches")(
-            [_basic_block(x, 64, 1, name="cb_block"), _basic_block(x, 64, 1, name="rb_block")])
+            [_basic_block(x, 64, 1, name="cb_block"), _basic_block(x, 64, 1, name="rb_block")]
+        )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     head_init = KAIMING_NORMAL if variant == "standard" else "glorot_uniform"
-    logits = layers.Dense(int(num_classes), kernel_initializer=head_init, dtype="float32",
-                          name="logits")(x)
+    logits = layers.Dense(
+        int(num_classes), kernel_initializer=head_init, dtype="float32", name="logits"
+    )(x)
     return keras.Model(inputs, logits, name="resnet32" if variant == "standard" else "resnet32_bbn")
 
 
-def small_cnn(num_classes: int, input_shape: Sequence[int] = (28, 28, 1), *,
-              pixel_mean: float | Sequence[float] = 127.5,
-              pixel_std: float | Sequence[float] = 127.5) -> keras.Model:
+def small_cnn(
+    num_classes: int,
+    input_shape: Sequence[int] = (28, 28, 1),
+    *,
+    pixel_mean: float | Sequence[float] = 127.5,
+    pixel_std: float | Sequence[float] = 127.5,
+) -> keras.Model:
     """Small CNN for 28x28 grey images (Fashion-MNIST): 2 x (2 conv-BN-ReLU, max-pool), GAP, dense.
 
     Channels 32, 32, 64, 64; about 66 k parameters for 10 classes, a few seconds per epoch of
@@ -147,8 +163,14 @@ def small_cnn(num_classes: int, input_shape: Sequence[int] = (28, 28, 1), *,
     inputs, x = _normalised_input(num_classes, input_shape, pixel_mean, pixel_std)
     for stage, filters in enumerate((32, 64), start=1):
         for conv in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                              kernel_initializer=KAIMING_NORMAL, name=f"conv{stage}_{conv}")(x)
+            x = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=KAIMING_NORMAL,
+                name=f"conv{stage}_{conv}",
+            )(x)
             x = layers.BatchNormalization(name=f"bn{stage}_{conv}", **_BATCH_NORM)(x)
             x = layers.ReLU(name=f"relu{stage}_{conv}")(x)
         x = layers.MaxPooling2D(name=f"pool{stage}")(x)
@@ -157,8 +179,9 @@ def small_cnn(num_classes: int, input_shape: Sequence[int] = (28, 28, 1), *,
     return keras.Model(inputs, logits, name="small_cnn")
 
 
-def applications_backbone(name: str, num_classes: int, input_shape: Sequence[int],
-                          weights: str | None = None) -> keras.Model:
+def applications_backbone(
+    name: str, num_classes: int, input_shape: Sequence[int], weights: str | None = None
+) -> keras.Model:
     """A `keras.applications` backbone (e.g. "ResNet50", "MobileNetV2") with a new logits head.
 
     Grey inputs are repeated to three channels; the application's own `preprocess_input` runs as
@@ -180,16 +203,19 @@ def applications_backbone(name: str, num_classes: int, input_shape: Sequence[int
     """
     builder = getattr(keras.applications, name, None)
     if not name[:1].isupper() or not callable(builder):
-        raise ValueError(f"application {name!r}: expected a keras.applications model, one of "
-                         f"{_application_names()}")
+        raise ValueError(
+            f"application {name!r}: expected a keras.applications model, one of "
+            f"{_application_names()}"
+        )
     height, width, channels = _checked_input_shape(num_classes, input_shape)
     inputs = keras.Input(shape=(height, width, channels), name="images")
     x = inputs
     if channels == 1:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
     x = ApplicationPreprocessing(name, name="preprocess")(x)
-    backbone = builder(include_top=False, weights=weights, input_shape=(height, width, 3),
-                       pooling="avg")
+    backbone = builder(
+        include_top=False, weights=weights, input_shape=(height, width, 3), pooling="avg"
+    )
     x = backbone(x)
     logits = layers.Dense(int(num_classes), dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"app_{name}")
@@ -217,7 +243,7 @@ def build_model(arch: str, num_classes: int, input_shape: Sequence[int]) -> kera
     if arch == "small_cnn":
         return small_cnn(num_classes, input_shape)
     if arch.startswith("app:"):
-        return applications_backbone(arch[len("app:"):], num_classes, input_shape)
+        return applications_backbone(arch[len("app:") :], num_classes, input_shape)
     raise ValueError(f"arch = {arch!r}: expected one of {ARCHITECTURES}")
 
 
@@ -225,26 +251,46 @@ def _basic_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = ZeroPadShortcut(filters, stride, name=f"{name}_shortcut")(x)
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer=KAIMING_NORMAL, name=f"{name}_conv1")(x)
+    x = layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=KAIMING_NORMAL,
+        name=f"{name}_conv1",
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn1", **_BATCH_NORM)(x)
     x = layers.ReLU(name=f"{name}_relu1")(x)
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      kernel_initializer=KAIMING_NORMAL, name=f"{name}_conv2")(x)
+    x = layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=KAIMING_NORMAL,
+        name=f"{name}_conv2",
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn2", **_BATCH_NORM)(x)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)
 
 
-def _normalised_input(num_classes: int, input_shape: Sequence[int],
-                      pixel_mean: float | Sequence[float], pixel_std: float | Sequence[float]):
+def _normalised_input(
+    num_classes: int,
+    input_shape: Sequence[int],
+    pixel_mean: float | Sequence[float],
+    pixel_std: float | Sequence[float],
+):
     """Validated Input and its normalised tensor (x - mean) / std."""
     shape = _checked_input_shape(num_classes, input_shape)
     channels = shape[-1]
 
     def per_channel(value, what):
-        values = [float(value)] * channels if isinstance(value, (int, float)) else \
-            [float(v) for v in value]
+        values = (
+            [float(value)] * channels
+            if isinstance(value, (int, float))
+            else [float(v) for v in value]
+        )
         if len(values) != channels:
             raise ValueError(f"{what} = {value!r}: expected a number or {channels} values")
         return values
@@ -254,8 +300,9 @@ def _normalised_input(num_classes: int, input_shape: Sequence[int],
     if min(std) <= 0:
         raise ValueError(f"pixel_std = {pixel_std!r}: expected values > 0")
     inputs = keras.Input(shape=shape, name="images")
-    normalised = layers.Normalization(mean=mean, variance=[s * s for s in std],
-                                      name="pixel_normalisation")(inputs)
+    normalised = layers.Normalization(
+        mean=mean, variance=[s * s for s in std], name="pixel_normalisation"
+    )(inputs)
     return inputs, normalised
 
 
@@ -264,21 +311,30 @@ def _checked_input_shape(num_classes: int, input_shape: Sequence[int]) -> tuple[
         raise ValueError(f"num_classes = {num_classes!r}: expected an integer >= 2")
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape):
-        raise ValueError(f"input_shape = {input_shape!r}: expected (height, width, channels), "
-                         "positive integers")
+        raise ValueError(
+            f"input_shape = {input_shape!r}: expected (height, width, channels), positive integers"
+        )
     return tuple(int(s) for s in shape)
 
 
 def _application_names() -> list[str]:
-    return sorted(n for n in dir(keras.applications)
-                  if n[:1].isupper() and callable(getattr(keras.applications, n)))
+    return sorted(
+        n
+        for n in dir(keras.applications)
+        if n[:1].isupper() and callable(getattr(keras.applications, n))
+    )
 
 
 def _application_preprocess_input(application: str) -> Callable:
     for module_name in sorted(dir(keras.applications)):
         module = getattr(keras.applications, module_name)
-        if isinstance(module, types.ModuleType) and hasattr(module, application) \
-                and hasattr(module, "preprocess_input"):
+        if (
+            isinstance(module, types.ModuleType)
+            and hasattr(module, application)
+            and hasattr(module, "preprocess_input")
+        ):
             return module.preprocess_input
-    raise ValueError(f"application {application!r}: no keras.applications module defines it with "
-                     f"a preprocess_input; known applications: {_application_names()}")
+    raise ValueError(
+        f"application {application!r}: no keras.applications module defines it with "
+        f"a preprocess_input; known applications: {_application_names()}"
+    )

@@ -18,6 +18,7 @@ ShiftEvaluator and the export (as the `estimate_prior` graph) share:
 Steps 1 and 2 together are affine in f: z_cal = f / T + c with c = (b + log p_r) / T + beta, the two
 constants the serving graph bakes in (`affine_posterior`). NumPy only.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lade_tf.layers import correction_offset
-from lade_tf.priors import (CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_PRIOR_STRENGTH,
-                            EM_MAX_ITERATIONS, EM_TOLERANCE, ESTIMATION_METHODS, Calibrator,
-                            estimate_target_prior, source_prior)
+from lade_tf.priors import (
+    CALIBRATIONS,
+    DEFAULT_CALIBRATION,
+    DEFAULT_PRIOR_STRENGTH,
+    EM_MAX_ITERATIONS,
+    EM_TOLERANCE,
+    ESTIMATION_METHODS,
+    Calibrator,
+    estimate_target_prior,
+    source_prior,
+)
 
 #: Version tag of `TargetPriorEstimator.to_config` documents.
 CONFIG_FORMAT = "lade_tf.prior_estimation/1"
@@ -64,28 +73,49 @@ class TargetPriorEstimator:
         [0.421, 0.579]
     """
 
-    def __init__(self, class_counts: Sequence[float], train_loss: str, *, tau: float = 1.0,
-                 method: str = "em", calibration: str = DEFAULT_CALIBRATION,
-                 prior_strength: float | None = None, tol: float = EM_TOLERANCE,
-                 max_iter: int = EM_MAX_ITERATIONS):
+    def __init__(
+        self,
+        class_counts: Sequence[float],
+        train_loss: str,
+        *,
+        tau: float = 1.0,
+        method: str = "em",
+        calibration: str = DEFAULT_CALIBRATION,
+        prior_strength: float | None = None,
+        tol: float = EM_TOLERANCE,
+        max_iter: int = EM_MAX_ITERATIONS,
+    ):
         if method not in ESTIMATION_METHODS:
             raise ValueError(f"method = {method!r}: expected one of {ESTIMATION_METHODS}")
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration = {calibration!r}: expected one of {CALIBRATIONS}")
         if prior_strength is None:
             prior_strength = DEFAULT_PRIOR_STRENGTH if method == "em" else 0.0
-        if isinstance(prior_strength, bool) or not isinstance(
-                prior_strength, (int, float, np.number)) \
-                or not math.isfinite(prior_strength) or prior_strength < 0:
-            raise ValueError(f"prior_strength = {prior_strength!r}: expected a finite "
-                             "pseudo-count >= 0 (0 = plain EM)")
+        if (
+            isinstance(prior_strength, bool)
+            or not isinstance(prior_strength, (int, float, np.number))
+            or not math.isfinite(prior_strength)
+            or prior_strength < 0
+        ):
+            raise ValueError(
+                f"prior_strength = {prior_strength!r}: expected a finite "
+                "pseudo-count >= 0 (0 = plain EM)"
+            )
         if method == "bbse" and prior_strength:
-            raise ValueError(f"prior_strength = {prior_strength!r} with method='bbse': the "
-                             "Dirichlet prior belongs to EM; use 0 or None")
-        if not tol > 0 or isinstance(max_iter, bool) or not isinstance(max_iter, int) \
-                or max_iter < 1:
-            raise ValueError(f"tol = {tol!r}, max_iter = {max_iter!r}: expected tol > 0 and "
-                             "an integer max_iter >= 1")
+            raise ValueError(
+                f"prior_strength = {prior_strength!r} with method='bbse': the "
+                "Dirichlet prior belongs to EM; use 0 or None"
+            )
+        if (
+            not tol > 0
+            or isinstance(max_iter, bool)
+            or not isinstance(max_iter, int)
+            or max_iter < 1
+        ):
+            raise ValueError(
+                f"tol = {tol!r}, max_iter = {max_iter!r}: expected tol > 0 and "
+                "an integer max_iter >= 1"
+            )
         self.class_counts = [float(n) for n in class_counts]
         self.train_loss = train_loss
         self.tau = float(tau)
@@ -114,8 +144,9 @@ class TargetPriorEstimator:
     @property
     def fitted(self) -> bool:
         """True when `estimate` can run."""
-        return self.calibrator is not None and (self.method != "bbse"
-                                                or self._val_probs is not None)
+        return self.calibrator is not None and (
+            self.method != "bbse" or self._val_probs is not None
+        )
 
     def fit(self, val_logits: np.ndarray, val_labels: Sequence[int]) -> "TargetPriorEstimator":
         """Fits the calibration (and BBSE's confusion matrix) on labelled validation logits.
@@ -135,16 +166,22 @@ class TargetPriorEstimator:
         val_logits = self._checked_logits(val_logits, "val_logits")
         labels = np.asarray(val_labels)
         if labels.shape != (len(val_logits),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"val_labels: expected {len(val_logits)} integer labels (one per "
-                             f"row of val_logits), got {labels.dtype} {labels.shape}")
+            raise ValueError(
+                f"val_labels: expected {len(val_logits)} integer labels (one per "
+                f"row of val_logits), got {labels.dtype} {labels.shape}"
+            )
         if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"val_labels span {labels.min()}..{labels.max()}: expected "
-                             f"0..{self.num_classes - 1}")
+            raise ValueError(
+                f"val_labels span {labels.min()}..{labels.max()}: expected "
+                f"0..{self.num_classes - 1}"
+            )
         counts = np.bincount(labels, minlength=self.num_classes)
         if (counts == 0).any():
-            raise ValueError(f"val_labels have no example of class(es) "
-                             f"{np.flatnonzero(counts == 0).tolist()}: calibration and BBSE "
-                             "need every class in the validation split")
+            raise ValueError(
+                f"val_labels have no example of class(es) "
+                f"{np.flatnonzero(counts == 0).tolist()}: calibration and BBSE "
+                "need every class in the validation split"
+            )
         reference = self.source_prior if self.calibration == "none" else counts / counts.sum()
         scores = val_logits + self._offset + np.log(reference)
         calibrator = Calibrator.fit(scores, labels, self.calibration)
@@ -190,9 +227,16 @@ class TargetPriorEstimator:
         """
         probs = self.posteriors(logits)
         return estimate_target_prior(
-            probs, self.reference_prior, self.method, prior_strength=self.prior_strength,
-            prior_centre=self.source_prior, tol=self.tol, max_iter=self.max_iter,
-            val_probs=self._val_probs, val_labels=self._val_labels)
+            probs,
+            self.reference_prior,
+            self.method,
+            prior_strength=self.prior_strength,
+            prior_centre=self.source_prior,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            val_probs=self._val_probs,
+            val_labels=self._val_labels,
+        )
 
     def to_config(self) -> dict[str, Any]:
         """JSON-safe description: the options, the fitted calibration and the affine form.
@@ -202,14 +246,21 @@ class TargetPriorEstimator:
         """
         calibrator = self._require_fitted()
         inverse_temperature, offset = self.affine_posterior()
-        return {"format": CONFIG_FORMAT, "method": self.method,
-                "class_counts": self.class_counts, "train_loss": self.train_loss,
-                "tau": self.tau, "calibration": calibrator.to_dict(),
-                "reference_prior": self.reference_prior.tolist(),
-                "prior_centre": self.source_prior.tolist(),
-                "prior_strength": self.prior_strength, "tolerance": self.tol,
-                "max_iterations": self.max_iter,
-                "posterior_scale": inverse_temperature, "posterior_offset": offset.tolist()}
+        return {
+            "format": CONFIG_FORMAT,
+            "method": self.method,
+            "class_counts": self.class_counts,
+            "train_loss": self.train_loss,
+            "tau": self.tau,
+            "calibration": calibrator.to_dict(),
+            "reference_prior": self.reference_prior.tolist(),
+            "prior_centre": self.source_prior.tolist(),
+            "prior_strength": self.prior_strength,
+            "tolerance": self.tol,
+            "max_iterations": self.max_iter,
+            "posterior_scale": inverse_temperature,
+            "posterior_offset": offset.tolist(),
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TargetPriorEstimator":
@@ -219,19 +270,30 @@ class TargetPriorEstimator:
             ValueError: for another format, method "bbse", or inconsistent values.
         """
         if config.get("format") != CONFIG_FORMAT:
-            raise ValueError(f"prior estimation format {config.get('format')!r}: expected "
-                             f"{CONFIG_FORMAT!r}")
+            raise ValueError(
+                f"prior estimation format {config.get('format')!r}: expected {CONFIG_FORMAT!r}"
+            )
         if config["method"] != "em":
-            raise ValueError(f"method = {config['method']!r}: only an 'em' estimator can be "
-                             "rebuilt from its config (BBSE needs its validation predictions)")
+            raise ValueError(
+                f"method = {config['method']!r}: only an 'em' estimator can be "
+                "rebuilt from its config (BBSE needs its validation predictions)"
+            )
         calibrator = Calibrator.from_dict(config["calibration"])
-        estimator = cls(config["class_counts"], config["train_loss"], tau=config["tau"],
-                        calibration=calibrator.method, prior_strength=config["prior_strength"],
-                        tol=config["tolerance"], max_iter=int(config["max_iterations"]))
+        estimator = cls(
+            config["class_counts"],
+            config["train_loss"],
+            tau=config["tau"],
+            calibration=calibrator.method,
+            prior_strength=config["prior_strength"],
+            tol=config["tolerance"],
+            max_iter=int(config["max_iterations"]),
+        )
         reference = np.asarray(config["reference_prior"], np.float64)
         if reference.shape != (estimator.num_classes,) or not (reference > 0).all():
-            raise ValueError(f"reference_prior = {config['reference_prior']!r}: expected "
-                             f"{estimator.num_classes} positive probabilities")
+            raise ValueError(
+                f"reference_prior = {config['reference_prior']!r}: expected "
+                f"{estimator.num_classes} positive probabilities"
+            )
         estimator.reference_prior = reference / reference.sum()
         estimator.calibrator = calibrator
         return estimator
@@ -240,22 +302,28 @@ class TargetPriorEstimator:
         if not self.fitted:
             raise ValueError(
                 f"calibration = {self.calibration!r}, method = {self.method!r}: fit(val_logits, "
-                "val_labels) on the validation split first (or use calibration='none' with EM)")
+                "val_labels) on the validation split first (or use calibration='none' with EM)"
+            )
         return self.calibrator
 
     def _checked_logits(self, logits: np.ndarray, name: str) -> np.ndarray:
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"{name} have shape {logits.shape}: expected [N, {self.num_classes}] "
-                             "(one raw logit per training class)")
+            raise ValueError(
+                f"{name} have shape {logits.shape}: expected [N, {self.num_classes}] "
+                "(one raw logit per training class)"
+            )
         if logits.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch (shape {logits.shape}): expected at "
-                             "least one sample")
+            raise ValueError(
+                f"{name} is an empty batch (shape {logits.shape}): expected at least one sample"
+            )
         finite = np.isfinite(logits).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
-            raise ValueError(f"{name}[{row}] = {np.array2string(logits[row], precision=4)} has "
-                             "NaN or infinite entries: expected finite logits")
+            raise ValueError(
+                f"{name}[{row}] = {np.array2string(logits[row], precision=4)} has "
+                "NaN or infinite entries: expected finite logits"
+            )
         return logits
 
 

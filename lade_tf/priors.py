@@ -7,6 +7,7 @@
 Everything here is NumPy in, NumPy out, so the pipeline, the evaluator and the tests can use it
 without building a Keras object.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,17 +32,20 @@ def source_prior(class_counts: Sequence[float]) -> np.ndarray:
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size < 2:
         raise ValueError(
-            f"class_counts must be a 1-D sequence of at least 2 counts, got shape {counts.shape}")
+            f"class_counts must be a 1-D sequence of at least 2 counts, got shape {counts.shape}"
+        )
     for c, n in enumerate(counts):
         if not np.isfinite(n) or n <= 0:
             raise ValueError(
                 f"class_counts[{c}] = {class_counts[c]!r}: every class needs a positive, finite "
-                "training count (a class absent from training has no defined prior)")
+                "training count (a class absent from training has no defined prior)"
+            )
     return counts / counts.sum()
 
 
-def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float,
-                     profile: str = "exp") -> list[int]:
+def long_tail_counts(
+    n_max: int, num_classes: int, imbalance_ratio: float, profile: str = "exp"
+) -> list[int]:
     """Per-class image counts of a long-tailed training set, class 0 the most frequent.
 
     Formula:
@@ -64,7 +68,8 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float,
         raise ValueError(f"num_classes = {num_classes!r}: expected an integer >= 2")
     if not math.isfinite(imbalance_ratio) or imbalance_ratio < 1:
         raise ValueError(
-            f"imbalance_ratio = {imbalance_ratio!r}: expected a finite number >= 1 (n_max / n_min)")
+            f"imbalance_ratio = {imbalance_ratio!r}: expected a finite number >= 1 (n_max / n_min)"
+        )
     if profile == "exp":
         # Same expression (and float rounding) as the CIFAR-LT reference code, so totals match.
         factor = 1.0 / imbalance_ratio
@@ -137,7 +142,7 @@ def shifted_test_counts(train_counts: Sequence[float], per_class: int, name: str
     kept = []
     for k in ranks:
         exponent = {"forward": k / last, "backward": (last - k) / last, "uniform": 0.0}[direction]
-        kept.append(int(per_class * factor ** exponent))
+        kept.append(int(per_class * factor**exponent))
     return np.asarray(kept, dtype=np.int64)
 
 
@@ -177,8 +182,10 @@ def subsample_by_counts(labels: Sequence[int], counts: Sequence[int], seed: int)
     if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
         raise ValueError(f"counts = {counts.tolist()}: expected a 1-D array of integers >= 0")
     if labels.size and (labels.min() < 0 or labels.max() >= counts.size):
-        raise ValueError(f"labels span {labels.min()}..{labels.max()}: expected "
-                         f"0..{counts.size - 1} (one count per class, {counts.size} counts given)")
+        raise ValueError(
+            f"labels span {labels.min()}..{labels.max()}: expected "
+            f"0..{counts.size - 1} (one count per class, {counts.size} counts given)"
+        )
     rng = np.random.default_rng(seed)
     chosen = []
     for c, wanted in enumerate(counts):
@@ -203,12 +210,18 @@ EM_MAX_ITERATIONS = 100
 DEFAULT_PRIOR_STRENGTH = 10.0
 
 
-def estimate_target_prior(probs: np.ndarray, source_prior: Sequence[float], method: str = "em", *,
-                          prior_strength: float = 0.0,
-                          prior_centre: Sequence[float] | None = None,
-                          tol: float = EM_TOLERANCE, max_iter: int = EM_MAX_ITERATIONS,
-                          val_probs: np.ndarray | None = None,
-                          val_labels: Sequence[int] | None = None) -> np.ndarray:
+def estimate_target_prior(
+    probs: np.ndarray,
+    source_prior: Sequence[float],
+    method: str = "em",
+    *,
+    prior_strength: float = 0.0,
+    prior_centre: Sequence[float] | None = None,
+    tol: float = EM_TOLERANCE,
+    max_iter: int = EM_MAX_ITERATIONS,
+    val_probs: np.ndarray | None = None,
+    val_labels: Sequence[int] | None = None,
+) -> np.ndarray:
     """Estimate the label distribution p_t of an unlabeled target sample (label shift).
 
     Formula:
@@ -254,21 +267,27 @@ def estimate_target_prior(probs: np.ndarray, source_prior: Sequence[float], meth
     probs = _check_probs(probs, prior.size, "probs")
     if method == "em":
         if not tol > 0 or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-            raise ValueError(f"tol = {tol!r}, max_iter = {max_iter!r}: expected tol > 0 and "
-                             "max_iter >= 1")
+            raise ValueError(
+                f"tol = {tol!r}, max_iter = {max_iter!r}: expected tol > 0 and max_iter >= 1"
+            )
         strength = _check_strength(prior_strength)
         centre = prior if prior_centre is None else _check_prior(prior_centre, "prior_centre")
         if centre.size != prior.size:
-            raise ValueError(f"prior_centre has {centre.size} entries: expected {prior.size}, "
-                             "one per class of source_prior")
+            raise ValueError(
+                f"prior_centre has {centre.size} entries: expected {prior.size}, "
+                "one per class of source_prior"
+            )
         return _em_prior(probs, prior, tol, int(max_iter), strength, centre)
     if method == "bbse":
         if prior_strength:
-            raise ValueError(f"prior_strength = {prior_strength!r} with method='bbse': the "
-                             "Dirichlet prior belongs to EM; use prior_strength=0")
+            raise ValueError(
+                f"prior_strength = {prior_strength!r} with method='bbse': the "
+                "Dirichlet prior belongs to EM; use prior_strength=0"
+            )
         if val_probs is None or val_labels is None:
-            raise ValueError("method='bbse' needs val_probs and val_labels (labelled "
-                             "validation data)")
+            raise ValueError(
+                "method='bbse' needs val_probs and val_labels (labelled validation data)"
+            )
         val_probs = _check_probs(val_probs, prior.size, "val_probs")
         val_labels = _check_labels(val_labels, prior.size, len(val_probs), "val_labels")
         return _bbse_prior(probs, val_probs, val_labels)
@@ -276,16 +295,27 @@ def estimate_target_prior(probs: np.ndarray, source_prior: Sequence[float], meth
 
 
 def _check_strength(prior_strength: float) -> float:
-    if isinstance(prior_strength, bool) or not isinstance(
-            prior_strength, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(prior_strength) or prior_strength < 0:
-        raise ValueError(f"prior_strength = {prior_strength!r}: expected a finite pseudo-count "
-                         ">= 0 (0 = plain EM)")
+    if (
+        isinstance(prior_strength, bool)
+        or not isinstance(prior_strength, (int, float, np.integer, np.floating))
+        or not math.isfinite(prior_strength)
+        or prior_strength < 0
+    ):
+        raise ValueError(
+            f"prior_strength = {prior_strength!r}: expected a finite pseudo-count "
+            ">= 0 (0 = plain EM)"
+        )
     return float(prior_strength)
 
 
-def _em_prior(probs: np.ndarray, prior: np.ndarray, tol: float, max_iter: int,
-              strength: float, centre: np.ndarray) -> np.ndarray:
+def _em_prior(
+    probs: np.ndarray,
+    prior: np.ndarray,
+    tol: float,
+    max_iter: int,
+    strength: float,
+    centre: np.ndarray,
+) -> np.ndarray:
     pi = prior.copy()
     pseudo_counts = strength * centre
     for _ in range(max_iter):
@@ -304,8 +334,9 @@ def _bbse_prior(probs: np.ndarray, val_probs: np.ndarray, val_labels: np.ndarray
     per_class = np.bincount(val_labels, minlength=num_classes)
     if (per_class == 0).any():
         missing = np.flatnonzero(per_class == 0).tolist()
-        raise ValueError(f"val_labels has no example of class(es) {missing}: BBSE needs every "
-                         "class")
+        raise ValueError(
+            f"val_labels has no example of class(es) {missing}: BBSE needs every class"
+        )
     confusion = np.zeros((num_classes, num_classes))
     np.add.at(confusion, (val_probs.argmax(axis=1), val_labels), 1.0)
     confusion /= per_class[np.newaxis, :]
@@ -340,8 +371,9 @@ def jensen_shannon_divergence(p: Sequence[float], q: Sequence[float]) -> float:
     return max(0.0, 0.5 * kl_to_m(p) + 0.5 * kl_to_m(q))
 
 
-def prior_estimation_error(estimate: Sequence[float],
-                           true_prior: Sequence[float]) -> dict[str, float]:
+def prior_estimation_error(
+    estimate: Sequence[float], true_prior: Sequence[float]
+) -> dict[str, float]:
     """How far an estimated prior is from the true one: {"l1": sum |p - q|, "js": JS(p, q)}.
 
     L1 lies in 0..2, the Jensen-Shannon divergence in 0..log 2 nats (`jensen_shannon_divergence`);
@@ -353,8 +385,9 @@ def prior_estimation_error(estimate: Sequence[float],
     p = _check_distribution(estimate, "estimate")
     q = _check_distribution(true_prior, "true_prior")
     if p.shape != q.shape:
-        raise ValueError(f"estimate has {p.size} entries and true_prior {q.size}: expected the "
-                         "same classes")
+        raise ValueError(
+            f"estimate has {p.size} entries and true_prior {q.size}: expected the same classes"
+        )
     return {"l1": float(np.abs(p - q).sum()), "js": jensen_shannon_divergence(p, q)}
 
 
@@ -399,14 +432,17 @@ def fit_bcts(logits: np.ndarray, labels: Sequence[int]) -> tuple[float, np.ndarr
     logits, labels = _check_logits_labels(logits, labels)
     missing = np.flatnonzero(np.bincount(labels, minlength=logits.shape[1]) == 0)
     if missing.size:
-        raise ValueError(f"labels have no example of class(es) {missing.tolist()}: BCTS fits a "
-                         "bias per class and needs every class")
+        raise ValueError(
+            f"labels have no example of class(es) {missing.tolist()}: BCTS fits a "
+            "bias per class and needs every class"
+        )
     inverse_temperature, bias = _fit_affine_calibration(logits, labels, with_bias=True)
     return float(1.0 / inverse_temperature), bias - bias.mean()
 
 
-def calibrate_logits(logits: np.ndarray, temperature: float,
-                     bias: Sequence[float] | None = None) -> np.ndarray:
+def calibrate_logits(
+    logits: np.ndarray, temperature: float, bias: Sequence[float] | None = None
+) -> np.ndarray:
     """Apply temperature scaling (and BCTS bias): logits / T + b, float64 [N, C].
 
     Raises:
@@ -462,21 +498,28 @@ class Calibrator:
     def __post_init__(self) -> None:
         if self.method not in CALIBRATIONS:
             raise ValueError(f"calibration = {self.method!r}: expected one of {CALIBRATIONS}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and self.temperature > 0
+        ):
             raise ValueError(f"temperature = {self.temperature!r}: expected a finite number > 0")
         if (self.bias is not None) != (self.method == "bcts"):
-            raise ValueError(f"bias = {self.bias!r} with calibration = {self.method!r}: "
-                             "expected a bias for 'bcts' only")
+            raise ValueError(
+                f"bias = {self.bias!r} with calibration = {self.method!r}: "
+                "expected a bias for 'bcts' only"
+            )
         if self.method == "none" and self.temperature != 1.0:
-            raise ValueError(f"temperature = {self.temperature!r} with calibration = 'none': "
-                             "expected 1.0")
+            raise ValueError(
+                f"temperature = {self.temperature!r} with calibration = 'none': expected 1.0"
+            )
         if self.bias is not None and not np.isfinite(np.asarray(self.bias, np.float64)).all():
             raise ValueError(f"bias = {self.bias!r}: expected finite values")
 
     @classmethod
-    def fit(cls, logits: np.ndarray, labels: Sequence[int],
-            method: str = DEFAULT_CALIBRATION) -> "Calibrator":
+    def fit(
+        cls, logits: np.ndarray, labels: Sequence[int], method: str = DEFAULT_CALIBRATION
+    ) -> "Calibrator":
         """The calibration `method` fitted on labelled scores [N, C] and labels [N].
 
         Raises:
@@ -499,8 +542,11 @@ class Calibrator:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe {"method", "temperature", "bias" (list or None)}."""
-        return {"method": self.method, "temperature": float(self.temperature),
-                "bias": None if self.bias is None else [float(b) for b in self.bias]}
+        return {
+            "method": self.method,
+            "temperature": float(self.temperature),
+            "bias": None if self.bias is None else [float(b) for b in self.bias],
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Calibrator":
@@ -513,12 +559,16 @@ class Calibrator:
         if set(values) != keys:
             raise ValueError(f"calibration keys {sorted(values)}: expected {sorted(keys)}")
         bias = values["bias"]
-        return cls(values["method"], float(values["temperature"]),
-                   None if bias is None else tuple(float(b) for b in bias))
+        return cls(
+            values["method"],
+            float(values["temperature"]),
+            None if bias is None else tuple(float(b) for b in bias),
+        )
 
 
-def _fit_affine_calibration(logits: np.ndarray, labels: np.ndarray, with_bias: bool,
-                            max_steps: int = 100) -> tuple[float, np.ndarray]:
+def _fit_affine_calibration(
+    logits: np.ndarray, labels: np.ndarray, with_bias: bool, max_steps: int = 100
+) -> tuple[float, np.ndarray]:
     """Newton's method for min NLL(softmax(a * logits + b)); convex in (a, b), so it converges."""
     num, num_classes = logits.shape
     # Shifting each row changes no softmax but keeps exp() in range.
@@ -545,8 +595,9 @@ def _fit_affine_calibration(logits: np.ndarray, labels: np.ndarray, with_bias: b
             grad_b = (probs - onehot).mean(axis=0)
             hess_ab = (probs * logits - probs * expected_logit[:, None]).mean(axis=0)
             hess_bb = np.diag(probs.mean(axis=0)) - probs.T @ probs / num
-            hessian = np.block([[np.array([[hess_aa]]), hess_ab[None, :]],
-                                [hess_ab[:, None], hess_bb]])
+            hessian = np.block(
+                [[np.array([[hess_aa]]), hess_ab[None, :]], [hess_ab[:, None], hess_bb]]
+            )
             gradient = np.concatenate([grad, grad_b])
         else:
             hessian, gradient = np.array([[hess_aa]]), np.array(grad)
@@ -581,59 +632,76 @@ def _shown(values: np.ndarray) -> str:
 def _check_prior(prior: Sequence[float], name: str) -> np.ndarray:
     prior = np.asarray(prior, dtype=np.float64)
     if prior.ndim != 1 or prior.size < 2 or not np.isfinite(prior).all() or (prior <= 0).any():
-        raise ValueError(f"{name} = {_shown(prior)}: expected >= 2 positive finite "
-                         "probabilities")
+        raise ValueError(f"{name} = {_shown(prior)}: expected >= 2 positive finite probabilities")
     return prior / prior.sum()
 
 
 def _check_distribution(values: Sequence[float], name: str) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any() \
-            or not values.sum() > 0:
-        raise ValueError(f"{name} = {_shown(values)}: expected a 1-D distribution of finite, "
-                         "non-negative weights with a positive sum")
+    if (
+        values.ndim != 1
+        or not np.isfinite(values).all()
+        or (values < 0).any()
+        or not values.sum() > 0
+    ):
+        raise ValueError(
+            f"{name} = {_shown(values)}: expected a 1-D distribution of finite, "
+            "non-negative weights with a positive sum"
+        )
     return values / values.sum()
 
 
 def _check_probs(probs: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != num_classes:
-        raise ValueError(f"{name} has shape {probs.shape}: expected [N, {num_classes}] (one "
-                         f"probability per class for each of N samples)")
+        raise ValueError(
+            f"{name} has shape {probs.shape}: expected [N, {num_classes}] (one "
+            f"probability per class for each of N samples)"
+        )
     if probs.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {probs.shape}): expected at least one "
-                         "sample")
+        raise ValueError(
+            f"{name} is an empty batch (shape {probs.shape}): expected at least one sample"
+        )
     finite = np.isfinite(probs).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        raise ValueError(f"{name}[{row}] = {_shown(probs[row])} has NaN or infinite entries: "
-                         "expected finite probabilities")
+        raise ValueError(
+            f"{name}[{row}] = {_shown(probs[row])} has NaN or infinite entries: "
+            "expected finite probabilities"
+        )
     if (probs < 0).any():
         row = int(np.argmax((probs < 0).any(axis=1)))
-        raise ValueError(f"{name}[{row}] = {_shown(probs[row])} has negative entries: expected "
-                         "probabilities (not logits)")
+        raise ValueError(
+            f"{name}[{row}] = {_shown(probs[row])} has negative entries: expected "
+            "probabilities (not logits)"
+        )
     sums = probs.sum(axis=1)
     off = np.abs(sums - 1.0)
     if off.max() > 1e-3:
         row = int(np.argmax(off))
-        raise ValueError(f"{name}[{row}] sums to {sums[row]:.6g}: expected rows that sum to 1 "
-                         "(probabilities, not logits)")
+        raise ValueError(
+            f"{name}[{row}] sums to {sums[row]:.6g}: expected rows that sum to 1 "
+            "(probabilities, not logits)"
+        )
     return probs / sums[:, None]
 
 
 def _check_labels(labels: Sequence[int], num_classes: int, num: int, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: expected {num} integer labels, got {labels.dtype} "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"{name}: expected {num} integer labels, got {labels.dtype} {labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"{name} span {labels.min()}..{labels.max()}: expected "
-                         f"0..{num_classes - 1}")
+        raise ValueError(
+            f"{name} span {labels.min()}..{labels.max()}: expected 0..{num_classes - 1}"
+        )
     return labels.astype(np.int64)
 
 
-def _check_logits_labels(logits: np.ndarray,
-                         labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _check_logits_labels(
+    logits: np.ndarray, labels: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
         raise ValueError(f"logits: expected shape [N >= 1, C >= 2], got {logits.shape}")

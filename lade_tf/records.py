@@ -11,6 +11,7 @@ Each example has two features: `image` (bytes, an encoded PNG or JPEG) and `labe
 TensorFlow is imported only inside the functions that need it, so that code which only writes
 examples (Beam workers) does not pay the TensorFlow import.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ def encode_example(image_bytes: bytes, label: int) -> bytes:
     return _length_delimited(1, features)
 
 
-def parse_dataset(file_pattern: str | Sequence[str], image_shape: Sequence[int], *,
-                  compression: str = "GZIP"):
+def parse_dataset(
+    file_pattern: str | Sequence[str], image_shape: Sequence[int], *, compression: str = "GZIP"
+):
     """`tf.data.Dataset` of (image float32 [H, W, C] with values 0..255, label int64 []).
 
     Files are read in sorted name order and records in file order, so the dataset order is
@@ -100,13 +102,16 @@ def parse_dataset(file_pattern: str | Sequence[str], image_shape: Sequence[int],
     shape = tuple(int(d) for d in image_shape)
     if len(shape) != 3 or min(shape) < 1 or shape[-1] not in (1, 3):
         raise ValueError(
-            f"image_shape = {tuple(image_shape)!r}: expected (H, W, C) with C in (1, 3)")
+            f"image_shape = {tuple(image_shape)!r}: expected (H, W, C) with C in (1, 3)"
+        )
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
     if not files:
         raise ValueError(f"file_pattern = {file_pattern!r}: no file matches")
-    spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-            LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    spec = {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
@@ -135,6 +140,7 @@ def read_class_info(examples_dir: str) -> dict:
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"{path} not found: expected a directory written by pipeline.prepare or "
-            "LongTailExampleGen (its class_info.json is written last)")
+            "LongTailExampleGen (its class_info.json is written last)"
+        )
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)

@@ -1,4 +1,5 @@
 """Learning-rate schedules: a linear warm-up, then cosine, step or constant decay."""
+
 from __future__ import annotations
 
 import math
@@ -33,14 +34,22 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         factor: step decay factor.
     """
 
-    def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int,
-                 decay: str = "cosine", milestones: Sequence[float] = STEP_MILESTONES,
-                 factor: float = STEP_DECAY_FACTOR):
+    def __init__(
+        self,
+        peak_learning_rate: float,
+        total_steps: int,
+        warmup_steps: int,
+        decay: str = "cosine",
+        milestones: Sequence[float] = STEP_MILESTONES,
+        factor: float = STEP_DECAY_FACTOR,
+    ):
         if decay not in SCHEDULES:
             raise ValueError(f"decay = {decay!r}: expected one of {SCHEDULES}")
         if int(total_steps) < 1 or not 0 <= int(warmup_steps) < int(total_steps):
-            raise ValueError(f"total_steps = {total_steps!r}, warmup_steps = {warmup_steps!r}: "
-                             "expected total_steps >= 1 and 0 <= warmup_steps < total_steps")
+            raise ValueError(
+                f"total_steps = {total_steps!r}, warmup_steps = {warmup_steps!r}: "
+                "expected total_steps >= 1 and 0 <= warmup_steps < total_steps"
+            )
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -56,8 +65,11 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             progress = ops.clip(progress, 0.0, 1.0)
             decayed = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
         elif self.decay == "step":
-            passed = sum(ops.cast(step >= m * self.total_steps, "float32")
-                         for m in self.milestones) if self.milestones else 0.0
+            passed = (
+                sum(ops.cast(step >= m * self.total_steps, "float32") for m in self.milestones)
+                if self.milestones
+                else 0.0
+            )
             decayed = peak * ops.power(self.factor, passed)
         else:
             decayed = ops.convert_to_tensor(peak, "float32")
@@ -67,9 +79,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self) -> dict[str, Any]:
-        return {"peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "decay": self.decay,
-                "milestones": self.milestones, "factor": self.factor}
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "decay": self.decay,
+            "milestones": self.milestones,
+            "factor": self.factor,
+        }
 
 
 def warmup_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupSchedule:
@@ -82,9 +99,10 @@ def warmup_schedule(config: TrainConfig, steps_per_epoch: int) -> WarmupSchedule
         ValueError: if steps_per_epoch < 1.
     """
     if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch = {steps_per_epoch!r}: expected >= 1 (is the training "
-                         "set smaller than one batch?)")
+        raise ValueError(
+            f"steps_per_epoch = {steps_per_epoch!r}: expected >= 1 (is the training "
+            "set smaller than one batch?)"
+        )
     total = config.epochs * steps_per_epoch
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total // 2)
     return WarmupSchedule(config.learning_rate, total, warmup, config.schedule)
-

@@ -9,6 +9,7 @@ prior is the known one, none (plain model output), or estimated from the unlabel
 then EM or BBSE), in which case the estimation error is reported too. NumPy only; results are
 plain Python floats.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -16,23 +17,44 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lade_tf.layers import adjust_logits_numpy
-from lade_tf.metrics import (accuracy, balanced_accuracy, brier_score, expected_calibration_error,
-                             negative_log_likelihood, shot_accuracy)
+from lade_tf.metrics import (
+    accuracy,
+    balanced_accuracy,
+    brier_score,
+    expected_calibration_error,
+    negative_log_likelihood,
+    shot_accuracy,
+)
 from lade_tf.prior_estimation import TargetPriorEstimator
-from lade_tf.priors import (CALIBRATIONS, DEFAULT_CALIBRATION, SHIFT_NAMES, prior_estimation_error,
-                            shifted_test_counts, subsample_by_counts)
+from lade_tf.priors import (
+    CALIBRATIONS,
+    DEFAULT_CALIBRATION,
+    SHIFT_NAMES,
+    prior_estimation_error,
+    shifted_test_counts,
+    subsample_by_counts,
+)
 
 #: Keys of the estimation error added to every distribution's result when the prior is estimated.
 ESTIMATION_ERROR_KEYS = ("prior_l1", "prior_js")
 
 
-def evaluate_under_shift(logits: np.ndarray, labels: Sequence[int], train_counts: Sequence[float],
-                         train_loss: str, *, tau: float = 1.0, per_class: int | None = None,
-                         seeds: Sequence[int] = (0, 1, 2), corrected: bool = True,
-                         estimate: str | None = None, val_logits: np.ndarray | None = None,
-                         val_labels: Sequence[int] | None = None,
-                         calibration: str | None = None,
-                         prior_strength: float | None = None) -> dict[str, dict[str, float]]:
+def evaluate_under_shift(
+    logits: np.ndarray,
+    labels: Sequence[int],
+    train_counts: Sequence[float],
+    train_loss: str,
+    *,
+    tau: float = 1.0,
+    per_class: int | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    corrected: bool = True,
+    estimate: str | None = None,
+    val_logits: np.ndarray | None = None,
+    val_labels: Sequence[int] | None = None,
+    calibration: str | None = None,
+    prior_strength: float | None = None,
+) -> dict[str, dict[str, float]]:
     """Top-1 accuracy on the 11 shifted versions of a balanced split, mean and std over seeds.
 
     For every distribution d in SHIFT_NAMES and seed s: keep `shifted_test_counts(train_counts,
@@ -81,10 +103,22 @@ def evaluate_under_shift(logits: np.ndarray, labels: Sequence[int], train_counts
         per_class = int(available.min())
     if not isinstance(per_class, (int, np.integer)) or not 1 <= per_class <= available.min():
         scarce = int(available.argmin())
-        raise ValueError(f"per_class = {per_class!r}: expected an integer from 1 to "
-                         f"{available.min()} (class {scarce} has {available[scarce]} examples)")
-    rule = _prediction_rule(logits, train_counts, train_loss, tau, corrected, estimate,
-                            val_logits, val_labels, calibration, prior_strength)
+        raise ValueError(
+            f"per_class = {per_class!r}: expected an integer from 1 to "
+            f"{available.min()} (class {scarce} has {available[scarce]} examples)"
+        )
+    rule = _prediction_rule(
+        logits,
+        train_counts,
+        train_loss,
+        tau,
+        corrected,
+        estimate,
+        val_logits,
+        val_labels,
+        calibration,
+        prior_strength,
+    )
     results = {}
     for name in SHIFT_NAMES:
         counts = shifted_test_counts(train_counts, int(per_class), name)
@@ -98,17 +132,31 @@ def evaluate_under_shift(logits: np.ndarray, labels: Sequence[int], train_counts
                 errors.append(prior_estimation_error(estimated, known_prior))
         results[name] = {"mean": float(np.mean(scores)), "std": float(np.std(scores))}
         if errors:
-            results[name].update({"prior_l1": float(np.mean([e["l1"] for e in errors])),
-                                  "prior_js": float(np.mean([e["js"] for e in errors]))})
+            results[name].update(
+                {
+                    "prior_l1": float(np.mean([e["l1"] for e in errors])),
+                    "prior_js": float(np.mean([e["js"] for e in errors])),
+                }
+            )
     return results
 
 
-def uniform_summary(logits: np.ndarray, labels: Sequence[int], train_counts: Sequence[float],
-                    train_loss: str, *, tau: float = 1.0, corrected: bool = True,
-                    estimate: str | None = None, val_logits: np.ndarray | None = None,
-                    val_labels: Sequence[int] | None = None, calibration: str | None = None,
-                    prior_strength: float | None = None, many_threshold: int = 100,
-                    few_threshold: int = 20) -> dict[str, float]:
+def uniform_summary(
+    logits: np.ndarray,
+    labels: Sequence[int],
+    train_counts: Sequence[float],
+    train_loss: str,
+    *,
+    tau: float = 1.0,
+    corrected: bool = True,
+    estimate: str | None = None,
+    val_logits: np.ndarray | None = None,
+    val_labels: Sequence[int] | None = None,
+    calibration: str | None = None,
+    prior_strength: float | None = None,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+) -> dict[str, float]:
     """Accuracy, shot-group accuracy and calibration of one method on the whole balanced split.
 
     The known target prior is uniform (the split is balanced); `corrected`, `estimate`, val data,
@@ -129,77 +177,123 @@ def uniform_summary(logits: np.ndarray, labels: Sequence[int], train_counts: Seq
     """
     logits, labels = _checked_logits_labels(logits, labels, train_counts)
     num_classes = logits.shape[1]
-    rule = _prediction_rule(logits, train_counts, train_loss, tau, corrected, estimate,
-                            val_logits, val_labels, calibration, prior_strength)
+    rule = _prediction_rule(
+        logits,
+        train_counts,
+        train_loss,
+        tau,
+        corrected,
+        estimate,
+        val_logits,
+        val_labels,
+        calibration,
+        prior_strength,
+    )
     adjusted, _ = rule(np.arange(len(labels)), np.full(num_classes, 1.0 / num_classes))
     probs = _softmax(adjusted)
     shots = shot_accuracy(labels, adjusted, train_counts, many_threshold, few_threshold)
-    return {"accuracy": accuracy(labels, adjusted),
-            "balanced_accuracy": balanced_accuracy(labels, adjusted),
-            **{group: float(value) for group, value in shots.items()},
-            "ece": expected_calibration_error(labels, probs),
-            "nll": negative_log_likelihood(labels, probs),
-            "brier": brier_score(labels, probs)}
+    return {
+        "accuracy": accuracy(labels, adjusted),
+        "balanced_accuracy": balanced_accuracy(labels, adjusted),
+        **{group: float(value) for group, value in shots.items()},
+        "ece": expected_calibration_error(labels, probs),
+        "nll": negative_log_likelihood(labels, probs),
+        "brier": brier_score(labels, probs),
+    }
 
 
-def _prediction_rule(logits: np.ndarray, train_counts: Sequence[float], train_loss: str,
-                     tau: float, corrected: bool, estimate: str | None,
-                     val_logits: np.ndarray | None, val_labels: Sequence[int] | None,
-                     calibration: str | None, prior_strength: float | None
-                     ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+def _prediction_rule(
+    logits: np.ndarray,
+    train_counts: Sequence[float],
+    train_loss: str,
+    tau: float,
+    corrected: bool,
+    estimate: str | None,
+    val_logits: np.ndarray | None,
+    val_labels: Sequence[int] | None,
+    calibration: str | None,
+    prior_strength: float | None,
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
     """predict(rows, known_prior) -> (adjusted logits of those rows, estimated prior or None)."""
     if estimate is None:
         if calibration is not None or prior_strength is not None:
-            raise ValueError(f"calibration = {calibration!r}, prior_strength = "
-                             f"{prior_strength!r} only serve a prior estimate: pass "
-                             "estimate='em' or 'bbse' too")
+            raise ValueError(
+                f"calibration = {calibration!r}, prior_strength = "
+                f"{prior_strength!r} only serve a prior estimate: pass "
+                "estimate='em' or 'bbse' too"
+            )
         if not corrected:
-            return lambda rows, known_prior: (adjust_logits_numpy(
-                logits[rows], train_counts, train_loss, None, tau=tau), None)
-        return lambda rows, known_prior: (adjust_logits_numpy(
-            logits[rows], train_counts, train_loss, known_prior, tau=tau), None)
+            return lambda rows, known_prior: (
+                adjust_logits_numpy(logits[rows], train_counts, train_loss, None, tau=tau),
+                None,
+            )
+        return lambda rows, known_prior: (
+            adjust_logits_numpy(logits[rows], train_counts, train_loss, known_prior, tau=tau),
+            None,
+        )
     if not corrected:
-        raise ValueError(f"estimate = {estimate!r} with corrected=False: an estimated prior is a "
-                         "correction; use corrected=True")
+        raise ValueError(
+            f"estimate = {estimate!r} with corrected=False: an estimated prior is a "
+            "correction; use corrected=True"
+        )
     calibration = DEFAULT_CALIBRATION if calibration is None else calibration
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration = {calibration!r}: expected None or one of {CALIBRATIONS}")
-    estimator = TargetPriorEstimator(train_counts, train_loss, tau=tau, method=estimate,
-                                     calibration=calibration, prior_strength=prior_strength)
+    estimator = TargetPriorEstimator(
+        train_counts,
+        train_loss,
+        tau=tau,
+        method=estimate,
+        calibration=calibration,
+        prior_strength=prior_strength,
+    )
     if (val_logits is None) != (val_labels is None) or (
-            estimator.needs_validation and val_logits is None):
+        estimator.needs_validation and val_logits is None
+    ):
         raise ValueError(
             f"estimate = {estimate!r}, calibration = {calibration!r}: pass both val_logits and "
-            "val_labels" + (" (the calibration or BBSE is fitted on them; calibration='none' "
-                            "with EM needs none)" if estimator.needs_validation else ""))
+            "val_labels"
+            + (
+                " (the calibration or BBSE is fitted on them; calibration='none' "
+                "with EM needs none)"
+                if estimator.needs_validation
+                else ""
+            )
+        )
     if val_logits is not None:
         val_logits, val_labels = _checked_logits_labels(val_logits, val_labels, train_counts)
         estimator.fit(val_logits, val_labels)
 
     def predict(rows: np.ndarray, known_prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         estimated = estimator.estimate(logits[rows])
-        return adjust_logits_numpy(logits[rows], train_counts, train_loss, estimated,
-                                   tau=tau), estimated
+        return adjust_logits_numpy(
+            logits[rows], train_counts, train_loss, estimated, tau=tau
+        ), estimated
 
     return predict
 
 
-def _checked_logits_labels(logits: np.ndarray, labels: Sequence[int],
-                           train_counts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _checked_logits_labels(
+    logits: np.ndarray, labels: Sequence[int], train_counts: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     num_classes = len(train_counts)
     if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits have shape {logits.shape}: expected [N, {num_classes}] "
-                         "(one column per training class)")
+        raise ValueError(
+            f"logits have shape {logits.shape}: expected [N, {num_classes}] "
+            "(one column per training class)"
+        )
     if not np.isfinite(logits).all():
         raise ValueError("logits contain NaN or infinite values")
     if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected {logits.shape[0]} integer labels, got {labels.dtype} "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"labels: expected {logits.shape[0]} integer labels, got {labels.dtype} {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels span {labels.min()}..{labels.max()}: expected "
-                         f"0..{num_classes - 1}")
+        raise ValueError(
+            f"labels span {labels.min()}..{labels.max()}: expected 0..{num_classes - 1}"
+        )
     return logits, labels.astype(np.int64)
 
 

@@ -1,4 +1,5 @@
 """tf.distribute strategies by name, and which process is the chief."""
+
 from __future__ import annotations
 
 import os
@@ -41,15 +42,19 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
             raise RuntimeError(
                 f"cannot create MultiWorkerMirroredStrategy ({error}); create it with "
                 "make_strategy('multi_worker') before any other TensorFlow op (datasets "
-                "included), with TF_CONFIG set for this worker") from error
+                "included), with TF_CONFIG set for this worker"
+            ) from error
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=os.environ.get("TPU_NAME", ""))
+            tpu=os.environ.get("TPU_NAME", "")
+        )
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        raise RuntimeError(f"strategy 'tpu': no TPU could be resolved or initialised ({error}); "
-                           "set TPU_NAME or run on a TPU VM") from error
+        raise RuntimeError(
+            f"strategy 'tpu': no TPU could be resolved or initialised ({error}); "
+            "set TPU_NAME or run on a TPU VM"
+        ) from error
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -66,6 +71,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     if resolver.task_type == "chief":
         return True
-    return (resolver.task_type == "worker" and resolver.task_id == 0
-            and "chief" not in resolver.cluster_spec().as_dict())
-
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )

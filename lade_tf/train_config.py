@@ -7,6 +7,7 @@ variable gets `wd * w` and goes through momentum. Keras' own `SGD(weight_decay=.
 (`w -= lr * wd * w`, bypassing momentum), in steady state about 1 / (1 - momentum) = 10x weaker
 at momentum 0.9. With `optimizer="adam"` the decay is decoupled (AdamW).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,7 @@ class TrainConfig:
     loss: str = "ce"
     alpha: float = 0.1
     remine_lambda: float = 0.1
-    importance: str = "sample"
+    importance: str = "class"
     lader_classes: str = "all"
     tau: float = 1.0
     arch: str = "auto"
@@ -76,8 +77,12 @@ class TrainConfig:
     max_train_examples: int | None = None
 
     def __post_init__(self) -> None:
-        for name, allowed in (("loss", LOSS_NAMES), ("optimizer", OPTIMIZERS),
-                              ("schedule", SCHEDULES), ("strategy", STRATEGIES)):
+        for name, allowed in (
+            ("loss", LOSS_NAMES),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("strategy", STRATEGIES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected one of {allowed}")
         for name in ("epochs", "batch_size"):
@@ -85,10 +90,14 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} = {value!r}: expected an integer >= 1")
         if self.max_train_examples is not None and (
-                isinstance(self.max_train_examples, bool)
-                or not isinstance(self.max_train_examples, int) or self.max_train_examples < 1):
-            raise ValueError(f"max_train_examples = {self.max_train_examples!r}: expected None or "
-                             "an integer >= 1")
+            isinstance(self.max_train_examples, bool)
+            or not isinstance(self.max_train_examples, int)
+            or self.max_train_examples < 1
+        ):
+            raise ValueError(
+                f"max_train_examples = {self.max_train_examples!r}: expected None or "
+                "an integer >= 1"
+            )
         for name in ("learning_rate",):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -17,6 +17,7 @@ replicas equals a one-device step on the global batch.
 Calling `train_model` again with the same `checkpoint_dir` resumes after the last completed
 epoch; a finished run returns at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,12 +42,27 @@ from lade_tf.strategies import is_chief, make_strategy, uses_custom_loop
 from lade_tf.train_config import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
 
 # The names callers use as `training.X`, defined in the modules above.
-__all__ = ["HISTORY_FILE", "OPTIMIZERS", "SCHEDULES", "STRATEGIES", "TrainConfig",
-           "WarmupSchedule", "augment_image", "eval_dataset", "is_chief", "make_strategy",
-           "read_history", "steps_per_epoch", "train_dataset", "train_model", "warmup_schedule"]
+__all__ = [
+    "HISTORY_FILE",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "STRATEGIES",
+    "TrainConfig",
+    "WarmupSchedule",
+    "augment_image",
+    "eval_dataset",
+    "is_chief",
+    "make_strategy",
+    "read_history",
+    "steps_per_epoch",
+    "train_dataset",
+    "train_model",
+    "warmup_schedule",
+]
 
 
 # --------------------------------------------------------------------------- model set-up
+
 
 @contextlib.contextmanager
 def _global_dtype_policy(name: str) -> Iterator[None]:
@@ -62,8 +78,7 @@ def _global_dtype_policy(name: str) -> Iterator[None]:
 def _training_dtype_policy(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
     if not config.mixed_precision:
         return "float32"
-    return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else \
-        "mixed_float16"
+    return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
 
 
 def _add_l2_weight_decay(model: keras.Model, weight_decay: float) -> None:
@@ -88,8 +103,12 @@ def _make_optimizer(config: TrainConfig, schedule: WarmupSchedule) -> keras.opti
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
-def _build_training_model(config: TrainConfig, num_classes: int, input_shape: Sequence[int],
-                          strategy: tf.distribute.Strategy) -> keras.Model:
+def _build_training_model(
+    config: TrainConfig,
+    num_classes: int,
+    input_shape: Sequence[int],
+    strategy: tf.distribute.Strategy,
+) -> keras.Model:
     with _global_dtype_policy(_training_dtype_policy(config, strategy)):
         model = build_model(config.arch, num_classes, tuple(input_shape))
     if config.optimizer == "sgd":
@@ -99,8 +118,9 @@ def _build_training_model(config: TrainConfig, num_classes: int, input_shape: Se
     return model
 
 
-def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int,
-                    input_shape: Sequence[int]) -> keras.Model:
+def _inference_copy(
+    model: keras.Model, config: TrainConfig, num_classes: int, input_shape: Sequence[int]
+) -> keras.Model:
     """A float32, uncompiled, undistributed copy with the trained weights, for export/evaluation."""
     with _global_dtype_policy("float32"):
         copy = build_model(config.arch, num_classes, tuple(input_shape))
@@ -108,8 +128,8 @@ def _inference_copy(model: keras.Model, config: TrainConfig, num_classes: int,
     return copy
 
 
-
 # --------------------------------------------------------------------------- training
+
 
 def _tensorboard_log_dir(log_dir: str | os.PathLike | None) -> str | None:
     """log_dir if logs can be written; None (with a warning) when TensorBoard is missing."""
@@ -121,12 +141,19 @@ def _tensorboard_log_dir(log_dir: str | os.PathLike | None) -> str | None:
     return os.fspath(log_dir)
 
 
-def train_model(config: TrainConfig, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset | None,
-                class_counts: Sequence[int], input_shape: Sequence[int],
-                checkpoint_dir: str | os.PathLike | None, log_dir: str | os.PathLike | None, *,
-                strategy: tf.distribute.Strategy | None = None,
-                callbacks: Sequence[keras.callbacks.Callback] = (),
-                verbose: int | str = "auto") -> keras.Model:
+def train_model(
+    config: TrainConfig,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset | None,
+    class_counts: Sequence[int],
+    input_shape: Sequence[int],
+    checkpoint_dir: str | os.PathLike | None,
+    log_dir: str | os.PathLike | None,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> keras.Model:
     """Trains `config.loss` on `train_ds`, checkpointing each epoch; resumes from checkpoint_dir.
 
     Args:
@@ -157,8 +184,10 @@ def train_model(config: TrainConfig, train_ds: tf.data.Dataset, val_ds: tf.data.
     strategy = strategy or make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"batch_size = {config.batch_size}: the global batch must be divisible "
-                         f"by the {replicas} replicas of the strategy")
+        raise ValueError(
+            f"batch_size = {config.batch_size}: the global batch must be divisible "
+            f"by the {replicas} replicas of the strategy"
+        )
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     keras.utils.set_random_seed(config.seed)
@@ -167,23 +196,63 @@ def train_model(config: TrainConfig, train_ds: tf.data.Dataset, val_ds: tf.data.
     loss = make_loss(config.loss, list(class_counts), **config.loss_options())
 
     if uses_custom_loop(strategy):
-        model = _train_custom_loop(config, strategy, train_ds, val_ds, class_counts, input_shape,
-                                   schedule, loss, checkpoint_dir, log_dir, verbose)
+        model = _train_custom_loop(
+            config,
+            strategy,
+            train_ds,
+            val_ds,
+            class_counts,
+            input_shape,
+            schedule,
+            loss,
+            checkpoint_dir,
+            log_dir,
+            verbose,
+        )
     else:
-        model = _train_fit(config, strategy, train_ds, val_ds, class_counts, input_shape,
-                           schedule, loss, checkpoint_dir, log_dir, callbacks, verbose)
+        model = _train_fit(
+            config,
+            strategy,
+            train_ds,
+            val_ds,
+            class_counts,
+            input_shape,
+            schedule,
+            loss,
+            checkpoint_dir,
+            log_dir,
+            callbacks,
+            verbose,
+        )
     return _inference_copy(model, config, num_classes, input_shape)
 
 
-def _train_fit(config, strategy, train_ds, val_ds, class_counts, input_shape, schedule, loss,
-               checkpoint_dir, log_dir, callbacks, verbose) -> keras.Model:
+def _train_fit(
+    config,
+    strategy,
+    train_ds,
+    val_ds,
+    class_counts,
+    input_shape,
+    schedule,
+    loss,
+    checkpoint_dir,
+    log_dir,
+    callbacks,
+    verbose,
+) -> keras.Model:
     num_classes = len(class_counts)
     with strategy.scope():
         model = _build_training_model(config, num_classes, input_shape, strategy)
-        model.compile(optimizer=_make_optimizer(config, schedule), loss=loss,
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                               BalancedAccuracy(num_classes, name="balanced_accuracy")],
-                      jit_compile=config.xla)
+        model.compile(
+            optimizer=_make_optimizer(config, schedule),
+            loss=loss,
+            metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                BalancedAccuracy(num_classes, name="balanced_accuracy"),
+            ],
+            jit_compile=config.xla,
+        )
         # compile() may wrap the optimizer (LossScaleOptimizer under mixed_float16): track that.
         state = EpochState(checkpoint_dir, model, model.optimizer)
     initial_epoch = int(state.epoch.numpy())
@@ -202,15 +271,33 @@ def _train_fit(config, strategy, train_ds, val_ds, class_counts, input_shape, sc
     if val_ds is not None:
         val_steps = int(val_ds.reduce(np.int64(0), lambda count, _: count + 1))
         val_ds = val_ds.repeat() if val_steps else None
-    model.fit(train_ds.repeat(), steps_per_epoch=steps_per_epoch(config, class_counts),
-              validation_data=val_ds, validation_steps=val_steps or None, epochs=config.epochs,
-              initial_epoch=initial_epoch, callbacks=all_callbacks, verbose=verbose,
-              shuffle=False)
+    model.fit(
+        train_ds.repeat(),
+        steps_per_epoch=steps_per_epoch(config, class_counts),
+        validation_data=val_ds,
+        validation_steps=val_steps or None,
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        callbacks=all_callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
     return model
 
 
-def _train_custom_loop(config, strategy, train_ds, val_ds, class_counts, input_shape, schedule,
-                       loss, checkpoint_dir, log_dir, verbose) -> keras.Model:
+def _train_custom_loop(
+    config,
+    strategy,
+    train_ds,
+    val_ds,
+    class_counts,
+    input_shape,
+    schedule,
+    loss,
+    checkpoint_dir,
+    log_dir,
+    verbose,
+) -> keras.Model:
     """MultiWorkerMirroredStrategy: strategy.run over the global batches, same logs as fit."""
     num_classes = len(class_counts)
     chief = is_chief(strategy)
@@ -218,8 +305,7 @@ def _train_custom_loop(config, strategy, train_ds, val_ds, class_counts, input_s
     # DATA sharding: every worker reads all files and keeps its slice of each global batch, so
     # the global batches are exactly those of a single worker (FILE sharding would regroup them).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    distributed = strategy.experimental_distribute_dataset(
-        train_ds.repeat().with_options(options))
+    distributed = strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options))
     with strategy.scope():
         model = _build_training_model(config, num_classes, input_shape, strategy)
         optimizer = _make_optimizer(config, schedule)
@@ -229,23 +315,32 @@ def _train_custom_loop(config, strategy, train_ds, val_ds, class_counts, input_s
         worker_dir = None
         if checkpoint_dir is not None and not chief:
             # Every worker saves (saving may run collectives); only the chief's copy is kept.
-            worker_dir = os.path.join(os.path.dirname(os.fspath(checkpoint_dir).rstrip("/")),
-                                      f".worker_{strategy.cluster_resolver.task_id}_tmp")
+            worker_dir = os.path.join(
+                os.path.dirname(os.fspath(checkpoint_dir).rstrip("/")),
+                f".worker_{strategy.cluster_resolver.task_id}_tmp",
+            )
         state = EpochState(checkpoint_dir, model, optimizer, write=chief, worker_dir=worker_dir)
 
     train_step = _distributed_train_step(strategy, model, optimizer, loss, config.xla)
     predict_step = tf.function(lambda images: model(images, training=False))
     writers = {}
     if _tensorboard_log_dir(log_dir) is not None and chief:
-        writers = {split: tf.summary.create_file_writer(os.path.join(os.fspath(log_dir), split))
-                   for split in ("train", "validation")}
+        writers = {
+            split: tf.summary.create_file_writer(os.path.join(os.fspath(log_dir), split))
+            for split in ("train", "validation")
+        }
     batches = iter(distributed)
     for epoch in range(int(state.epoch.numpy()), config.epochs):
         started = time.perf_counter()
         if chief and verbose:
             print(f"Epoch {epoch + 1}/{config.epochs}")
-        logs = _run_epoch(train_step, batches, steps_per_epoch(config, class_counts),
-                          config.batch_size, verbose if chief else 0)
+        logs = _run_epoch(
+            train_step,
+            batches,
+            steps_per_epoch(config, class_counts),
+            config.batch_size,
+            verbose if chief else 0,
+        )
         if val_ds is not None:
             logs.update(_evaluate(predict_step, model, loss, val_ds))
         logs["learning_rate"] = float(schedule(optimizer.iterations - 1))
@@ -257,9 +352,13 @@ def _train_custom_loop(config, strategy, train_ds, val_ds, class_counts, input_s
     return model
 
 
-def _distributed_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
-                            optimizer: keras.optimizers.Optimizer, loss: keras.losses.Loss,
-                            xla: bool):
+def _distributed_train_step(
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    loss: keras.losses.Loss,
+    xla: bool,
+):
     """A tf.function: one global batch -> (summed loss, summed correct predictions)."""
     replicas = strategy.num_replicas_in_sync
 
@@ -277,8 +376,9 @@ def _distributed_train_step(strategy: tf.distribute.Strategy, model: keras.Model
             scaled_for_gradients = optimizer.scale_loss(scaled)
         gradients = tape.gradient(scaled_for_gradients, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32))
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32)
+        )
         return scaled, correct
 
     step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
@@ -286,14 +386,17 @@ def _distributed_train_step(strategy: tf.distribute.Strategy, model: keras.Model
     @tf.function
     def train_step(batch):
         scaled, correct = strategy.run(step_fn, args=batch)
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, scaled, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, scaled, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+        )
 
     return train_step
 
 
-def _run_epoch(train_step, batches: Iterator, steps: int, batch_size: int,
-               verbose: int) -> dict[str, float]:
+def _run_epoch(
+    train_step, batches: Iterator, steps: int, batch_size: int, verbose: int
+) -> dict[str, float]:
     """`steps` training steps with a Keras progress bar; returns the epoch's loss and accuracy."""
     progress = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["loss", "accuracy"])
     losses, correct_total, seen = [], 0.0, 0
@@ -302,13 +405,15 @@ def _run_epoch(train_step, batches: Iterator, steps: int, batch_size: int,
         losses.append(float(step_loss))
         correct_total += float(correct)
         seen += batch_size
-        progress.update(step + 1, [("loss", float(np.mean(losses))),
-                                   ("accuracy", correct_total / seen)])
+        progress.update(
+            step + 1, [("loss", float(np.mean(losses))), ("accuracy", correct_total / seen)]
+        )
     return {"loss": float(np.mean(losses)), "accuracy": correct_total / max(seen, 1)}
 
 
-def _evaluate(predict_step, model: keras.Model, loss: keras.losses.Loss,
-              val_ds: tf.data.Dataset) -> dict[str, float]:
+def _evaluate(
+    predict_step, model: keras.Model, loss: keras.losses.Loss, val_ds: tf.data.Dataset
+) -> dict[str, float]:
     """Validation logs as Keras evaluate() computes them: the loss per batch (+ regularisation),
     weighted by batch size, accuracy and balanced accuracy."""
     logits, labels, batch_losses = [], [], []
@@ -319,9 +424,11 @@ def _evaluate(predict_step, model: keras.Model, loss: keras.losses.Loss,
         batch_losses.append(float(np.mean(loss.call(labels[-1], logits[-1]))) + regularisation)
     sizes = [len(batch) for batch in labels]
     logits, labels = np.concatenate(logits), np.concatenate(labels)
-    return {"val_loss": float(np.average(batch_losses, weights=sizes)),
-            "val_accuracy": float(np.mean(logits.argmax(-1) == labels)),
-            "val_balanced_accuracy": balanced_accuracy(labels, logits)}
+    return {
+        "val_loss": float(np.average(batch_losses, weights=sizes)),
+        "val_accuracy": float(np.mean(logits.argmax(-1) == labels)),
+        "val_balanced_accuracy": balanced_accuracy(labels, logits),
+    }
 
 
 def _write_epoch_summaries(writers: dict, epoch: int, logs: dict[str, float]) -> None:

@@ -32,6 +32,7 @@ On two cores the parallel modes cost about twice the CPU for at best the same wa
 `choose_direct_mode` picks in_memory there, and multi_processing only with more than two cores and
 at least `MULTI_PROCESSING_MIN_IMAGES` images (a threshold not measured here: no such machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,14 @@ def _empty_requirements_file() -> str:
     return path
 
 
-def beam_pipeline_args(runner: str = "direct", *, mode: str = "multi_processing", workers: int = 2,
-                       dask_address: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+def beam_pipeline_args(
+    runner: str = "direct",
+    *,
+    mode: str = "multi_processing",
+    workers: int = 2,
+    dask_address: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """Beam pipeline arguments for a runner name.
 
     Args:
@@ -86,8 +93,11 @@ def beam_pipeline_args(runner: str = "direct", *, mode: str = "multi_processing"
     if runner in ("direct", "fnapi"):
         # in_memory runs everything in the calling thread; more workers only add a warning.
         num_workers = 1 if mode == "in_memory" else workers
-        args = ["--runner=FnApiRunner", f"--direct_running_mode={mode}",
-                f"--direct_num_workers={num_workers}"]
+        args = [
+            "--runner=FnApiRunner",
+            f"--direct_running_mode={mode}",
+            f"--direct_num_workers={num_workers}",
+        ]
     elif runner == "in_memory":
         args = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     elif runner == "dask":
@@ -100,7 +110,7 @@ def beam_pipeline_args(runner: str = "direct", *, mode: str = "multi_processing"
 
 
 def choose_direct_mode(num_images: int, cpu_count: int | None = None) -> str:
-    """"in_memory" on one or two cores or for small data, else "multi_processing".
+    """ "in_memory" on one or two cores or for small data, else "multi_processing".
 
     Args:
         num_images: images the source lists.
@@ -123,8 +133,9 @@ def local_dask_cluster(workers: int) -> Iterator[str]:
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster:
+        with LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
             yield cluster.scheduler_address
     finally:
         logger.setLevel(level)
@@ -155,21 +166,34 @@ def add_runner_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --runner, --direct-mode, --workers, --dask-address, --dask-workers to a CLI."""
     group = parser.add_argument_group("Beam runner")
     group.add_argument("--runner", choices=RUNNERS, default="direct")
-    group.add_argument("--direct-mode", choices=("auto",) + DIRECT_MODES, default="auto",
-                       help="direct running mode; auto: multi_processing for "
-                            f">= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
-                            "else in_memory")
-    group.add_argument("--workers", type=positive_int, default=2,
-                       help="direct_num_workers; with --runner dask and neither --dask-address "
-                            "nor --dask-workers, the size of the local dask cluster")
+    group.add_argument(
+        "--direct-mode",
+        choices=("auto",) + DIRECT_MODES,
+        default="auto",
+        help="direct running mode; auto: multi_processing for "
+        f">= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
+        "else in_memory",
+    )
+    group.add_argument(
+        "--workers",
+        type=positive_int,
+        default=2,
+        help="direct_num_workers; with --runner dask and neither --dask-address "
+        "nor --dask-workers, the size of the local dask cluster",
+    )
     group.add_argument("--dask-address", default=None, help="dask scheduler, tcp://HOST:PORT")
-    group.add_argument("--dask-workers", type=positive_int, default=None,
-                       help="start a local dask.distributed cluster with N worker processes")
+    group.add_argument(
+        "--dask-workers",
+        type=positive_int,
+        default=None,
+        help="start a local dask.distributed cluster with N worker processes",
+    )
 
 
 @contextlib.contextmanager
-def runner_args_from_flags(args: argparse.Namespace, num_images: int,
-                           extra: Sequence[str] = ()) -> Iterator[list[str]]:
+def runner_args_from_flags(
+    args: argparse.Namespace, num_images: int, extra: Sequence[str] = ()
+) -> Iterator[list[str]]:
     """Beam arguments for parsed `add_runner_flags` flags; starts (and finally stops) a local
     dask cluster for `--runner dask` without `--dask-address`.
 
@@ -179,12 +203,19 @@ def runner_args_from_flags(args: argparse.Namespace, num_images: int,
     if args.runner != "dask" and (args.dask_address or args.dask_workers):
         raise ValueError("--dask-address and --dask-workers need --runner dask")
     if args.dask_address and args.dask_workers:
-        raise ValueError("give --dask-address (an existing cluster) or --dask-workers (a new "
-                         "local cluster), not both")
+        raise ValueError(
+            "give --dask-address (an existing cluster) or --dask-workers (a new "
+            "local cluster), not both"
+        )
     mode = choose_direct_mode(num_images) if args.direct_mode == "auto" else args.direct_mode
     if args.runner != "dask" or args.dask_address:
-        yield beam_pipeline_args(args.runner, mode=mode, workers=args.workers,
-                                 dask_address=args.dask_address, extra=extra)
+        yield beam_pipeline_args(
+            args.runner,
+            mode=mode,
+            workers=args.workers,
+            dask_address=args.dask_address,
+            extra=extra,
+        )
         return
     workers = args.dask_workers or args.workers
     with local_dask_cluster(workers) as address:

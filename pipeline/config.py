@@ -10,6 +10,7 @@ over the file. `training_config_from_args(args, loss)` turns the parsed flags in
 Training flags default to None, meaning "TrainConfig's default"; `--quick` (QUICK_SETTINGS) and,
 for run.py only, PIPELINE_DEFAULTS (its 15-minute budget) fill flags that are still unset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ TUNERS = ("random", "bayesian", "hyperband")
 
 #: What `--quick` sets for flags not given explicitly: a smoke test of the whole pipeline (a few
 #: epochs on a subset of the training data, in-process Beam, 200 test images per class).
-QUICK_SETTINGS = {"epochs": 2, "max_train_examples": 3000, "beam_mode": "in_memory",
-                  "eval_test_per_class": 200}
+QUICK_SETTINGS = {
+    "epochs": 2,
+    "max_train_examples": 3000,
+    "beam_mode": "in_memory",
+    "eval_test_per_class": 200,
+}
 
 #: What `python pipeline/run.py` uses for flags left unset (after --quick). Training flags left
 #: unset take TrainConfig's defaults (6 epochs), the one place they are defined.
@@ -66,7 +71,8 @@ def parse_losses(text: str | Sequence[str]) -> tuple[str, ...]:
     for name in names:
         if name not in LOSS_NAMES:
             raise argparse.ArgumentTypeError(
-                f"--losses: unknown loss {name!r}; expected names from {', '.join(LOSS_NAMES)}")
+                f"--losses: unknown loss {name!r}; expected names from {', '.join(LOSS_NAMES)}"
+            )
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"--losses {','.join(names)}: a loss is repeated")
     return tuple(names)
@@ -77,9 +83,13 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     if any("--config" in action.option_strings for action in parser._actions):
         return
     parser.add_argument(
-        "--config", type=Path, default=None, metavar="FILE.yaml",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE.yaml",
         help="YAML file of flag settings (keys are flag names, e.g. `epochs: 30`, `losses: "
-             "[ce, lade]`); command-line flags override it")
+        "[ce, lade]`); command-line flags override it",
+    )
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,68 +99,146 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     """
     add_config_flag(parser)
     group = parser.add_argument_group("training (TrainConfig; unset = TrainConfig default)")
-    group.add_argument("--alpha", type=_non_negative_float, default=None,
-                       help="LADE: weight of the LADER regulariser")
-    group.add_argument("--lambda", dest="remine_lambda", type=_non_negative_float, default=None,
-                       help="LADE: ReMINE regularisation lambda on the DV term")
-    group.add_argument("--importance", choices=("sample", "class"), default=None,
-                       help="LADE importance weights: sample (paper) or class (reference code)")
-    group.add_argument("--lader-classes", choices=("all", "present"), default=None,
-                       help="LADE: classes summed in LADER (all, or those present in the batch)")
-    group.add_argument("--tau", type=_non_negative_float, default=None,
-                       help="logit-adjusted loss temperature tau")
-    group.add_argument("--arch", default=None,
-                       help="auto | small_cnn | resnet32 | resnet32_bbn | app:<KerasAppName>")
+    group.add_argument(
+        "--alpha",
+        type=_non_negative_float,
+        default=None,
+        help="LADE: weight of the LADER regulariser",
+    )
+    group.add_argument(
+        "--lambda",
+        dest="remine_lambda",
+        type=_non_negative_float,
+        default=None,
+        help="LADE: ReMINE regularisation lambda on the DV term",
+    )
+    group.add_argument(
+        "--importance",
+        choices=("sample", "class"),
+        default=None,
+        help="LADE importance weights: sample (paper) or class (reference code)",
+    )
+    group.add_argument(
+        "--lader-classes",
+        choices=("all", "present"),
+        default=None,
+        help="LADE: classes summed in LADER (all, or those present in the batch)",
+    )
+    group.add_argument(
+        "--tau", type=_non_negative_float, default=None, help="logit-adjusted loss temperature tau"
+    )
+    group.add_argument(
+        "--arch",
+        default=None,
+        help="auto | small_cnn | resnet32 | resnet32_bbn | app:<KerasAppName>",
+    )
     group.add_argument("--epochs", type=_positive_int, default=None)
     group.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
     group.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
-    group.add_argument("--learning-rate", "--lr", dest="learning_rate", type=_positive_float,
-                       default=None, help="peak learning rate (after warm-up)")
-    group.add_argument("--schedule", choices=("cosine", "step", "constant"), default=None,
-                       help="learning-rate decay after the linear warm-up")
+    group.add_argument(
+        "--learning-rate",
+        "--lr",
+        dest="learning_rate",
+        type=_positive_float,
+        default=None,
+        help="peak learning rate (after warm-up)",
+    )
+    group.add_argument(
+        "--schedule",
+        choices=("cosine", "step", "constant"),
+        default=None,
+        help="learning-rate decay after the linear warm-up",
+    )
     group.add_argument("--warmup-epochs", type=_non_negative_float, default=None)
     group.add_argument("--weight-decay", type=_non_negative_float, default=None)
     group.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum")
     group.add_argument("--seed", type=int, default=None, help="training seed")
-    group.add_argument("--strategy", choices=STRATEGIES, default=None,
-                       help="tf.distribute strategy")
-    group.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="mixed_float16 compute (losses stay float32)")
-    group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
-                       help="compile the train step with XLA (jit_compile)")
-    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="data augmentation suited to the images (crop+flip for 32x32 RGB)")
-    group.add_argument("--max-train-examples", type=_positive_int, default=None,
-                       help="train on at most this many examples (default: all)")
+    group.add_argument(
+        "--strategy", choices=STRATEGIES, default=None, help="tf.distribute strategy"
+    )
+    group.add_argument(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed_float16 compute (losses stay float32)",
+    )
+    group.add_argument(
+        "--xla",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the train step with XLA (jit_compile)",
+    )
+    group.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="data augmentation suited to the images (crop+flip for 32x32 RGB)",
+    )
+    group.add_argument(
+        "--max-train-examples",
+        type=_positive_int,
+        default=None,
+        help="train on at most this many examples (default: all)",
+    )
     if not any("--quick" in action.option_strings for action in parser._actions):
-        group.add_argument("--quick", action="store_true", default=False,
-                           help="smoke test: unless given explicitly, " + ", ".join(
-                               f"{k}={v}" for k, v in QUICK_SETTINGS.items()))
+        group.add_argument(
+            "--quick",
+            action="store_true",
+            default=False,
+            help="smoke test: unless given explicitly, "
+            + ", ".join(f"{k}={v}" for k, v in QUICK_SETTINGS.items()),
+        )
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Adds the data flags (long-tailed set built by LongTailExampleGen / pipeline.prepare)."""
     group = parser.add_argument_group("data")
-    group.add_argument("--source", default="fashion_mnist",
-                       help="fashion_mnist | tfds:<name> | folder:<path> | idx:<dir> "
-                            "(docs/design.md section 3)")
-    group.add_argument("--imbalance-ratio", type=_positive_float, default=100.0,
-                       help="IR = n_max / n_min of the long-tailed training set")
-    group.add_argument("--profile", choices=("exp", "step"), default="exp",
-                       help="long-tail profile")
-    group.add_argument("--val-per-class", type=int, default=20,
-                       help="balanced validation images per class, held out first")
-    group.add_argument("--n-max", type=_positive_int, default=None,
-                       help="images of the most frequent class (default: the most every class "
-                            "can still supply after validation)")
+    group.add_argument(
+        "--source",
+        default="fashion_mnist",
+        help="fashion_mnist | tfds:<name> | folder:<path> | idx:<dir> (docs/design.md section 3)",
+    )
+    group.add_argument(
+        "--imbalance-ratio",
+        type=_positive_float,
+        default=100.0,
+        help="IR = n_max / n_min of the long-tailed training set",
+    )
+    group.add_argument(
+        "--profile", choices=("exp", "step"), default="exp", help="long-tail profile"
+    )
+    group.add_argument(
+        "--val-per-class",
+        type=int,
+        default=20,
+        help="balanced validation images per class, held out first",
+    )
+    group.add_argument(
+        "--n-max",
+        type=_positive_int,
+        default=None,
+        help="images of the most frequent class (default: the most every class "
+        "can still supply after validation)",
+    )
     group.add_argument("--data-seed", type=int, default=0, help="seed of the subsampling")
-    group.add_argument("--class-order", choices=("label", "random"), default="label",
-                       help="which classes are the head: label order, or a seeded permutation")
-    group.add_argument("--test-fraction", type=float, default=None,
-                       help="hold out this fraction of every class as test (sources without a "
-                            "test split)")
-    group.add_argument("--image-size", default=None, metavar="HxW",
-                       help="resize every image (default: the source's one common size)")
+    group.add_argument(
+        "--class-order",
+        choices=("label", "random"),
+        default="label",
+        help="which classes are the head: label order, or a seeded permutation",
+    )
+    group.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="hold out this fraction of every class as test (sources without a test split)",
+    )
+    group.add_argument(
+        "--image-size",
+        default=None,
+        metavar="HxW",
+        help="resize every image (default: the source's one common size)",
+    )
     group.add_argument("--tfds-data-dir", default=None, help="TFDS data directory (tfds: sources)")
 
 
@@ -159,54 +247,117 @@ def add_tuner_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tuning (KerasTuner over LADE's alpha)")
     group.add_argument("--tuner", choices=TUNERS, default="random", help="search algorithm")
     group.add_argument("--max-trials", type=_positive_int, default=8, help="number of trials")
-    group.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=False,
-                       help="also search LADE's lambda")
-    group.add_argument("--trial-epochs", type=_positive_int, default=None,
-                       help="epochs per trial (default: --epochs)")
+    group.add_argument(
+        "--tune-lambda",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also search LADE's lambda",
+    )
+    group.add_argument(
+        "--trial-epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs per trial (default: --epochs)",
+    )
 
 
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """Adds the orchestration flags of pipeline/run.py (runner, outputs, Beam, push)."""
     group = parser.add_argument_group("pipeline")
-    group.add_argument("--runner", choices=RUNNERS, default="local",
-                       help="local: LocalDagRunner; beam: BeamDagRunner; kubeflow: compile a "
-                            "Kubeflow Pipelines / Vertex spec JSON (no cluster needed)")
-    group.add_argument("--losses", type=parse_losses, default=("ce", "lade"),
-                       help=f"comma-separated, one Trainer each, from {','.join(LOSS_NAMES)}")
-    group.add_argument("--tune", action="store_true", default=False,
-                       help="tune LADE's alpha with a Tuner component before training")
-    group.add_argument("--push", default=None, metavar="LOSS",
-                       help="loss whose model is blessed and pushed (default: lade if trained, "
-                            "else the first of --losses)")
-    group.add_argument("--output-dir", type=Path, default=Path("lade_output"),
-                       help="pipeline root, MLMD, report/ and serving_model/ go here")
-    group.add_argument("--pipeline-name", default="lade-tf",
-                       help="TFX pipeline name (Kubeflow needs [a-z0-9][a-z0-9-]*)")
-    group.add_argument("--pipeline-root", default=None,
-                       help="component outputs (default <output-dir>/pipeline_root; a gs:// path "
-                            "for Vertex / Kubeflow)")
-    group.add_argument("--eval-seeds", type=_positive_int, default=3,
-                       help="subsampling seeds per shifted test set (>= 3 for the report)")
-    group.add_argument("--eval-test-per-class", type=int, default=None,
-                       help="test images per class for the shift evaluation (default: all)")
-    group.add_argument("--beam-runner", default="direct",
-                       help="Beam runner for Beam-based components: direct | in_memory | fnapi | "
-                            "dask | flink | spark | dataflow")
-    group.add_argument("--beam-mode", default=None,
-                       choices=("multi_processing", "multi_threading", "in_memory"),
-                       help="DirectRunner running mode (default: multi_processing)")
-    group.add_argument("--beam-workers", type=_positive_int, default=2,
-                       help="Beam worker processes (DirectRunner)")
-    group.add_argument("--dask-address", default=None,
-                       help="scheduler address for --beam-runner=dask")
-    group.add_argument("--beam-arg", dest="beam_args", action="append", default=[],
-                       metavar="ARG", help="extra Beam pipeline flag, passed through verbatim "
-                                           "(repeatable), e.g. --beam-arg=--flink_master=host:8081")
-    group.add_argument("--kubeflow-image", default="gcr.io/tfx-oss-public/tfx:1.16.0",
-                       help="container image of the compiled Kubeflow/Vertex pipeline (must have "
-                            "this project installed)")
-    group.add_argument("--kubeflow-output", type=Path, default=None,
-                       help="spec file to write (default: <output-dir>/kubeflow/<name>.json)")
+    group.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="local",
+        help="local: LocalDagRunner; beam: BeamDagRunner; kubeflow: compile a "
+        "Kubeflow Pipelines / Vertex spec JSON (no cluster needed)",
+    )
+    group.add_argument(
+        "--losses",
+        type=parse_losses,
+        default=("ce", "lade"),
+        help=f"comma-separated, one Trainer each, from {','.join(LOSS_NAMES)}",
+    )
+    group.add_argument(
+        "--tune",
+        action="store_true",
+        default=False,
+        help="tune LADE's alpha with a Tuner component before training",
+    )
+    group.add_argument(
+        "--push",
+        default=None,
+        metavar="LOSS",
+        help="loss whose model is blessed and pushed (default: lade if trained, "
+        "else the first of --losses)",
+    )
+    group.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("lade_output"),
+        help="pipeline root, MLMD, report/ and serving_model/ go here",
+    )
+    group.add_argument(
+        "--pipeline-name",
+        default="lade-tf",
+        help="TFX pipeline name (Kubeflow needs [a-z0-9][a-z0-9-]*)",
+    )
+    group.add_argument(
+        "--pipeline-root",
+        default=None,
+        help="component outputs (default <output-dir>/pipeline_root; a gs:// path "
+        "for Vertex / Kubeflow)",
+    )
+    group.add_argument(
+        "--eval-seeds",
+        type=_positive_int,
+        default=3,
+        help="subsampling seeds per shifted test set (>= 3 for the report)",
+    )
+    group.add_argument(
+        "--eval-test-per-class",
+        type=int,
+        default=None,
+        help="test images per class for the shift evaluation (default: all)",
+    )
+    group.add_argument(
+        "--beam-runner",
+        default="direct",
+        help="Beam runner for Beam-based components: direct | in_memory | fnapi | "
+        "dask | flink | spark | dataflow",
+    )
+    group.add_argument(
+        "--beam-mode",
+        default=None,
+        choices=("multi_processing", "multi_threading", "in_memory"),
+        help="DirectRunner running mode (default: multi_processing)",
+    )
+    group.add_argument(
+        "--beam-workers", type=_positive_int, default=2, help="Beam worker processes (DirectRunner)"
+    )
+    group.add_argument(
+        "--dask-address", default=None, help="scheduler address for --beam-runner=dask"
+    )
+    group.add_argument(
+        "--beam-arg",
+        dest="beam_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra Beam pipeline flag, passed through verbatim "
+        "(repeatable), e.g. --beam-arg=--flink_master=host:8081",
+    )
+    group.add_argument(
+        "--kubeflow-image",
+        default="gcr.io/tfx-oss-public/tfx:1.16.0",
+        help="container image of the compiled Kubeflow/Vertex pipeline (must have "
+        "this project installed)",
+    )
+    group.add_argument(
+        "--kubeflow-output",
+        type=Path,
+        default=None,
+        help="spec file to write (default: <output-dir>/kubeflow/<name>.json)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python pipeline/run.py",
         description="Long-tailed training (CE, LADE, ...) and label-shift evaluation as a TFX "
-                    "pipeline: LongTailExampleGen -> StatisticsGen -> SchemaGen -> "
-                    "ExampleValidator -> [Tuner] -> Trainer per loss -> ShiftEvaluator -> Pusher.")
+        "pipeline: LongTailExampleGen -> StatisticsGen -> SchemaGen -> "
+        "ExampleValidator -> [Tuner] -> Trainer per loss -> ShiftEvaluator -> Pusher.",
+    )
     add_pipeline_flags(parser)
     add_data_flags(parser)
     add_training_flags(parser)
@@ -235,8 +387,9 @@ def load_config_file(path: str | os.PathLike, parser: argparse.ArgumentParser) -
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"--config {path}: expected a mapping of flag names to values, "
-                         f"got {type(raw).__name__}")
+        raise ValueError(
+            f"--config {path}: expected a mapping of flag names to values, got {type(raw).__name__}"
+        )
     actions = {}
     for action in parser._actions:
         if action.dest in ("help", "config"):
@@ -249,8 +402,9 @@ def load_config_file(path: str | os.PathLike, parser: argparse.ArgumentParser) -
         action = actions.get(str(key).replace("-", "_"))
         if action is None:
             known = sorted({a.dest for a in actions.values()})
-            raise ValueError(f"--config {path}: unknown setting {key!r}; known settings: "
-                             f"{', '.join(known)}")
+            raise ValueError(
+                f"--config {path}: unknown setting {key!r}; known settings: {', '.join(known)}"
+            )
         values[action.dest] = _convert_config_value(path, key, value, action)
     return values
 
@@ -271,14 +425,19 @@ def _convert_config_value(path: Any, key: Any, value: Any, action: argparse.Acti
             value = action.type(str(value)) if not isinstance(value, bool) else value
         if action.choices is not None and value not in action.choices:
             raise argparse.ArgumentTypeError(
-                f"{value!r} is not one of {', '.join(map(str, action.choices))}")
+                f"{value!r} is not one of {', '.join(map(str, action.choices))}"
+            )
         return value
     except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
         raise ValueError(f"--config {path}: setting {key!r}: {error}") from None
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
-               unset_defaults: Mapping[str, Any] | None = None) -> argparse.Namespace:
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    *,
+    unset_defaults: Mapping[str, Any] | None = None,
+) -> argparse.Namespace:
     """Parses argv, with `--config FILE.yaml` values as defaults that explicit flags override.
 
     Flags still unset (None) afterwards take QUICK_SETTINGS when `--quick` is on, then
@@ -321,8 +480,9 @@ def training_config_from_args(args: argparse.Namespace, loss: str | None = None)
     loss = loss or getattr(args, "loss", None) or "lade"
     if loss not in LOSS_NAMES:
         raise ValueError(f"loss = {loss!r}: expected one of {', '.join(LOSS_NAMES)}")
-    option_fields = {name for other in LOSS_NAMES
-                     for name in TrainConfig(loss=other).loss_options()}
+    option_fields = {
+        name for other in LOSS_NAMES for name in TrainConfig(loss=other).loss_options()
+    }
     own_options = set(TrainConfig(loss=loss).loss_options())
     values: dict[str, Any] = {"loss": loss}
     for field in TRAINING_FIELDS:

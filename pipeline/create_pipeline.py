@@ -6,6 +6,7 @@ picks the runner. User code is referenced by function path (`pipeline.trainer.ru
 `module_file`, so every process (Beam workers, a Kubeflow/Vertex container) imports the installed
 package (see STACK_NOTES).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,20 +29,20 @@ def trainer_id(loss: str) -> str:
 
 
 def create_pipeline(
-        pipeline_name: str,
-        pipeline_root: str,
-        *,
-        train_configs: Mapping[str, Mapping[str, Any]],
-        example_gen_args: Mapping[str, Any],
-        serving_model_dir: str,
-        push: str = "lade",
-        eval_seeds: int = 3,
-        eval_test_per_class: int = 0,
-        tune: bool = False,
-        tuner_config: Mapping[str, Any] | None = None,
-        metadata_path: str | None = None,
-        beam_pipeline_args: Sequence[str] = (),
-        enable_cache: bool = True,
+    pipeline_name: str,
+    pipeline_root: str,
+    *,
+    train_configs: Mapping[str, Mapping[str, Any]],
+    example_gen_args: Mapping[str, Any],
+    serving_model_dir: str,
+    push: str = "lade",
+    eval_seeds: int = 3,
+    eval_test_per_class: int = 0,
+    tune: bool = False,
+    tuner_config: Mapping[str, Any] | None = None,
+    metadata_path: str | None = None,
+    beam_pipeline_args: Sequence[str] = (),
+    enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
     """Builds the long-tail training and label-shift evaluation pipeline.
 
@@ -77,16 +78,20 @@ def create_pipeline(
     if push not in losses:
         raise ValueError(f"push = {push!r}: expected one of the trained losses {losses}")
     if tune and not any(loss in TUNED_LOSSES for loss in losses):
-        raise ValueError(f"tune=True needs one of {TUNED_LOSSES} among the losses {losses}: "
-                         "the Tuner searches LADE's alpha")
+        raise ValueError(
+            f"tune=True needs one of {TUNED_LOSSES} among the losses {losses}: "
+            "the Tuner searches LADE's alpha"
+        )
 
     example_gen = LongTailExampleGen(**example_gen_args)
     examples = example_gen.outputs["examples"]
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
+    )
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
     components: list[Any] = [example_gen, statistics_gen, schema_gen, example_validator]
 
     train_args = tfx.proto.TrainArgs(splits=["train"])
@@ -95,19 +100,31 @@ def create_pipeline(
     if tune:
         tuned_loss = next(loss for loss in losses if loss in TUNED_LOSSES)
         tuner = tfx.components.Tuner(
-            examples=examples, schema=schema_gen.outputs["schema"], tuner_fn=TUNER_FN,
-            train_args=train_args, eval_args=eval_args,
-            custom_config={"train_config": dict(train_configs[tuned_loss]),
-                           "tuner": dict(tuner_config or {})})
+            examples=examples,
+            schema=schema_gen.outputs["schema"],
+            tuner_fn=TUNER_FN,
+            train_args=train_args,
+            eval_args=eval_args,
+            custom_config={
+                "train_config": dict(train_configs[tuned_loss]),
+                "tuner": dict(tuner_config or {}),
+            },
+        )
         components.append(tuner)
 
     trainers = {}
     for loss in losses:
         trainers[loss] = tfx.components.Trainer(
-            examples=examples, schema=schema_gen.outputs["schema"], run_fn=RUN_FN,
-            hyperparameters=(tuner.outputs["best_hyperparameters"]
-                             if tuner is not None and loss in TUNED_LOSSES else None),
-            train_args=train_args, eval_args=eval_args,
+            examples=examples,
+            schema=schema_gen.outputs["schema"],
+            run_fn=RUN_FN,
+            hyperparameters=(
+                tuner.outputs["best_hyperparameters"]
+                if tuner is not None and loss in TUNED_LOSSES
+                else None
+            ),
+            train_args=train_args,
+            eval_args=eval_args,
             custom_config={"train_config": dict(train_configs[loss])},
         ).with_id(trainer_id(loss))
     components.extend(trainers.values())
@@ -116,13 +133,22 @@ def create_pipeline(
     for loss, trainer in trainers.items():
         model_inputs[f"{loss}_model"] = trainer.outputs["model"]
         model_inputs[f"{loss}_model_run"] = trainer.outputs["model_run"]
-    evaluator = ShiftEvaluator(examples=examples, push=push, num_seeds=eval_seeds,
-                               test_per_class=eval_test_per_class, **model_inputs)
+    evaluator = ShiftEvaluator(
+        examples=examples,
+        push=push,
+        num_seeds=eval_seeds,
+        test_per_class=eval_test_per_class,
+        **model_inputs,
+    )
     pusher = tfx.components.Pusher(
-        model=trainers[push].outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=trainers[push].outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.fspath(serving_model_dir))))
+                base_directory=os.fspath(serving_model_dir)
+            )
+        ),
+    )
     components += [evaluator, pusher]
 
     return tfx.dsl.Pipeline(
@@ -132,6 +158,8 @@ def create_pipeline(
         enable_cache=enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path))
-            if metadata_path is not None else None),
+            if metadata_path is not None
+            else None
+        ),
         beam_pipeline_args=list(beam_pipeline_args),
     )

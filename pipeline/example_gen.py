@@ -9,6 +9,7 @@ counts are also set as custom properties of the artifact (JSON strings).
     example_gen = LongTailExampleGen(source="folder:/data/cifar10", imbalance_ratio=100.0)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
 """
+
 # No `from __future__ import annotations`: the TFX decorator reads the annotations as types.
 import json
 
@@ -51,11 +52,23 @@ def LongTailExampleGen(  # pylint: disable=invalid-name  (TFX component names ar
         beam_pipeline: provided by TFX.
     """
     config = PrepareConfig(
-        imbalance_ratio=imbalance_ratio, n_max=n_max, profile=profile,
-        val_per_class=val_per_class, seed=seed, class_order=class_order,
-        test_fraction=test_fraction, image_size=parse_image_size(image_size))
-    info = prepare_examples(source, examples.uri, config, pipeline=beam_pipeline, overwrite=True,
-                            tfds_data_dir=tfds_data_dir)
+        imbalance_ratio=imbalance_ratio,
+        n_max=n_max,
+        profile=profile,
+        val_per_class=val_per_class,
+        seed=seed,
+        class_order=class_order,
+        test_fraction=test_fraction,
+        image_size=parse_image_size(image_size),
+    )
+    info = prepare_examples(
+        source,
+        examples.uri,
+        config,
+        pipeline=beam_pipeline,
+        overwrite=True,
+        tfds_data_dir=tfds_data_dir,
+    )
     examples.splits = list(SPLITS)
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples.set_string_custom_property("class_names", json.dumps(info["class_names"]))

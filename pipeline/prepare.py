@@ -21,6 +21,7 @@ which is what Beam's DaskRunner translates correctly (it merges tagged outputs, 
 computes side inputs from inside worker tasks, and computes only the last transform's bag, so the
 last transform here depends on every write).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from lade_tf.priors import PROFILES, long_tail_counts
 from lade_tf.records import CLASS_INFO_FILE, SPLITS, encode_example
 from pipeline import beam_args
-from pipeline.sources import (Source, SkippedFile, SourceImage, conform_image, read_unit,
-                              resolve_source)
+from pipeline.sources import (
+    SkippedFile,
+    Source,
+    SourceImage,
+    conform_image,
+    read_unit,
+    resolve_source,
+)
 
 CLASS_ORDERS = ("label", "random")
 EXAMPLES_PER_SHARD = 5000
@@ -73,6 +80,7 @@ class PrepareConfig:
             test (0 < f < 1); must be None when the source has a test split.
         image_size: (height, width) to resize every image to; None requires one common size.
     """
+
     imbalance_ratio: float = 100.0
     n_max: int | None = None
     profile: str = "exp"
@@ -84,8 +92,10 @@ class PrepareConfig:
 
     def __post_init__(self):
         if not math.isfinite(self.imbalance_ratio) or self.imbalance_ratio < 1:
-            raise ValueError(f"imbalance_ratio = {self.imbalance_ratio!r}: expected a finite "
-                             "number >= 1 (n_max / n_min; 1 gives a balanced training split)")
+            raise ValueError(
+                f"imbalance_ratio = {self.imbalance_ratio!r}: expected a finite "
+                "number >= 1 (n_max / n_min; 1 gives a balanced training split)"
+            )
         if self.n_max is not None and (not isinstance(self.n_max, int) or self.n_max < 1):
             raise ValueError(f"n_max = {self.n_max!r}: expected an integer >= 1 or None")
         if self.profile not in PROFILES:
@@ -102,6 +112,7 @@ class PrepareConfig:
 
 class ImageSummary(NamedTuple):
     """What planning needs to know about one image (no pixels)."""
+
     key: str
     label: int
     origin: str
@@ -112,6 +123,7 @@ class ImageSummary(NamedTuple):
 
 class Assignment(NamedTuple):
     """Where one image goes: split, shard file and position in it, and the target shape."""
+
     split: str
     shard: int
     num_shards: int
@@ -124,6 +136,7 @@ class Assignment(NamedTuple):
 @dataclasses.dataclass
 class SplitPlan:
     """Per-image assignments plus the `class_info.json` content; `info["error"]` set on failure."""
+
     assignments: dict[str, Assignment]
     info: dict
 
@@ -141,8 +154,9 @@ def _frequency_order(num_classes: int, config: PrepareConfig) -> list[int]:
     return np.random.default_rng(config.seed).permutation(num_classes).tolist()
 
 
-def _choose_n_max(available: list[int], order: list[int], class_names: Sequence[str],
-                  config: PrepareConfig) -> tuple[int, list[str]]:
+def _choose_n_max(
+    available: list[int], order: list[int], class_names: Sequence[str], config: PrepareConfig
+) -> tuple[int, list[str]]:
     """n_max to use (default, requested, or capped) and the warnings about capping."""
     if config.n_max is None:
         return min(available), []
@@ -162,20 +176,25 @@ def _choose_n_max(available: list[int], order: list[int], class_names: Sequence[
         middle = (low + high) // 2
         low, high = (middle, high) if shortfall(middle) is None else (low, middle)
     label, wanted = short
-    warning = (f"n_max={config.n_max} needs {wanted} training images of class "
-               f"{class_names[label]!r} (label {label}), which has {available[label]} left after "
-               f"{config.val_per_class} validation images; capped to n_max={low}")
+    warning = (
+        f"n_max={config.n_max} needs {wanted} training images of class "
+        f"{class_names[label]!r} (label {label}), which has {available[label]} left after "
+        f"{config.val_per_class} validation images; capped to n_max={low}"
+    )
     return low, [warning]
 
 
 def _size_error(sizes: dict[tuple[int, int], list[str]]) -> str:
-    listing = ", ".join(f"{h}x{w} ({len(keys)} images, e.g. {sorted(keys)[0]!r})"
-                        for (h, w), keys in sorted(sizes.items(), key=lambda kv: -len(kv[1])))
+    listing = ", ".join(
+        f"{h}x{w} ({len(keys)} images, e.g. {sorted(keys)[0]!r})"
+        for (h, w), keys in sorted(sizes.items(), key=lambda kv: -len(kv[1]))
+    )
     return f"images have different sizes: {listing}; pass --image-size HxW to resize them"
 
 
-def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
-                config: PrepareConfig) -> SplitPlan:
+def plan_splits(
+    summaries: Iterable[ImageSummary], class_names: Sequence[str], config: PrepareConfig
+) -> SplitPlan:
     """Assigns every image to train, val, test or nothing; the result ignores input order.
 
     Per class (label c, rank k in the frequency order): images of the train pool sorted by
@@ -206,14 +225,18 @@ def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
     has_test = any(test)
     if config.test_fraction is not None:
         if has_test:
-            raise ValueError(f"test_fraction = {config.test_fraction}: the source has its own "
-                             "test split; --test-fraction is only for a single class tree")
+            raise ValueError(
+                f"test_fraction = {config.test_fraction}: the source has its own "
+                "test split; --test-fraction is only for a single class tree"
+            )
         for label, name in enumerate(class_names):
             ranked = sorted(pool[label], key=lambda k: _rank(config.seed, "test", k))
             n_test = round(config.test_fraction * len(ranked))
             if not 1 <= n_test < len(ranked):
-                raise ValueError(f"test_fraction = {config.test_fraction}: class {name!r} has "
-                                 f"{len(ranked)} images, giving {n_test} test images")
+                raise ValueError(
+                    f"test_fraction = {config.test_fraction}: class {name!r} has "
+                    f"{len(ranked)} images, giving {n_test} test images"
+                )
             test[label], pool[label] = ranked[:n_test], ranked[n_test:]
     elif not has_test:
         raise ValueError("the source has no test split: pass --test-fraction (e.g. 0.2)")
@@ -226,7 +249,7 @@ def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
     elif len(sizes) > 1:
         raise ValueError(_size_error(sizes))
     else:
-        (height, width), = sizes
+        ((height, width),) = sizes
 
     val_per_class = config.val_per_class
     for label, name in enumerate(class_names):
@@ -234,7 +257,8 @@ def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
             raise ValueError(
                 f"class {name!r} (label {label}) has {len(pool[label])} readable training images; "
                 f"{val_per_class} go to validation and at least 1 must remain for training "
-                "(lower --val-per-class)")
+                "(lower --val-per-class)"
+            )
     available = [len(keys) - val_per_class for keys in pool]
     order = _frequency_order(num_classes, config)
     n_max, warnings = _choose_n_max(available, order, class_names, config)
@@ -244,17 +268,21 @@ def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
         train_counts[label] = by_rank[rank]
     if min(train_counts) < 1:
         label = train_counts.index(0)
-        raise ValueError(f"imbalance_ratio = {config.imbalance_ratio} with n_max = {n_max} leaves "
-                         f"class {class_names[label]!r} (label {label}) no training image; "
-                         "lower the imbalance ratio")
+        raise ValueError(
+            f"imbalance_ratio = {config.imbalance_ratio} with n_max = {n_max} leaves "
+            f"class {class_names[label]!r} (label {label}) no training image; "
+            "lower the imbalance ratio"
+        )
 
     split_keys = {split: [] for split in SPLITS}
     label_of = {}
     for label in range(num_classes):
         ranked = sorted(pool[label], key=lambda k: _rank(config.seed, "split", k))
-        chosen = {"val": ranked[:val_per_class],
-                  "train": ranked[val_per_class:val_per_class + train_counts[label]],
-                  "test": test[label]}
+        chosen = {
+            "val": ranked[:val_per_class],
+            "train": ranked[val_per_class : val_per_class + train_counts[label]],
+            "test": test[label],
+        }
         for split, keys in chosen.items():
             split_keys[split] += keys
             label_of.update((k, label) for k in keys)
@@ -263,18 +291,35 @@ def plan_splits(summaries: Iterable[ImageSummary], class_names: Sequence[str],
     for split, keys in split_keys.items():
         num_shards[split] = max(1, math.ceil(len(keys) / EXAMPLES_PER_SHARD))
         for i, key in enumerate(sorted(keys, key=lambda k: _rank(config.seed, "order", k))):
-            assignments[key] = Assignment(split, i % num_shards[split], num_shards[split],
-                                          i // num_shards[split], height, width, channels)
+            assignments[key] = Assignment(
+                split,
+                i % num_shards[split],
+                num_shards[split],
+                i // num_shards[split],
+                height,
+                width,
+                channels,
+            )
         counts[split] = np.bincount([label_of[k] for k in keys], minlength=num_classes).tolist()
     info = {
-        "class_names": list(class_names), "counts": counts,
-        "height": height, "width": width, "channels": channels,
-        "profile": config.profile, "imbalance_ratio": config.imbalance_ratio, "n_max": n_max,
-        "n_max_requested": config.n_max, "val_per_class": val_per_class, "seed": config.seed,
-        "class_order": config.class_order, "frequency_order": order,
+        "class_names": list(class_names),
+        "counts": counts,
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "profile": config.profile,
+        "imbalance_ratio": config.imbalance_ratio,
+        "n_max": n_max,
+        "n_max_requested": config.n_max,
+        "val_per_class": val_per_class,
+        "seed": config.seed,
+        "class_order": config.class_order,
+        "frequency_order": order,
         "test_fraction": config.test_fraction,
         "image_size": list(config.image_size) if config.image_size else None,
-        "num_shards": num_shards, "warnings": warnings, "error": None,
+        "num_shards": num_shards,
+        "warnings": warnings,
+        "error": None,
     }
     return SplitPlan(assignments, info)
 
@@ -317,8 +362,10 @@ def _write_shard(keyed_examples, work_dir: str) -> tuple[str, int, str]:
     path = os.path.join(work_dir, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # mtime=0 and no file name in the gzip header: the same examples give the same bytes.
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6,
-                                                  mtime=0, filename="") as f:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename="") as f,
+    ):
         for _, example in examples:
             _TFRecordUtil.write_record(f, example)
     return split, len(examples), name
@@ -338,13 +385,17 @@ def _write_class_info(keyed_parts, work_dir: str, source_info: dict) -> str:
         for split in SPLITS:
             written = sum(n for s, n, _ in shards if s == split)
             if written != sum(info["counts"][split]):
-                info["error"] = (f"internal error: {written} {split} examples written, "
-                                 f"{sum(info['counts'][split])} planned")
+                info["error"] = (
+                    f"internal error: {written} {split} examples written, "
+                    f"{sum(info['counts'][split])} planned"
+                )
             if not any(s == split for s, _, _ in shards):
                 os.makedirs(os.path.join(work_dir, f"Split-{split}"), exist_ok=True)
                 empty = os.path.join(work_dir, f"Split-{split}", "data_tfrecord-00000-of-00001.gz")
-                with open(empty, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                              filename=""):
+                with (
+                    open(empty, "wb") as raw,
+                    gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename=""),
+                ):
                     pass
                 shards.append((split, 0, os.path.relpath(empty, work_dir)))
     info["files"] = sorted(name for _, _, name in shards)
@@ -367,34 +418,53 @@ class WriteLongTailExamples(beam.PTransform):
 
     def expand(self, pbegin):
         source = self._source
-        items = (pbegin
-                 | "ListReadUnits" >> beam.Create(source.units)
-                 | "ReadImages" >> beam.FlatMap(read_unit))
+        items = (
+            pbegin
+            | "ListReadUnits" >> beam.Create(source.units)
+            | "ReadImages" >> beam.FlatMap(read_unit)
+        )
         images = items | "KeepImages" >> beam.Filter(lambda i: isinstance(i, SourceImage))
-        plan = (items
-                | "Summarize" >> beam.Map(_summarize)
-                | "KeyForPlan" >> beam.Map(lambda s: (None, s))
-                | "GatherSummaries" >> beam.GroupByKey()
-                | "PlanSplits" >> beam.Map(functools.partial(
-                    _plan_step, class_names=source.class_names, config=self._config)))
+        plan = (
+            items
+            | "Summarize" >> beam.Map(_summarize)
+            | "KeyForPlan" >> beam.Map(lambda s: (None, s))
+            | "GatherSummaries" >> beam.GroupByKey()
+            | "PlanSplits"
+            >> beam.Map(
+                functools.partial(_plan_step, class_names=source.class_names, config=self._config)
+            )
+        )
         assignments = plan | "Assignments" >> beam.FlatMap(lambda p: p.assignments.items())
         written = (
-            {"image": images | "KeyImages" >> beam.Map(lambda i: (i.key, i)),
-             "assignment": assignments}
+            {
+                "image": images | "KeyImages" >> beam.Map(lambda i: (i.key, i)),
+                "assignment": assignments,
+            }
             | "JoinAssignments" >> beam.CoGroupByKey()
             | "ToExamples" >> beam.FlatMap(_to_example)
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.Map(functools.partial(_write_shard, work_dir=self._work_dir)))
-        source_info = {"source": source.spec, "source_path": source.description,
-                       "ignored_files": source.ignored_files}
+            | "WriteShards" >> beam.Map(functools.partial(_write_shard, work_dir=self._work_dir))
+        )
+        source_info = {
+            "source": source.spec,
+            "source_path": source.description,
+            "ignored_files": source.ignored_files,
+        }
         return (
-            (written | "TagShards" >> beam.Map(lambda s: ("shard", s)),
-             plan | "TagPlan" >> beam.Map(lambda p: ("plan", p.info)))
+            (
+                written | "TagShards" >> beam.Map(lambda s: ("shard", s)),
+                plan | "TagPlan" >> beam.Map(lambda p: ("plan", p.info)),
+            )
             | "FlattenParts" >> beam.Flatten()
             | "KeyForInfo" >> beam.Map(lambda part: (None, part))
             | "GatherParts" >> beam.GroupByKey()
-            | "WriteClassInfo" >> beam.Map(functools.partial(
-                _write_class_info, work_dir=self._work_dir, source_info=source_info)))
+            | "WriteClassInfo"
+            >> beam.Map(
+                functools.partial(
+                    _write_class_info, work_dir=self._work_dir, source_info=source_info
+                )
+            )
+        )
 
 
 def check_writable_location(path: str, name: str, *, in_parent: bool = False) -> None:
@@ -415,14 +485,17 @@ def check_writable_location(path: str, name: str, *, in_parent: bool = False) ->
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=ancestor))
     except OSError as error:
-        raise ValueError(f"{name} = {path!r}: cannot create anything in {ancestor!r} "
-                         f"({error.strerror or error})") from None
+        raise ValueError(
+            f"{name} = {path!r}: cannot create anything in {ancestor!r} ({error.strerror or error})"
+        ) from None
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(f"output_dir = {output_dir!r} exists and is not empty: choose another "
-                         "directory or pass --overwrite")
+        raise ValueError(
+            f"output_dir = {output_dir!r} exists and is not empty: choose another "
+            "directory or pass --overwrite"
+        )
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir = {output_dir!r} exists and is not a directory")
     # The work directory is created next to output_dir, and renamed to it at the end.
@@ -436,11 +509,15 @@ def check_source_config(source: Source, config: PrepareConfig) -> None:
         ValueError: test_fraction given for a source with a test split, or missing without one.
     """
     if config.test_fraction is not None and source.has_test_split:
-        raise ValueError(f"test_fraction = {config.test_fraction}: source {source.spec!r} has its "
-                         "own test split; --test-fraction is only for a single class tree")
+        raise ValueError(
+            f"test_fraction = {config.test_fraction}: source {source.spec!r} has its "
+            "own test split; --test-fraction is only for a single class tree"
+        )
     if config.test_fraction is None and not source.has_test_split:
-        raise ValueError(f"source {source.spec!r} has no test split (no train/ and test/ "
-                         "sub-folders): pass --test-fraction, e.g. 0.2")
+        raise ValueError(
+            f"source {source.spec!r} has no test split (no train/ and test/ "
+            "sub-folders): pass --test-fraction, e.g. 0.2"
+        )
 
 
 def _publish(work_dir: str, output_dir: str) -> None:
@@ -454,9 +531,16 @@ def _publish(work_dir: str, output_dir: str) -> None:
         os.rename(work_dir, output_dir)
 
 
-def prepare_examples(source: str | Source, output_dir: str, config: PrepareConfig | None = None,
-                     *, pipeline_args: Sequence[str] = (), pipeline: beam.Pipeline | None = None,
-                     overwrite: bool = False, tfds_data_dir: str | None = None) -> dict:
+def prepare_examples(
+    source: str | Source,
+    output_dir: str,
+    config: PrepareConfig | None = None,
+    *,
+    pipeline_args: Sequence[str] = (),
+    pipeline: beam.Pipeline | None = None,
+    overwrite: bool = False,
+    tfds_data_dir: str | None = None,
+) -> dict:
     """Runs the preparation and returns the written class_info.
 
     Args:
@@ -487,8 +571,9 @@ def prepare_examples(source: str | Source, output_dir: str, config: PrepareConfi
     try:
         os.makedirs(work_dir)
     except OSError as error:
-        raise ValueError(f"output_dir = {output_dir!r}: cannot create {work_dir!r} "
-                         f"({error.strerror or error})") from None
+        raise ValueError(
+            f"output_dir = {output_dir!r}: cannot create {work_dir!r} ({error.strerror or error})"
+        ) from None
     try:
         if pipeline is None:
             pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
@@ -509,7 +594,7 @@ def prepare_examples(source: str | Source, output_dir: str, config: PrepareConfi
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
-    """"32x32" -> (32, 32); None or "" -> None.
+    """ "32x32" -> (32, 32); None or "" -> None.
 
     Raises:
         ValueError: if the text is not HEIGHTxWIDTH.
@@ -535,22 +620,38 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="python -m pipeline.prepare",
         description="Long-tailed train / balanced val / official test splits as gzip TFRecords. "
-                    "Flags this parser does not know are passed to Beam.")
-    parser.add_argument("--source", default="fashion_mnist",
-                        help="fashion_mnist (default), tfds:NAME, folder:PATH or idx:DIR")
+        "Flags this parser does not know are passed to Beam.",
+    )
+    parser.add_argument(
+        "--source",
+        default="fashion_mnist",
+        help="fashion_mnist (default), tfds:NAME, folder:PATH or idx:DIR",
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--imbalance-ratio", type=float, default=100.0)
-    parser.add_argument("--n-max", type=int, default=None,
-                        help="training images of the head class (default: the most every class "
-                             "can supply after validation)")
+    parser.add_argument(
+        "--n-max",
+        type=int,
+        default=None,
+        help="training images of the head class (default: the most every class "
+        "can supply after validation)",
+    )
     parser.add_argument("--profile", choices=PROFILES, default="exp")
     parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class-order", choices=CLASS_ORDERS, default="label")
-    parser.add_argument("--test-fraction", type=float, default=None,
-                        help="hold out this fraction of each class as test (single-tree folders)")
-    parser.add_argument("--image-size", default=None, metavar="HxW",
-                        help="resize every image (default: all images must have one size)")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="hold out this fraction of each class as test (single-tree folders)",
+    )
+    parser.add_argument(
+        "--image-size",
+        default=None,
+        metavar="HxW",
+        help="resize every image (default: all images must have one size)",
+    )
     parser.add_argument("--tfds-data-dir", default=None)
     parser.add_argument("--overwrite", action="store_true")
     beam_args.add_runner_flags(parser)
@@ -566,25 +667,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         config = PrepareConfig(
-            imbalance_ratio=args.imbalance_ratio, n_max=args.n_max, profile=args.profile,
-            val_per_class=args.val_per_class, seed=args.seed, class_order=args.class_order,
-            test_fraction=args.test_fraction, image_size=parse_image_size(args.image_size))
+            imbalance_ratio=args.imbalance_ratio,
+            n_max=args.n_max,
+            profile=args.profile,
+            val_per_class=args.val_per_class,
+            seed=args.seed,
+            class_order=args.class_order,
+            test_fraction=args.test_fraction,
+            image_size=parse_image_size(args.image_size),
+        )
         _check_output_dir(os.path.abspath(args.output_dir), args.overwrite)
         source = resolve_source(args.source, tfds_data_dir=args.tfds_data_dir)
         with beam_args.runner_args_from_flags(args, source.num_images, extra) as pipeline_args:
-            _LOG.info("source %s: %d images listed, %d classes; Beam args: %s", source.spec,
-                      source.num_images, len(source.class_names), " ".join(pipeline_args))
-            info = prepare_examples(source, args.output_dir, config, pipeline_args=pipeline_args,
-                                    overwrite=args.overwrite)
+            _LOG.info(
+                "source %s: %d images listed, %d classes; Beam args: %s",
+                source.spec,
+                source.num_images,
+                len(source.class_names),
+                " ".join(pipeline_args),
+            )
+            info = prepare_examples(
+                source,
+                args.output_dir,
+                config,
+                pipeline_args=pipeline_args,
+                overwrite=args.overwrite,
+            )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     totals = {split: sum(info["counts"][split]) for split in SPLITS}
-    print(f"wrote {totals['train']} train / {totals['val']} val / {totals['test']} test examples "
-          f"({info['height']}x{info['width']}x{info['channels']}, n_max {info['n_max']}, "
-          f"{info['num_skipped']} skipped) to {os.path.abspath(args.output_dir)} in "
-          f"{seconds:.1f} s ({source.num_images / seconds:.0f} source images/s)")
+    print(
+        f"wrote {totals['train']} train / {totals['val']} val / {totals['test']} test examples "
+        f"({info['height']}x{info['width']}x{info['channels']}, n_max {info['n_max']}, "
+        f"{info['num_skipped']} skipped) to {os.path.abspath(args.output_dir)} in "
+        f"{seconds:.1f} s ({source.num_images / seconds:.0f} source images/s)"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ Everything goes under --output-dir (default ./lade_output): `pipeline_root/` (co
 `serving_model/<version>/` (the pushed SavedModel) and, for Kubeflow, `kubeflow/<name>.json`.
 A rerun with the same flags is served from TFX's cache. All flags: `--help`, and pipeline/config.py.
 """
+
 from __future__ import annotations
 
 import logging as python_logging
@@ -44,30 +45,42 @@ SERVING_MODEL_DIR = "serving_model"
 
 def example_gen_args(args) -> dict[str, Any]:
     """LongTailExampleGen parameters from the data flags."""
-    values = {"source": args.source, "imbalance_ratio": float(args.imbalance_ratio),
-              "profile": args.profile, "val_per_class": int(args.val_per_class),
-              "seed": int(args.data_seed)}
+    values = {
+        "source": args.source,
+        "imbalance_ratio": float(args.imbalance_ratio),
+        "profile": args.profile,
+        "val_per_class": int(args.val_per_class),
+        "seed": int(args.data_seed),
+    }
     # Optional ones only when set: unchanged exec properties keep the cached examples valid.
-    optional = {"n_max": args.n_max, "class_order": None if args.class_order == "label" else
-                args.class_order, "test_fraction": args.test_fraction,
-                "image_size": args.image_size, "tfds_data_dir": args.tfds_data_dir}
+    optional = {
+        "n_max": args.n_max,
+        "class_order": None if args.class_order == "label" else args.class_order,
+        "test_fraction": args.test_fraction,
+        "image_size": args.image_size,
+        "tfds_data_dir": args.tfds_data_dir,
+    }
     values.update({name: value for name, value in optional.items() if value is not None})
     return values
 
 
 def tuner_config(args) -> dict[str, Any]:
     """The Tuner's custom config `tuner` entry (read by pipeline.tuner.tuner_fn)."""
-    return {"tuner": args.tuner, "max_trials": int(args.max_trials),
-            "tune_lambda": bool(args.tune_lambda),
-            "trial_epochs": None if args.trial_epochs is None else int(args.trial_epochs)}
+    return {
+        "tuner": args.tuner,
+        "max_trials": int(args.max_trials),
+        "tune_lambda": bool(args.tune_lambda),
+        "trial_epochs": None if args.trial_epochs is None else int(args.trial_epochs),
+    }
 
 
 def push_loss(args) -> str:
     """The loss whose model is blessed and pushed: --push, else lade if trained, else the first."""
     if args.push is not None:
         if args.push not in args.losses:
-            raise ValueError(f"--push {args.push}: expected one of the trained --losses "
-                             f"{','.join(args.losses)}")
+            raise ValueError(
+                f"--push {args.push}: expected one of the trained --losses {','.join(args.losses)}"
+            )
         return args.push
     return "lade" if "lade" in args.losses else args.losses[0]
 
@@ -82,8 +95,12 @@ def check_local_inputs(args) -> None:
     Raises:
         ValueError: naming the bad flag or file and what was expected.
     """
-    from pipeline.prepare import (PrepareConfig, check_source_config, check_writable_location,
-                                  parse_image_size)
+    from pipeline.prepare import (
+        PrepareConfig,
+        check_source_config,
+        check_writable_location,
+        parse_image_size,
+    )
     from pipeline.sources import resolve_source
 
     check_writable_location(str(args.output_dir), "--output-dir")
@@ -103,8 +120,12 @@ def build_pipeline(args):
 
     output_dir = args.output_dir.resolve()
     beam_args = beam_pipeline_args(
-        args.beam_runner, mode=args.beam_mode,
-        workers=args.beam_workers, dask_address=args.dask_address, extra=tuple(args.beam_args))
+        args.beam_runner,
+        mode=args.beam_mode,
+        workers=args.beam_workers,
+        dask_address=args.dask_address,
+        extra=tuple(args.beam_args),
+    )
     kubeflow = args.runner == "kubeflow"
     pipeline_root = args.pipeline_root or str(output_dir / "pipeline_root")
     if kubeflow:
@@ -117,8 +138,9 @@ def build_pipeline(args):
     return create_pipeline(
         pipeline_name=args.pipeline_name,
         pipeline_root=pipeline_root,
-        train_configs={loss: config.training_config_from_args(args, loss).to_dict()
-                       for loss in args.losses},
+        train_configs={
+            loss: config.training_config_from_args(args, loss).to_dict() for loss in args.losses
+        },
         example_gen_args=example_gen_args(args),
         serving_model_dir=serving_model_dir,
         push=push_loss(args),
@@ -135,13 +157,17 @@ def compile_kubeflow(pipeline, args) -> Path:
     """Writes the Kubeflow V2 (Vertex / KFP v2) pipeline spec JSON; returns its path."""
     from tfx import v1 as tfx
 
-    output = (args.kubeflow_output or
-              args.output_dir / "kubeflow" / f"{args.pipeline_name}.json").resolve()
+    output = (
+        args.kubeflow_output or args.output_dir / "kubeflow" / f"{args.pipeline_name}.json"
+    ).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image=args.kubeflow_image),
-        output_dir=str(output.parent), output_filename=output.name)
+            default_image=args.kubeflow_image
+        ),
+        output_dir=str(output.parent),
+        output_filename=output.name,
+    )
     runner.run(pipeline, write_out=True)
     return output
 
@@ -160,14 +186,16 @@ def run_pipeline(pipeline, runner: str) -> None:
         raise ValueError(f"runner = {runner!r}: expected local or beam here")
 
 
-def latest_outputs(metadata_path: str | os.PathLike, pipeline_name: str,
-                   node_id: str) -> dict[str, list]:
+def latest_outputs(
+    metadata_path: str | os.PathLike, pipeline_name: str, node_id: str
+) -> dict[str, list]:
     """{output key: [MLMD artifacts]} of the latest execution of one component (cached or not)."""
     import ml_metadata as mlmd
     from tfx import v1 as tfx
 
     store = mlmd.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path)))
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path))
+    )
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     if context is None:
         return {}
@@ -176,30 +204,40 @@ def latest_outputs(metadata_path: str | os.PathLike, pipeline_name: str,
         return {}
     latest = max(executions, key=lambda execution: execution.id)
     outputs: dict[str, list] = {}
-    events = [event for event in store.get_events_by_execution_ids([latest.id])
-              if event.type == event.OUTPUT]
-    artifacts = {artifact.id: artifact for artifact in
-                 store.get_artifacts_by_id([event.artifact_id for event in events])}
+    events = [
+        event
+        for event in store.get_events_by_execution_ids([latest.id])
+        if event.type == event.OUTPUT
+    ]
+    artifacts = {
+        artifact.id: artifact
+        for artifact in store.get_artifacts_by_id([event.artifact_id for event in events])
+    }
     for event in events:
         outputs.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
     return outputs
 
 
-def execution_summary(metadata_path: str | os.PathLike,
-                      pipeline_name: str) -> list[tuple[str, str, float]]:
+def execution_summary(
+    metadata_path: str | os.PathLike, pipeline_name: str
+) -> list[tuple[str, str, float]]:
     """(component id, state, seconds) of every execution of the latest run of the pipeline."""
     import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
     from tfx import v1 as tfx
 
     store = mlmd.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path)))
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path))
+    )
     pipeline_context = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline_context is None:
         return []
     pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline_context.id)}
-    runs = [context for context in store.get_contexts_by_type("pipeline_run")
-            if {e.id for e in store.get_executions_by_context(context.id)} & pipeline_executions]
+    runs = [
+        context
+        for context in store.get_contexts_by_type("pipeline_run")
+        if {e.id for e in store.get_executions_by_context(context.id)} & pipeline_executions
+    ]
     if not runs:
         return []
     latest_run = max(runs, key=lambda context: context.id)
@@ -213,9 +251,10 @@ def execution_summary(metadata_path: str | os.PathLike,
             if execution.id not in run_executions:
                 continue
             state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-            seconds = (execution.last_update_time_since_epoch
-                       - execution.create_time_since_epoch) / 1000
-            rows.append((execution.id, context.name[len(prefix):], state, seconds))
+            seconds = (
+                execution.last_update_time_since_epoch - execution.create_time_since_epoch
+            ) / 1000
+            rows.append((execution.id, context.name[len(prefix) :], state, seconds))
     return [row[1:] for row in sorted(rows)]
 
 
@@ -225,8 +264,7 @@ def collect_outputs(args) -> dict[str, Any]:
 
     output_dir = args.output_dir.resolve()
     metadata_path = output_dir / METADATA_FILE
-    result: dict[str, Any] = {
-        "executions": execution_summary(metadata_path, args.pipeline_name)}
+    result: dict[str, Any] = {"executions": execution_summary(metadata_path, args.pipeline_name)}
     evaluation = latest_outputs(metadata_path, args.pipeline_name, "ShiftEvaluator")
     if evaluation.get("report"):
         source = Path(evaluation["report"][0].uri)
@@ -262,8 +300,9 @@ class _FirstLineOfLongInfo(python_logging.Filter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (2: bad input, as one `error: ...` line)."""
     try:
-        args = config.parse_args(config.build_parser(), argv,
-                                 unset_defaults=config.PIPELINE_DEFAULTS)
+        args = config.parse_args(
+            config.build_parser(), argv, unset_defaults=config.PIPELINE_DEFAULTS
+        )
         logging.set_verbosity(logging.INFO)
         logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
         if args.runner != "kubeflow":
@@ -283,15 +322,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nComponent              state      seconds")
     for node_id, state, seconds in result["executions"]:
         print(f"  {node_id:<20} {state:<10} {seconds:7.1f}")
-    print(f"\nPipeline finished in {elapsed:.0f} s ({args.runner} runner, output under "
-          f"{args.output_dir.resolve()})")
+    print(
+        f"\nPipeline finished in {elapsed:.0f} s ({args.runner} runner, output under "
+        f"{args.output_dir.resolve()})"
+    )
     report = result.get("report")
     if report is None:
         print("Report: not produced")
         return 1
-    print(f"Report:       {report / 'shift_report.md'}\n"
-          f"              {report / 'shift_report.json'}\n"
-          f"Plot:         {report / 'shift_accuracy.png'}")
+    print(
+        f"Report:       {report / 'shift_report.md'}\n"
+        f"              {report / 'shift_report.json'}\n"
+        f"Plot:         {report / 'shift_accuracy.png'}"
+    )
     if "pushed_model" in result:
         print(f"Pushed model: {result['pushed_model']}")
     else:

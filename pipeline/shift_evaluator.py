@@ -14,6 +14,7 @@ p_t and with p_t estimated on the unlabeled shifted test set (docs/design.md sec
 uncalibrated posteriors ("NAME + EM"), by EM after BCTS calibration on the validation split
 ("NAME + calibrated EM") and by BBSE ("NAME + BBSE"); the last two need a validation split.
 """
+
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from absl import logging
+
 # Narrow imports: `from tfx import v1` also loads the Vertex AI, BigQuery and Kubernetes clients
 # (about 25 s of CPU here), which this component never uses.
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
@@ -35,12 +37,18 @@ REPORT_PLOT = "shift_accuracy.png"
 REPORT_FILES = (REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT)
 UNIFORM_KEYS = ("many", "medium", "few", "ece", "nll")
 #: Display name of the model trained with each loss.
-LOSS_DISPLAY_NAMES = {"ce": "PC Softmax", "lade": "LADE", "balanced_softmax": "Balanced Softmax",
-                      "logit_adjusted": "Logit Adjusted"}
+LOSS_DISPLAY_NAMES = {
+    "ce": "PC Softmax",
+    "lade": "LADE",
+    "balanced_softmax": "Balanced Softmax",
+    "logit_adjusted": "Logit Adjusted",
+}
 #: How each estimated-prior variant is evaluated: row-name suffix, estimation method, calibration.
-ESTIMATED_PRIORS = {"em": (" + EM", "em", "none"),
-                    "calibrated_em": (" + calibrated EM", "em", "bcts"),
-                    "bbse": (" + BBSE", "bbse", "none")}
+ESTIMATED_PRIORS = {
+    "em": (" + EM", "em", "none"),
+    "calibrated_em": (" + calibrated EM", "em", "bcts"),
+    "bbse": (" + BBSE", "bbse", "none"),
+}
 #: Row-name suffix of the uncalibrated EM rows.
 EM_SUFFIX = ESTIMATED_PRIORS["em"][0]
 #: Estimated-prior variants that need the validation split.
@@ -105,12 +113,16 @@ def methods_for(losses: Sequence[str], with_validation: bool = True) -> list[Met
     return rows
 
 
-def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.ndarray,
-                         train_counts_by_loss: Mapping[str, Sequence[int]], *,
-                         seeds: Sequence[int] = (0, 1, 2),
-                         val_logits_by_loss: Mapping[str, np.ndarray] | None = None,
-                         val_labels: np.ndarray | None = None,
-                         tau_by_loss: Mapping[str, float] | None = None) -> dict:
+def compute_shift_report(
+    logits_by_loss: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    train_counts_by_loss: Mapping[str, Sequence[int]],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    val_logits_by_loss: Mapping[str, np.ndarray] | None = None,
+    val_labels: np.ndarray | None = None,
+    tau_by_loss: Mapping[str, float] | None = None,
+) -> dict:
     """The shift report of every trained model, in the issue's JSON schema.
 
     Args:
@@ -147,8 +159,10 @@ def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.nd
     if with_validation:
         missing = sorted(set(logits_by_loss) - set(val_logits_by_loss or {}))
         if missing:
-            raise ValueError(f"no validation logits for the models trained with {missing}: "
-                             "expected one [M, C] array per model with val_labels")
+            raise ValueError(
+                f"no validation logits for the models trained with {missing}: "
+                "expected one [M, C] array per model with val_labels"
+            )
     labels = np.asarray(labels, dtype=np.int64)
     taus = dict(tau_by_loss or {})
     report: dict[str, Any] = {"distributions": list(SHIFT_NAMES), "methods": {}, "uniform": {}}
@@ -157,13 +171,17 @@ def compute_shift_report(logits_by_loss: Mapping[str, np.ndarray], labels: np.nd
         counts = [int(n) for n in train_counts_by_loss[method.loss]]
         options = {"tau": float(taus.get(method.loss, 1.0)), **method.options()}
         if method.estimated and with_validation:
-            options.update(val_logits=np.asarray(val_logits_by_loss[method.loss], np.float64),
-                           val_labels=np.asarray(val_labels, np.int64))
-        by_dist = evaluate_under_shift(logits, labels, counts, method.loss, seeds=tuple(seeds),
-                                       **options)
+            options.update(
+                val_logits=np.asarray(val_logits_by_loss[method.loss], np.float64),
+                val_labels=np.asarray(val_labels, np.int64),
+            )
+        by_dist = evaluate_under_shift(
+            logits, labels, counts, method.loss, seeds=tuple(seeds), **options
+        )
         keys = ("mean", "std") + (ESTIMATION_ERROR_KEYS if method.estimated else ())
         report["methods"][method.name] = {
-            name: {key: float(by_dist[name][key]) for key in keys} for name in SHIFT_NAMES}
+            name: {key: float(by_dist[name][key]) for key in keys} for name in SHIFT_NAMES
+        }
         uniform = uniform_summary(logits, labels, counts, method.loss, **options)
         report["uniform"][method.name] = {key: float(uniform[key]) for key in UNIFORM_KEYS}
     return report
@@ -186,12 +204,16 @@ def _percent(value: float | None) -> str:
 
 
 def _estimated_rows(report: Mapping[str, Any]) -> list[str]:
-    return [name for name, by_dist in report["methods"].items()
-            if "prior_l1" in next(iter(by_dist.values()))]
+    return [
+        name
+        for name, by_dist in report["methods"].items()
+        if "prior_l1" in next(iter(by_dist.values()))
+    ]
 
 
-def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift evaluation",
-                    notes: Sequence[str] = ()) -> str:
+def report_markdown(
+    report: Mapping[str, Any], *, title: str = "Label-shift evaluation", notes: Sequence[str] = ()
+) -> str:
     """The report as Markdown: accuracy table (mean ± std, %), the estimation error of every
     estimated-prior row (L1 and Jensen-Shannon divergence to the true p_t) and the uniform-test
     metrics."""
@@ -200,41 +222,57 @@ def report_markdown(report: Mapping[str, Any], *, title: str = "Label-shift eval
     lines += [f"- {note}" for note in notes]
     if notes:
         lines.append("")
-    lines += ["## Top-1 accuracy (%) under label shift, mean ± std over seeds", "",
-              "| Method | " + " | ".join(dists) + " | Mean |",
-              "|---|" + "---:|" * (len(dists) + 1)]
+    lines += [
+        "## Top-1 accuracy (%) under label shift, mean ± std over seeds",
+        "",
+        "| Method | " + " | ".join(dists) + " | Mean |",
+        "|---|" + "---:|" * (len(dists) + 1),
+    ]
     for name, by_dist in report["methods"].items():
         cells = [f"{_percent(by_dist[d]['mean'])} ± {_percent(by_dist[d]['std'])}" for d in dists]
         mean = float(np.mean([by_dist[d]["mean"] for d in dists]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_percent(mean)} |")
     estimated = _estimated_rows(report)
     if estimated:
-        lines += ["", "## Target-prior estimation error: L1 / Jensen-Shannon divergence (nats) "
-                  "to the true p_t, mean over seeds", "",
-                  "| Method | " + " | ".join(dists) + " | Mean |",
-                  "|---|" + "---:|" * (len(dists) + 1)]
+        lines += [
+            "",
+            "## Target-prior estimation error: L1 / Jensen-Shannon divergence (nats) "
+            "to the true p_t, mean over seeds",
+            "",
+            "| Method | " + " | ".join(dists) + " | Mean |",
+            "|---|" + "---:|" * (len(dists) + 1),
+        ]
         for name in estimated:
             by_dist = report["methods"][name]
-            cells = [f"{by_dist[d]['prior_l1']:.3f} / {by_dist[d]['prior_js']:.4f}"
-                     for d in dists]
+            cells = [f"{by_dist[d]['prior_l1']:.3f} / {by_dist[d]['prior_js']:.4f}" for d in dists]
             l1 = float(np.mean([by_dist[d]["prior_l1"] for d in dists]))
             js = float(np.mean([by_dist[d]["prior_js"] for d in dists]))
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {l1:.3f} / {js:.4f} |")
-    lines += ["", "## Uniform test set", "",
-              "| Method | Many (%) | Medium (%) | Few (%) | ECE (%) | NLL |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Uniform test set",
+        "",
+        "| Method | Many (%) | Medium (%) | Few (%) | ECE (%) | NLL |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, metrics in report["uniform"].items():
         nll = metrics["nll"]
-        lines.append(f"| {name} | {_percent(metrics['many'])} | {_percent(metrics['medium'])} | "
-                     f"{_percent(metrics['few'])} | {_percent(metrics['ece'])} | "
-                     f"{'n/a' if nll is None else f'{nll:.3f}'} |")
-    lines += ["", "Many / medium / few: classes with > 100, 20..100, < 20 training images "
-              "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
-              "U = uniform, B = backward (reversed). Estimated target priors, from the unlabeled "
-              "shifted test set: EM (Saerens et al. 2002, Dirichlet-MAP centred on the training "
-              "prior) on the model's uncalibrated posteriors; calibrated EM: the same after BCTS "
-              "(Alexandari et al. 2020) fitted on the validation split; BBSE (Lipton et al. "
-              "2018) with the validation confusion matrix.", ""]
+        lines.append(
+            f"| {name} | {_percent(metrics['many'])} | {_percent(metrics['medium'])} | "
+            f"{_percent(metrics['few'])} | {_percent(metrics['ece'])} | "
+            f"{'n/a' if nll is None else f'{nll:.3f}'} |"
+        )
+    lines += [
+        "",
+        "Many / medium / few: classes with > 100, 20..100, < 20 training images "
+        "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
+        "U = uniform, B = backward (reversed). Estimated target priors, from the unlabeled "
+        "shifted test set: EM (Saerens et al. 2002, Dirichlet-MAP centred on the training "
+        "prior) on the model's uncalibrated posteriors; calibrated EM: the same after BCTS "
+        "(Alexandari et al. 2020) fitted on the validation split; BBSE (Lipton et al. "
+        "2018) with the validation confusion matrix.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -257,9 +295,14 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     dists = report["distributions"]
     x = np.arange(len(dists))
     estimated = _estimated_rows(report)
-    figure, axes = plt.subplots(2 if estimated else 1, 1, figsize=(9, 9 if estimated else 5.5),
-                                dpi=110, squeeze=False,
-                                gridspec_kw={"height_ratios": [3, 2] if estimated else [1]})
+    figure, axes = plt.subplots(
+        2 if estimated else 1,
+        1,
+        figsize=(9, 9 if estimated else 5.5),
+        dpi=110,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 2] if estimated else [1]},
+    )
     accuracy_axis = axes[0, 0]
     colours: dict[str, Any] = {}  # one colour per model, one line style per kind of prior
     for name, by_dist in report["methods"].items():
@@ -268,9 +311,18 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         base, kind = _row_kind(name)
         colour = colours.setdefault(base, f"C{len(colours)}")
         style = LINE_STYLES["none" if name == "Softmax" else kind]
-        accuracy_axis.errorbar(x, means, yerr=stds, color=colour, marker="o", markersize=4,
-                               capsize=2, linestyle=style, label=name,
-                               alpha=0.6 if name == "Softmax" else 1.0)
+        accuracy_axis.errorbar(
+            x,
+            means,
+            yerr=stds,
+            color=colour,
+            marker="o",
+            markersize=4,
+            capsize=2,
+            linestyle=style,
+            label=name,
+            alpha=0.6 if name == "Softmax" else 1.0,
+        )
     accuracy_axis.set_xticks(x, dists)
     accuracy_axis.set_ylabel("top-1 accuracy (%)")
     accuracy_axis.set_title("Accuracy under label shift (dashed / dotted: estimated p_t)")
@@ -281,21 +333,30 @@ def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         for name in estimated:
             base, kind = _row_kind(name)
             errors = [report["methods"][name][d]["prior_l1"] for d in dists]
-            error_axis.plot(x, errors, color=colours[base], marker="o", markersize=3,
-                            linestyle=LINE_STYLES[kind], label=name)
+            error_axis.plot(
+                x,
+                errors,
+                color=colours[base],
+                marker="o",
+                markersize=3,
+                linestyle=LINE_STYLES[kind],
+                label=name,
+            )
         error_axis.set_xticks(x, dists)
         error_axis.set_ylabel("L1 error of estimated p_t")
         error_axis.grid(alpha=0.3)
         error_axis.legend(fontsize=7, loc="best", ncol=2)
-    axes[-1, 0].set_xlabel("test label distribution (F: forward long-tailed, U: uniform, "
-                           "B: backward)")
+    axes[-1, 0].set_xlabel(
+        "test label distribution (F: forward long-tailed, U: uniform, B: backward)"
+    )
     figure.tight_layout()
     figure.savefig(os.fspath(path))
     plt.close(figure)
 
 
-def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike, *,
-                 notes: Sequence[str] = ()) -> dict[str, str]:
+def write_report(
+    report: Mapping[str, Any], output_dir: str | os.PathLike, *, notes: Sequence[str] = ()
+) -> dict[str, str]:
     """Writes shift_report.json, shift_report.md and shift_accuracy.png into output_dir.
 
     Returns:
@@ -316,22 +377,23 @@ def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike, *,
 
 # The TFX component: loads the models, the test and val splits, then calls the functions above.
 
+
 @component
 def ShiftEvaluator(
-        examples: InputArtifact[Examples],
-        report: OutputArtifact[ModelEvaluation],
-        blessing: OutputArtifact[ModelBlessing],
-        ce_model: InputArtifact[Model] = None,
-        ce_model_run: InputArtifact[ModelRun] = None,
-        lade_model: InputArtifact[Model] = None,
-        lade_model_run: InputArtifact[ModelRun] = None,
-        balanced_softmax_model: InputArtifact[Model] = None,
-        balanced_softmax_model_run: InputArtifact[ModelRun] = None,
-        logit_adjusted_model: InputArtifact[Model] = None,
-        logit_adjusted_model_run: InputArtifact[ModelRun] = None,
-        push: Parameter[str] = "lade",
-        num_seeds: Parameter[int] = 3,
-        test_per_class: Parameter[int] = 0,
+    examples: InputArtifact[Examples],
+    report: OutputArtifact[ModelEvaluation],
+    blessing: OutputArtifact[ModelBlessing],
+    ce_model: InputArtifact[Model] = None,
+    ce_model_run: InputArtifact[ModelRun] = None,
+    lade_model: InputArtifact[Model] = None,
+    lade_model_run: InputArtifact[ModelRun] = None,
+    balanced_softmax_model: InputArtifact[Model] = None,
+    balanced_softmax_model_run: InputArtifact[ModelRun] = None,
+    logit_adjusted_model: InputArtifact[Model] = None,
+    logit_adjusted_model_run: InputArtifact[ModelRun] = None,
+    push: Parameter[str] = "lade",
+    num_seeds: Parameter[int] = 3,
+    test_per_class: Parameter[int] = 0,
 ) -> None:
     """Evaluates every trained model under the 11 label shifts and blesses the one to push.
 
@@ -350,24 +412,31 @@ def ShiftEvaluator(
             protocol's m); 0 keeps the whole test split. Quick runs use it to save inference.
     """
     trained = {
-        "ce": (ce_model, ce_model_run), "lade": (lade_model, lade_model_run),
+        "ce": (ce_model, ce_model_run),
+        "lade": (lade_model, lade_model_run),
         "balanced_softmax": (balanced_softmax_model, balanced_softmax_model_run),
-        "logit_adjusted": (logit_adjusted_model, logit_adjusted_model_run)}
+        "logit_adjusted": (logit_adjusted_model, logit_adjusted_model_run),
+    }
     trained = {loss: pair for loss, pair in trained.items() if pair[1] is not None}
     if not trained:
-        raise ValueError("ShiftEvaluator got no trained model: connect at least one "
-                         "<loss>_model_run input")
+        raise ValueError(
+            "ShiftEvaluator got no trained model: connect at least one <loss>_model_run input"
+        )
     if push not in trained:
-        raise ValueError(f"push = {push!r}: no model trained with that loss; trained: "
-                         f"{', '.join(trained)}")
+        raise ValueError(
+            f"push = {push!r}: no model trained with that loss; trained: {', '.join(trained)}"
+        )
     if num_seeds < 1 or test_per_class < 0:
-        raise ValueError(f"num_seeds = {num_seeds}, test_per_class = {test_per_class}: expected "
-                         "num_seeds >= 1 (3 or more for a std) and test_per_class >= 0")
+        raise ValueError(
+            f"num_seeds = {num_seeds}, test_per_class = {test_per_class}: expected "
+            "num_seeds >= 1 (3 or more for a std) and test_per_class >= 0"
+        )
     _run_shift_evaluation(examples, trained, report, blessing, push, num_seeds, test_per_class)
 
 
-def _run_shift_evaluation(examples, trained, report, blessing, push: str, num_seeds: int,
-                          test_per_class: int) -> None:
+def _run_shift_evaluation(
+    examples, trained, report, blessing, push: str, num_seeds: int, test_per_class: int
+) -> None:
     import time
 
     from lade_tf.priors import subsample_by_counts
@@ -382,50 +451,86 @@ def _run_shift_evaluation(examples, trained, report, blessing, push: str, num_se
         images, labels = images[kept], labels[kept]
     has_val = sum(class_info["counts"].get("val", [])) > 0  # pipeline.prepare allows none
     val_images, val_labels = _load_split(examples, "val", class_info) if has_val else (None, None)
-    logging.info("ShiftEvaluator: %d test and %d val images %s, models: %s", len(labels),
-                 0 if val_labels is None else len(val_labels), images.shape[1:],
-                 ", ".join(trained))
-    models = {loss: _load_model_run(model_run, class_info, loss)
-              for loss, (_, model_run) in trained.items()}
+    logging.info(
+        "ShiftEvaluator: %d test and %d val images %s, models: %s",
+        len(labels),
+        0 if val_labels is None else len(val_labels),
+        images.shape[1:],
+        ", ".join(trained),
+    )
+    models = {
+        loss: _load_model_run(model_run, class_info, loss)
+        for loss, (_, model_run) in trained.items()
+    }
     logits_by_loss = {loss: _predict(model, images) for loss, (model, _, _) in models.items()}
-    val_logits_by_loss = None if val_images is None else {
-        loss: _predict(model, val_images) for loss, (model, _, _) in models.items()}
+    val_logits_by_loss = (
+        None
+        if val_images is None
+        else {loss: _predict(model, val_images) for loss, (model, _, _) in models.items()}
+    )
     counts_by_loss = {loss: counts for loss, (_, counts, _) in models.items()}
     tau_by_loss = {loss: tau for loss, (_, _, tau) in models.items()}
     logging.info("ShiftEvaluator: logits done (%.0f s)", time.monotonic() - started)
-    shift_report = compute_shift_report(logits_by_loss, labels, counts_by_loss,
-                                        seeds=tuple(range(num_seeds)),
-                                        val_logits_by_loss=val_logits_by_loss,
-                                        val_labels=val_labels, tau_by_loss=tau_by_loss)
-    logging.info("ShiftEvaluator: 11 distributions x %d seeds x %d methods done (%.0f s)",
-                 num_seeds, len(shift_report["methods"]), time.monotonic() - started)
+    shift_report = compute_shift_report(
+        logits_by_loss,
+        labels,
+        counts_by_loss,
+        seeds=tuple(range(num_seeds)),
+        val_logits_by_loss=val_logits_by_loss,
+        val_labels=val_labels,
+        tau_by_loss=tau_by_loss,
+    )
+    logging.info(
+        "ShiftEvaluator: 11 distributions x %d seeds x %d methods done (%.0f s)",
+        num_seeds,
+        len(shift_report["methods"]),
+        time.monotonic() - started,
+    )
 
-    serving = {loss: (_check_serving_model(model, images, logits_by_loss[loss],
-                                           counts_by_loss[loss], loss, tau_by_loss[loss])
-                      if model is not None else "no serving model input")
-               for loss, (model, _) in trained.items()}
+    serving = {
+        loss: (
+            _check_serving_model(
+                model, images, logits_by_loss[loss], counts_by_loss[loss], loss, tau_by_loss[loss]
+            )
+            if model is not None
+            else "no serving model input"
+        )
+        for loss, (model, _) in trained.items()
+    }
     push_name = LOSS_DISPLAY_NAMES[push]
     uniform_accuracy = shift_report["methods"][push_name]["U"]["mean"]
     chance = 1.0 / logits_by_loss[push].shape[1]
     blessed = math.isfinite(uniform_accuracy) and uniform_accuracy > chance and not serving[push]
-    reason = (f"uniform accuracy {uniform_accuracy:.4f} vs chance {chance:.4f}; serving check: "
-              f"{serving[push] or 'ok'}")
-    notes = [f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
-             f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
-             f"Validation split: {len(val_labels)} images (BCTS calibration, BBSE)."
-             if val_labels is not None else
-             "No validation split: the calibrated-EM and BBSE rows are left out.",
-             *[f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}"
-               + (f", tau {tau_by_loss[loss]:g}" if loss == "logit_adjusted" else "")
-               + f"): train counts {list(counts)}; serving signature check: "
-               f"{serving[loss] or 'ok'}"
-               for loss, counts in counts_by_loss.items()],
-             f"Model to push: {push_name} ({push}), {'BLESSED' if blessed else 'NOT blessed'} "
-             f"({reason})."]
+    reason = (
+        f"uniform accuracy {uniform_accuracy:.4f} vs chance {chance:.4f}; serving check: "
+        f"{serving[push] or 'ok'}"
+    )
+    notes = [
+        f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
+        f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
+        f"Validation split: {len(val_labels)} images (BCTS calibration, BBSE)."
+        if val_labels is not None
+        else "No validation split: the calibrated-EM and BBSE rows are left out.",
+        *[
+            f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}"
+            + (f", tau {tau_by_loss[loss]:g}" if loss == "logit_adjusted" else "")
+            + f"): train counts {list(counts)}; serving signature check: "
+            f"{serving[loss] or 'ok'}"
+            for loss, counts in counts_by_loss.items()
+        ],
+        f"Model to push: {push_name} ({push}), {'BLESSED' if blessed else 'NOT blessed'} "
+        f"({reason}).",
+    ]
     _write_report_artifact(shift_report, report.uri, notes)
     _write_blessing(blessing, trained[push][0], blessed, reason)
-    logging.info("ShiftEvaluator: report in %s; %s %s (%s); %.0f s in all", report.uri, push,
-                 "blessed" if blessed else "NOT blessed", reason, time.monotonic() - started)
+    logging.info(
+        "ShiftEvaluator: report in %s; %s %s (%s); %.0f s in all",
+        report.uri,
+        push,
+        "blessed" if blessed else "NOT blessed",
+        reason,
+        time.monotonic() - started,
+    )
 
 
 def _load_split(examples, split: str, class_info: Mapping[str, Any]):
@@ -455,8 +560,10 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
 
     model_path = os.path.join(model_run.uri, MODEL_FILE)
     if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(f"{model_path} not found: expected the {loss} Trainer's raw-logits "
-                                "model (pipeline.trainer.run_fn writes it)")
+        raise FileNotFoundError(
+            f"{model_path} not found: expected the {loss} Trainer's raw-logits "
+            "model (pipeline.trainer.run_fn writes it)"
+        )
     model = keras.models.load_model(model_path, compile=False)
     # The counts the model was trained on (its source prior), as the Trainer recorded them.
     info_path = os.path.join(model_run.uri, CLASS_INFO_FILE)
@@ -467,8 +574,10 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
     config_path = os.path.join(model_run.uri, TRAIN_CONFIG_FILE)
     if loss == "logit_adjusted":
         if not tf.io.gfile.exists(config_path):
-            raise FileNotFoundError(f"{config_path} not found: the logit-adjusted model's tau "
-                                    "(its inference rule) is read from it")
+            raise FileNotFoundError(
+                f"{config_path} not found: the logit-adjusted model's tau "
+                "(its inference rule) is read from it"
+            )
         with tf.io.gfile.GFile(config_path) as handle:
             tau = float(json.load(handle)["tau"])
     return model, [int(n) for n in class_info["counts"]["train"]], tau
@@ -479,8 +588,14 @@ def _predict(model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=1024, verbose=0), dtype=np.float64)
 
 
-def _check_serving_model(model_artifact, images: np.ndarray, logits: np.ndarray,
-                         counts: Sequence[int], loss: str, tau: float = 1.0) -> str:
+def _check_serving_model(
+    model_artifact,
+    images: np.ndarray,
+    logits: np.ndarray,
+    counts: Sequence[int],
+    loss: str,
+    tau: float = 1.0,
+) -> str:
     """'' if the serving SavedModel answers a [batch, C] uniform prior like the evaluated rule and
     its estimate_prior signature gives the estimate its recorded estimator computes, else what
     went wrong."""
@@ -496,15 +611,16 @@ def _check_serving_model(model_artifact, images: np.ndarray, logits: np.ndarray,
     prior = np.full((len(batch), num_classes), 1.0 / num_classes, dtype=np.float32)
     try:
         loaded = tf.saved_model.load(serving_dir)
-        outputs = loaded.signatures["serving_default"](images=tf.constant(batch, tf.float32),
-                                                       target_prior=tf.constant(prior))
+        outputs = loaded.signatures["serving_default"](
+            images=tf.constant(batch, tf.float32), target_prior=tf.constant(prior)
+        )
         estimated = loaded.signatures["estimate_prior"](images=tf.constant(batch, tf.float32))
         # tf.io.gfile: the artifact may live on gs:// (Kubeflow / Vertex).
         with tf.io.gfile.GFile(os.path.join(serving_dir, "assets", METADATA_ASSET)) as handle:
             estimator = TargetPriorEstimator.from_config(json.load(handle)["prior_estimation"])
     except Exception as error:  # any load or call failure means the model must not be pushed
         return f"serving signatures failed on {serving_dir}: {type(error).__name__}: {error}"
-    expected = adjust_logits_numpy(logits[:len(batch)], counts, loss, prior, tau=tau)
+    expected = adjust_logits_numpy(logits[: len(batch)], counts, loss, prior, tau=tau)
     served = outputs["logits"].numpy().astype(np.float64)
     gap = float(np.max(np.abs(served - expected)))
     if not gap < 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
@@ -512,17 +628,18 @@ def _check_serving_model(model_artifact, images: np.ndarray, logits: np.ndarray,
     if not np.array_equal(outputs["class_ids"].numpy(), np.argmax(served, axis=1)):
         return "served class_ids are not the argmax of the served logits"
     if (estimator.train_loss, estimator.tau) != (loss, tau):
-        return (f"estimate_prior was exported for ({estimator.train_loss}, tau "
-                f"{estimator.tau:g}), the model is ({loss}, tau {tau:g})")
+        return (
+            f"estimate_prior was exported for ({estimator.train_loss}, tau "
+            f"{estimator.tau:g}), the model is ({loss}, tau {tau:g})"
+        )
     served_prior = estimated["target_prior"].numpy()[0].astype(np.float64)
-    prior_gap = float(np.abs(served_prior - estimator.estimate(logits[:len(batch)])).max())
+    prior_gap = float(np.abs(served_prior - estimator.estimate(logits[: len(batch)])).max())
     if not prior_gap < 1e-4:
         return f"served estimate_prior differs from the library estimate by up to {prior_gap:.3g}"
     return ""
 
 
-def _write_report_artifact(shift_report: Mapping[str, Any], uri: str,
-                           notes: Sequence[str]) -> None:
+def _write_report_artifact(shift_report: Mapping[str, Any], uri: str, notes: Sequence[str]) -> None:
     """write_report into the artifact URI, through a local folder: the URI may be gs://."""
     import tempfile
 
@@ -545,6 +662,7 @@ def _write_blessing(blessing, model_artifact, blessed: bool, reason: str) -> Non
     import tensorflow as tf  # tf.io.gfile: artifact URIs may be gs:// (Kubeflow / Vertex)
 
     tf.io.gfile.makedirs(blessing.uri)
-    with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"),
-                           "w"):
+    with tf.io.gfile.GFile(
+        os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w"
+    ):
         pass

@@ -23,6 +23,7 @@ Stored bytes: PNG and JPEG files in grey (L) or RGB mode are kept byte for byte;
 modes are converted to grey or RGB, and raw arrays (idx, TFDS) are kept as pixels until the image is
 selected (most of a source is not), then encoded as PNG.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                             "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ORIGINS = ("train", "test")
 
@@ -64,6 +75,7 @@ class SourceImage(NamedTuple):
     path or split/index); `origin` is "train" (the pool for train and val) or "test"; `data` is
     PNG or JPEG bytes, or uint8 pixels [H, W] / [H, W, 3], of a `height` x `width` image with
     `channels` 1 (grey) or 3 (RGB)."""
+
     key: str
     label: int
     origin: str
@@ -75,6 +87,7 @@ class SourceImage(NamedTuple):
 
 class SkippedFile(NamedTuple):
     """An image file that could not be read or decoded, with the reason."""
+
     key: str
     label: int
     path: str
@@ -84,6 +97,7 @@ class SkippedFile(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class FolderUnit:
     """Image files under `root`: (relative path, label, origin) triples."""
+
     root: str
     files: tuple[tuple[str, int, str], ...]
 
@@ -118,8 +132,9 @@ def _unreadable_reason(path: str, error: OSError) -> str:
     return f"cannot be read: {error.strerror or error}"
 
 
-def _decode_image_file(data: bytes, rel_path: str, label: int, origin: str,
-                       path: str) -> SourceImage | SkippedFile:
+def _decode_image_file(
+    data: bytes, rel_path: str, label: int, origin: str, path: str
+) -> SourceImage | SkippedFile:
     try:
         return _image_from_file_bytes(data, rel_path, label, origin)
     except UnidentifiedImageError:
@@ -131,6 +146,7 @@ def _decode_image_file(data: bytes, rel_path: str, label: int, origin: str,
 @dataclasses.dataclass(frozen=True)
 class IdxUnit:
     """Images [start, stop) of one idx images file and its labels file."""
+
     images_path: str
     labels_path: str
     origin: str
@@ -139,16 +155,18 @@ class IdxUnit:
 
     def read(self) -> Iterator[SourceImage]:
         """Yields the unit's images encoded as PNG, keyed `<origin>/<index>`."""
-        labels = read_idx(self.labels_path)[self.start:self.stop]
+        labels = read_idx(self.labels_path)[self.start : self.stop]
         images = read_idx(self.images_path, self.start, self.stop)
         for offset, (pixels, label) in enumerate(zip(images, labels)):
-            yield _image_from_pixels(pixels, f"{self.origin}/{self.start + offset:06d}",
-                                     int(label), self.origin)
+            yield _image_from_pixels(
+                pixels, f"{self.origin}/{self.start + offset:06d}", int(label), self.origin
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class TfdsUnit:
     """Examples [start, stop) of one split of a prepared TFDS dataset."""
+
     name: str
     data_dir: str | None
     split: str
@@ -163,12 +181,14 @@ class TfdsUnit:
         import tensorflow_datasets as tfds
 
         builder = tfds.builder(self.name, data_dir=self.data_dir)
-        dataset = builder.as_dataset(split=f"{self.split}[{self.start}:{self.stop}]",
-                                     shuffle_files=False)
+        dataset = builder.as_dataset(
+            split=f"{self.split}[{self.start}:{self.stop}]", shuffle_files=False
+        )
         for offset, example in enumerate(tfds.as_numpy(dataset)):
             key = f"{self.split}/{self.start + offset:07d}"
-            yield _image_from_pixels(example[self.image_key], key, int(example[self.label_key]),
-                                     self.origin)
+            yield _image_from_pixels(
+                example[self.image_key], key, int(example[self.label_key]), self.origin
+            )
 
 
 ReadUnit = FolderUnit | IdxUnit | TfdsUnit
@@ -192,6 +212,7 @@ class Source:
         has_test_split: whether the source has its own test split (else --test-fraction).
         ignored_files: files skipped because they are not images (by extension).
     """
+
     spec: str
     description: str
     class_names: tuple[str, ...]
@@ -201,8 +222,9 @@ class Source:
     ignored_files: int = 0
 
 
-def resolve_source(spec: str, *, tfds_data_dir: str | None = None,
-                   fashion_mnist_dir: str | None = None) -> Source:
+def resolve_source(
+    spec: str, *, tfds_data_dir: str | None = None, fashion_mnist_dir: str | None = None
+) -> Source:
     """Checks a `--source` string and lists what it holds (driver side; reads no image, but reads
     idx files through once to check that they are intact).
 
@@ -224,9 +246,15 @@ def resolve_source(spec: str, *, tfds_data_dir: str | None = None,
         if os.path.exists(os.path.join(fashion_mnist_dir, "train-images-idx3-ubyte.gz")):
             return _idx_source(spec, fashion_mnist_dir, FASHION_MNIST_CLASS_NAMES)
         _LOG.info("%s has no Fashion-MNIST files; using TFDS fashion_mnist", fashion_mnist_dir)
-        return _tfds_source(spec, "fashion_mnist", tfds_data_dir, missing=(
-            f"{fashion_mnist_dir} has no Fashion-MNIST files, and "), install_hint=(
-            "install Debian's copy with `apt-get install dataset-fashion-mnist`, or "))
+        return _tfds_source(
+            spec,
+            "fashion_mnist",
+            tfds_data_dir,
+            missing=(f"{fashion_mnist_dir} has no Fashion-MNIST files, and "),
+            install_hint=(
+                "install Debian's copy with `apt-get install dataset-fashion-mnist`, or "
+            ),
+        )
     if kind == "folder" and arg:
         return _folder_source(spec, arg)
     if kind == "idx" and arg:
@@ -234,11 +262,12 @@ def resolve_source(spec: str, *, tfds_data_dir: str | None = None,
     if kind == "tfds" and arg:
         return _tfds_source(spec, arg, tfds_data_dir)
     raise ValueError(
-        f"source = {spec!r}: expected fashion_mnist, tfds:NAME, folder:PATH or idx:DIR")
+        f"source = {spec!r}: expected fashion_mnist, tfds:NAME, folder:PATH or idx:DIR"
+    )
 
 
 def _chunks(items: Sequence, size: int) -> list[tuple]:
-    return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
+    return [tuple(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _list_class_folders(tree: str) -> dict[str, tuple[list[str], int]]:
@@ -259,7 +288,8 @@ def _list_class_folders(tree: str) -> dict[str, tuple[list[str], int]]:
         if not images:
             raise ValueError(
                 f"class folder {entry.path!r} contains no image files "
-                f"(expected {', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+                f"(expected {', '.join(IMAGE_EXTENSIONS)}); remove it or add images"
+            )
         classes[entry.name] = (images, ignored)
     return classes
 
@@ -270,9 +300,11 @@ def _folder_source(spec: str, path: str) -> Source:
         raise ValueError(f"source {spec!r}: folder {root!r} does not exist")
     present = [o for o in ORIGINS if os.path.isdir(os.path.join(root, o))]
     if len(present) == 1:
-        raise ValueError(f"source {spec!r}: {root!r} has {present[0]}/ but no "
-                         f"{({'train', 'test'} - set(present)).pop()}/; give both, or put the "
-                         "class folders directly in it and pass --test-fraction")
+        raise ValueError(
+            f"source {spec!r}: {root!r} has {present[0]}/ but no "
+            f"{({'train', 'test'} - set(present)).pop()}/; give both, or put the "
+            "class folders directly in it and pass --test-fraction"
+        )
     split_trees = len(present) == 2
     trees = {o: os.path.join(root, o) for o in ORIGINS} if split_trees else {"train": root}
     listed = {origin: _list_class_folders(tree) for origin, tree in trees.items()}
@@ -282,11 +314,13 @@ def _folder_source(spec: str, path: str) -> Source:
         only_test = sorted(set(listed["test"]) - set(class_names))
         raise ValueError(
             f"source {spec!r}: train/ and test/ must hold the same class folders; only in train: "
-            f"{only_train}, only in test: {only_test}")
+            f"{only_train}, only in test: {only_test}"
+        )
     if len(class_names) < 2:
         raise ValueError(
             f"source {spec!r}: found {len(class_names)} class folder(s) in {trees['train']!r}; "
-            "expected one sub-folder per class, at least two")
+            "expected one sub-folder per class, at least two"
+        )
     files, ignored = [], 0
     for origin, classes in listed.items():
         prefix = origin if split_trees else ""
@@ -299,8 +333,11 @@ def _folder_source(spec: str, path: str) -> Source:
 
 
 def _find_idx_file(directory: str, origin: str, kind: str) -> str:
-    candidates = [os.path.join(directory, f"{prefix}-{kind}-ubyte{ext}")
-                  for prefix in _IDX_PREFIXES[origin] for ext in (".gz", "")]
+    candidates = [
+        os.path.join(directory, f"{prefix}-{kind}-ubyte{ext}")
+        for prefix in _IDX_PREFIXES[origin]
+        for ext in (".gz", "")
+    ]
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
@@ -318,8 +355,9 @@ def _idx_errors(path: str) -> Iterator[None]:
     try:
         yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise ValueError(f"idx file {path!r} is corrupt or truncated ({error}); replace it with "
-                         "a complete copy") from None
+        raise ValueError(
+            f"idx file {path!r} is corrupt or truncated ({error}); replace it with a complete copy"
+        ) from None
     except OSError as error:
         raise ValueError(f"idx file {path!r} cannot be read ({error.strerror or error})") from None
 
@@ -341,9 +379,11 @@ def _check_idx_length(path: str, dims: Sequence[int]) -> None:
                 while chunk := f.read(1 << 22):
                     size += len(chunk)
     if size < expected:
-        raise ValueError(f"idx file {path!r} is truncated: its header says {list(dims)}, which "
-                         f"takes {expected} bytes, but it holds {size}; replace it with a "
-                         "complete copy")
+        raise ValueError(
+            f"idx file {path!r} is truncated: its header says {list(dims)}, which "
+            f"takes {expected} bytes, but it holds {size}; replace it with a "
+            "complete copy"
+        )
 
 
 def _idx_header(f, path: str) -> tuple[int, ...]:
@@ -371,8 +411,10 @@ def read_idx(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         count = max(0, stop - start)
         data = f.read(count * item_size)
     if len(data) != count * item_size:
-        raise ValueError(f"idx file {path!r} is truncated: expected {count} items of {item_size} "
-                         "bytes; replace it with a complete copy")
+        raise ValueError(
+            f"idx file {path!r} is truncated: expected {count} items of {item_size} "
+            "bytes; replace it with a complete copy"
+        )
     return np.frombuffer(data, np.uint8).reshape((count,) + tuple(dims[1:]))
 
 
@@ -386,23 +428,32 @@ def _idx_source(spec: str, directory: str, class_names: Sequence[str] | None) ->
         labels = read_idx(labels_path)
         with _idx_errors(images_path), _open_maybe_gzip(images_path) as f:
             dims = _idx_header(f, images_path)
-        if dims[0] != len(labels) or len(dims) not in (3, 4) or (
-                len(dims) == 4 and dims[3] not in (1, 3)):
+        if (
+            dims[0] != len(labels)
+            or len(dims) not in (3, 4)
+            or (len(dims) == 4 and dims[3] not in (1, 3))
+        ):
             raise ValueError(
                 f"idx source {directory!r}: {os.path.basename(images_path)} has shape {dims}, "
-                f"expected [{len(labels)}, H, W] or [{len(labels)}, H, W, 1|3]")
+                f"expected [{len(labels)}, H, W] or [{len(labels)}, H, W, 1|3]"
+            )
         _check_idx_length(images_path, dims)
         labels_seen.update(np.unique(labels).tolist())
-        units += [IdxUnit(images_path, labels_path, origin, start,
-                          min(start + _IDX_IMAGES_PER_UNIT, dims[0]))
-                  for start in range(0, dims[0], _IDX_IMAGES_PER_UNIT)]
+        units += [
+            IdxUnit(
+                images_path, labels_path, origin, start, min(start + _IDX_IMAGES_PER_UNIT, dims[0])
+            )
+            for start in range(0, dims[0], _IDX_IMAGES_PER_UNIT)
+        ]
         total += dims[0]
     num_classes = max(labels_seen) + 1
     if class_names is None:
         class_names = tuple(str(label) for label in range(num_classes))
     if num_classes > len(class_names) or num_classes < 2:
-        raise ValueError(f"idx source {directory!r}: labels {sorted(labels_seen)} do not match "
-                         f"{len(class_names)} classes")
+        raise ValueError(
+            f"idx source {directory!r}: labels {sorted(labels_seen)} do not match "
+            f"{len(class_names)} classes"
+        )
     return Source(spec, os.path.abspath(directory), tuple(class_names), tuple(units), total, True)
 
 
@@ -442,58 +493,87 @@ def _prepare_tfds(spec: str, builder, missing: str, install_hint: str) -> None:
     """
     if builder.is_prepared():
         return
-    missing = (f"source {spec!r}: {missing}TFDS dataset {builder.name!r} is not prepared in "
-               f"{os.fspath(builder.data_dir_root)!r}")
-    how = (f"{install_hint}prepare it on a machine with network access (python -c \"import "
-           f"tensorflow_datasets as tfds; tfds.builder('{builder.name}', data_dir='DIR')"
-           ".download_and_prepare()\") and pass --tfds-data-dir DIR")
+    missing = (
+        f"source {spec!r}: {missing}TFDS dataset {builder.name!r} is not prepared in "
+        f"{os.fspath(builder.data_dir_root)!r}"
+    )
+    how = (
+        f'{install_hint}prepare it on a machine with network access (python -c "import '
+        f"tensorflow_datasets as tfds; tfds.builder('{builder.name}', data_dir='DIR')"
+        '.download_and_prepare()") and pass --tfds-data-dir DIR'
+    )
     unreachable = _unreachable_download_host(builder)
     if unreachable is not None:
-        raise ValueError(f"{missing} and cannot be downloaded: {unreachable} cannot be reached "
-                         f"(offline?); {how}")
+        raise ValueError(
+            f"{missing} and cannot be downloaded: {unreachable} cannot be reached (offline?); {how}"
+        )
     try:
         builder.download_and_prepare()
     except Exception as error:  # noqa: BLE001 - whatever TFDS raises, the user gets one line
         _LOG.debug("TFDS download_and_prepare of %s failed", builder.name, exc_info=True)
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise ValueError(f"{missing}, and downloading it failed ({type(error).__name__}: "
-                         f"{reason}); {how}") from None
+        raise ValueError(
+            f"{missing}, and downloading it failed ({type(error).__name__}: {reason}); {how}"
+        ) from None
 
 
-def _tfds_source(spec: str, name: str, data_dir: str | None, missing: str = "",
-                 install_hint: str = "") -> Source:
+def _tfds_source(
+    spec: str, name: str, data_dir: str | None, missing: str = "", install_hint: str = ""
+) -> Source:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ValueError(f"source {spec!r}: {missing}the TFDS package is not installed; "
-                         f"{install_hint}pip install tensorflow-datasets") from None
+        raise ValueError(
+            f"source {spec!r}: {missing}the TFDS package is not installed; "
+            f"{install_hint}pip install tensorflow-datasets"
+        ) from None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
-        raise ValueError(f"source {spec!r}: unknown TFDS dataset {name!r}"
-                         + (f"; did you mean {', '.join(close)}?" if close else "")) from None
+        raise ValueError(
+            f"source {spec!r}: unknown TFDS dataset {name!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        ) from None
     _prepare_tfds(spec, builder, missing, install_hint)
     info = builder.info
     keys = info.supervised_keys
     image_key, label_key = keys if keys and len(keys) == 2 else ("image", "label")
     features = info.features
     names = set(features.keys())
-    if not (image_key in names and isinstance(features[image_key], tfds.features.Image)
-            and label_key in names and isinstance(features[label_key], tfds.features.ClassLabel)):
-        raise ValueError(f"source {spec!r}: TFDS dataset {name!r} is not an image classification "
-                         f"dataset: expected an Image feature {image_key!r} and a ClassLabel "
-                         f"feature {label_key!r}, got {sorted(features.keys())}")
+    if not (
+        image_key in names
+        and isinstance(features[image_key], tfds.features.Image)
+        and label_key in names
+        and isinstance(features[label_key], tfds.features.ClassLabel)
+    ):
+        raise ValueError(
+            f"source {spec!r}: TFDS dataset {name!r} is not an image classification "
+            f"dataset: expected an Image feature {image_key!r} and a ClassLabel "
+            f"feature {label_key!r}, got {sorted(features.keys())}"
+        )
     if "train" not in info.splits:
-        raise ValueError(f"source {spec!r}: TFDS dataset {name!r} has no 'train' split "
-                         f"(splits: {sorted(info.splits)})")
+        raise ValueError(
+            f"source {spec!r}: TFDS dataset {name!r} has no 'train' split "
+            f"(splits: {sorted(info.splits)})"
+        )
     units, total = [], 0
     origins = {"train": "train", "test": "test"} if "test" in info.splits else {"train": "train"}
     for split, origin in origins.items():
         n = info.splits[split].num_examples
-        units += [TfdsUnit(name, data_dir, split, origin, start,
-                           min(start + _TFDS_EXAMPLES_PER_UNIT, n), image_key, label_key)
-                  for start in range(0, n, _TFDS_EXAMPLES_PER_UNIT)]
+        units += [
+            TfdsUnit(
+                name,
+                data_dir,
+                split,
+                origin,
+                start,
+                min(start + _TFDS_EXAMPLES_PER_UNIT, n),
+                image_key,
+                label_key,
+            )
+            for start in range(0, n, _TFDS_EXAMPLES_PER_UNIT)
+        ]
         total += n
     class_names = tuple(features[label_key].names)
     return Source(spec, f"tfds:{name}", class_names, tuple(units), total, "test" in origins)

@@ -20,6 +20,7 @@ resumes from its last epoch although TFX gives every execution a new `model_run_
 way outside TFX. It is also how multi-worker training runs: start the same command on every
 worker with its TF_CONFIG and `--strategy multi_worker`; the chief writes the outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,16 @@ def examples_dir_from_files(file_patterns: Sequence[str]) -> str:
         raise ValueError("no input file patterns: expected e.g. ['<examples>/Split-train/*']")
     directories = {os.path.dirname(os.path.dirname(p)) for p in file_patterns}
     if len(directories) != 1:
-        raise ValueError(f"file patterns {list(file_patterns)} come from several example "
-                         f"directories {sorted(directories)}: expected one Examples artifact")
+        raise ValueError(
+            f"file patterns {list(file_patterns)} come from several example "
+            f"directories {sorted(directories)}: expected one Examples artifact"
+        )
     directory = directories.pop()
     if not tf.io.gfile.exists(os.path.join(directory, CLASS_INFO_FILE)):
-        raise ValueError(f"{directory} (from {file_patterns[0]!r}) has no {CLASS_INFO_FILE}: "
-                         "expected the examples written by LongTailExampleGen or pipeline.prepare")
+        raise ValueError(
+            f"{directory} (from {file_patterns[0]!r}) has no {CLASS_INFO_FILE}: "
+            "expected the examples written by LongTailExampleGen or pipeline.prepare"
+        )
     return directory
 
 
@@ -86,35 +91,40 @@ def apply_hyperparameters(config, hyperparameters: Mapping[str, Any] | None):
 
 def default_checkpoint_dir(model_run_dir: str, config, train_files: Sequence[str]) -> str:
     """`<pipeline root>/<Trainer id>/checkpoints/<key>`: stable across executions of a Trainer."""
-    key = hashlib.sha256(json.dumps([config.to_dict(), sorted(train_files)],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([config.to_dict(), sorted(train_files)], sort_keys=True).encode()
+    ).hexdigest()[:16]
     component_dir = os.path.dirname(os.path.dirname(model_run_dir.rstrip("/")))
     return os.path.join(component_dir, "checkpoints", key)
 
 
 class TrainingData(NamedTuple):
     """An Examples artifact ready for `lade_tf.training.train_model`."""
-    info: dict                      # class_info.json
+
+    info: dict  # class_info.json
     image_shape: tuple[int, int, int]
-    class_counts: list[int]         # training images per class
-    train: Any                      # tf.data.Dataset of augmented global batches
-    val: Any                        # tf.data.Dataset of val batches, None if val is empty
+    class_counts: list[int]  # training images per class
+    train: Any  # tf.data.Dataset of augmented global batches
+    val: Any  # tf.data.Dataset of val batches, None if val is empty
 
 
-def training_data(config, train_files: Sequence[str],
-                  eval_files: Sequence[str]) -> TrainingData:
+def training_data(config, train_files: Sequence[str], eval_files: Sequence[str]) -> TrainingData:
     """class_info, shape, counts and the train / val datasets of a config's examples."""
     from lade_tf import training
     from lade_tf.records import read_class_info
 
     info = read_class_info(examples_dir_from_files(train_files))
     image_shape = (int(info["height"]), int(info["width"]), int(info["channels"]))
-    train = training.train_dataset(list(train_files), image_shape, config.batch_size,
-                                   augment=config.augment, seed=config.seed,
-                                   max_examples=config.max_train_examples)
+    train = training.train_dataset(
+        list(train_files),
+        image_shape,
+        config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        max_examples=config.max_train_examples,
+    )
     has_val = sum(info["counts"].get("val", [])) > 0  # pipeline.prepare allows val_per_class=0
-    val = training.eval_dataset(list(eval_files), image_shape, EVAL_BATCH_SIZE) \
-        if has_val else None
+    val = training.eval_dataset(list(eval_files), image_shape, EVAL_BATCH_SIZE) if has_val else None
     return TrainingData(info, image_shape, [int(n) for n in info["counts"]["train"]], train, val)
 
 
@@ -123,8 +133,15 @@ def model_tau(config) -> float:
     return float(config.tau) if config.loss == "logit_adjusted" else 1.0
 
 
-def prior_estimator(model, val, class_counts: Sequence[int], loss: str, tau: float, *,
-                    calibration: str | None = None):
+def prior_estimator(
+    model,
+    val,
+    class_counts: Sequence[int],
+    loss: str,
+    tau: float,
+    *,
+    calibration: str | None = None,
+):
     """The served model's target-prior estimator, calibrated on the validation split.
 
     Args:
@@ -155,16 +172,27 @@ def prior_estimator(model, val, class_counts: Sequence[int], loss: str, tau: flo
         labels.append(np.asarray(batch_labels, np.int64))
     try:
         return TargetPriorEstimator(class_counts, loss, tau=tau, calibration=calibration).fit(
-            np.concatenate(logits), np.concatenate(labels))
+            np.concatenate(logits), np.concatenate(labels)
+        )
     except ValueError as error:
-        logging.warning("estimate_prior is not calibrated: %s calibration failed on the "
-                        "validation split: %s", calibration, error)
+        logging.warning(
+            "estimate_prior is not calibrated: %s calibration failed on the validation split: %s",
+            calibration,
+            error,
+        )
         return uncalibrated
 
 
-def train_and_save(config, train_files: Sequence[str], eval_files: Sequence[str], *,
-                   serving_model_dir: str, model_run_dir: str, checkpoint_dir: str,
-                   strategy=None) -> None:
+def train_and_save(
+    config,
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    *,
+    serving_model_dir: str,
+    model_run_dir: str,
+    checkpoint_dir: str,
+    strategy=None,
+) -> None:
     """Trains a config on the examples' train files and writes the serving and run outputs.
 
     Args:
@@ -184,19 +212,30 @@ def train_and_save(config, train_files: Sequence[str], eval_files: Sequence[str]
     # Created before any dataset: MultiWorkerMirroredStrategy must come first.
     strategy = strategy or training.make_strategy(config.strategy)
     data = training_data(config, train_files, eval_files)
-    model = training.train_model(config, data.train, data.val, data.class_counts,
-                                 data.image_shape, checkpoint_dir,
-                                 os.path.join(model_run_dir, "logs"), strategy=strategy)
+    model = training.train_model(
+        config,
+        data.train,
+        data.val,
+        data.class_counts,
+        data.image_shape,
+        checkpoint_dir,
+        os.path.join(model_run_dir, "logs"),
+        strategy=strategy,
+    )
     if not training.is_chief(strategy):
         return
     tau = model_tau(config)
-    export_serving_model(model, serving_model_dir, class_counts=data.class_counts,
-                         train_loss=config.loss, tau=tau,
-                         class_names=data.info.get("class_names"),
-                         alpha=config.alpha if config.loss == "lade" else None,
-                         prior_estimator=prior_estimator(model, data.val, data.class_counts,
-                                                         config.loss, tau),
-                         metadata={"train_config": config.to_dict()})
+    export_serving_model(
+        model,
+        serving_model_dir,
+        class_counts=data.class_counts,
+        train_loss=config.loss,
+        tau=tau,
+        class_names=data.info.get("class_names"),
+        alpha=config.alpha if config.loss == "lade" else None,
+        prior_estimator=prior_estimator(model, data.val, data.class_counts, config.loss, tau),
+        metadata={"train_config": config.to_dict()},
+    )
     tf.io.gfile.makedirs(model_run_dir)
     model.save(os.path.join(model_run_dir, MODEL_FILE))
     with tf.io.gfile.GFile(os.path.join(model_run_dir, TRAIN_CONFIG_FILE), "w") as handle:
@@ -226,45 +265,72 @@ def run_fn(fn_args: "FnArgs") -> None:
     custom = dict(fn_args.custom_config or {})
     unknown = sorted(set(custom) - set(CUSTOM_CONFIG_KEYS))
     if unknown or "train_config" not in custom:
-        raise ValueError(f"Trainer custom_config keys {sorted(custom)}: expected "
-                         f"'train_config' (a TrainConfig dict) and optionally 'checkpoint_dir'")
-    config = apply_hyperparameters(TrainConfig.from_dict(custom["train_config"]),
-                                   fn_args.hyperparameters)
+        raise ValueError(
+            f"Trainer custom_config keys {sorted(custom)}: expected "
+            f"'train_config' (a TrainConfig dict) and optionally 'checkpoint_dir'"
+        )
+    config = apply_hyperparameters(
+        TrainConfig.from_dict(custom["train_config"]), fn_args.hyperparameters
+    )
     checkpoint_dir = custom.get("checkpoint_dir") or default_checkpoint_dir(
-        fn_args.model_run_dir, config, fn_args.train_files)
+        fn_args.model_run_dir, config, fn_args.train_files
+    )
     logging.info("Training %s; checkpoints in %s", config, checkpoint_dir)
-    train_and_save(config, fn_args.train_files, fn_args.eval_files,
-                   serving_model_dir=fn_args.serving_model_dir,
-                   model_run_dir=fn_args.model_run_dir, checkpoint_dir=checkpoint_dir)
+    train_and_save(
+        config,
+        fn_args.train_files,
+        fn_args.eval_files,
+        serving_model_dir=fn_args.serving_model_dir,
+        model_run_dir=fn_args.model_run_dir,
+        checkpoint_dir=checkpoint_dir,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m pipeline.trainer`: train one loss on a prepared examples directory."""
-    from pipeline.config import (LOSS_NAMES, add_training_flags, parse_args,
-                                 training_config_from_args)
+    from pipeline.config import (
+        LOSS_NAMES,
+        add_training_flags,
+        parse_args,
+        training_config_from_args,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.trainer",
         description="Train one loss on an examples directory (pipeline.prepare output) outside "
-                    "TFX; with --strategy multi_worker, run it on every worker with TF_CONFIG.")
-    parser.add_argument("--examples-dir", type=Path, required=True,
-                        help="directory with Split-train/, Split-val/ and class_info.json")
-    parser.add_argument("--output-dir", type=Path, required=True,
-                        help="serving_model/, model_run/ and checkpoints/ are written here")
+        "TFX; with --strategy multi_worker, run it on every worker with TF_CONFIG.",
+    )
+    parser.add_argument(
+        "--examples-dir",
+        type=Path,
+        required=True,
+        help="directory with Split-train/, Split-val/ and class_info.json",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="serving_model/, model_run/ and checkpoints/ are written here",
+    )
     parser.add_argument("--loss", choices=LOSS_NAMES, default="lade")
     add_training_flags(parser)
     args = parse_args(parser, argv)
     config = training_config_from_args(args, args.loss)
     # Before anything touches TensorFlow: collective ops are configured at start-up.
     from lade_tf.training import make_strategy
+
     strategy = make_strategy(config.strategy)
     examples = os.fspath(args.examples_dir)
     output = os.fspath(args.output_dir)
-    train_and_save(config, [os.path.join(examples, "Split-train", "*")],
-                   [os.path.join(examples, "Split-val", "*")],
-                   serving_model_dir=os.path.join(output, "serving_model"),
-                   model_run_dir=os.path.join(output, "model_run"),
-                   checkpoint_dir=os.path.join(output, "checkpoints"), strategy=strategy)
+    train_and_save(
+        config,
+        [os.path.join(examples, "Split-train", "*")],
+        [os.path.join(examples, "Split-val", "*")],
+        serving_model_dir=os.path.join(output, "serving_model"),
+        model_run_dir=os.path.join(output, "model_run"),
+        checkpoint_dir=os.path.join(output, "checkpoints"),
+        strategy=strategy,
+    )
     print(f"model: {os.path.join(output, 'serving_model')}", file=sys.stderr)
 
 

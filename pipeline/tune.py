@@ -2,6 +2,7 @@
 
 The search itself lives in `pipeline.tuner` (shared with the TFX Tuner's `tuner_fn`).
 """
+
 from pipeline.tuner import main
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ or Hyperband (whose trials get their epoch budget from Hyperband and train from 
 Both write the trial table as `trials.json` and `trials.md` to the results directory.
 KerasTuner's distributed mode (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT) works unchanged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def search_space(tune_lambda: bool = False) -> keras_tuner.HyperParameters:
     return hp
 
 
-def make_oracle(name: str, max_trials: int, epochs: int, hyperparameters:
-                keras_tuner.HyperParameters, seed: int) -> keras_tuner.Oracle:
+def make_oracle(
+    name: str, max_trials: int, epochs: int, hyperparameters: keras_tuner.HyperParameters, seed: int
+) -> keras_tuner.Oracle:
     """The KerasTuner oracle for an algorithm name, maximising OBJECTIVE.
 
     Hyperband ignores max_trials: its brackets over `epochs` (factor 3) set the trial count.
@@ -64,8 +66,13 @@ def make_oracle(name: str, max_trials: int, epochs: int, hyperparameters:
     if int(max_trials) < 1:
         raise ValueError(f"max_trials = {max_trials!r}: expected an integer >= 1")
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    common = {"objective": objective, "hyperparameters": hyperparameters, "seed": seed,
-              "allow_new_entries": False, "tune_new_entries": False}
+    common = {
+        "objective": objective,
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+        "allow_new_entries": False,
+        "tune_new_entries": False,
+    }
     if name == "random":
         return keras_tuner.oracles.RandomSearchOracle(max_trials=int(max_trials), **common)
     if name == "bayesian":
@@ -88,15 +95,21 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         **kwargs: `BaseTuner` arguments (directory, project_name, overwrite, ...).
     """
 
-    def __init__(self, oracle: keras_tuner.Oracle, *, config, train_files: Sequence[str],
-                 eval_files: Sequence[str], results_dir: str | os.PathLike | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        oracle: keras_tuner.Oracle,
+        *,
+        config,
+        train_files: Sequence[str],
+        eval_files: Sequence[str],
+        results_dir: str | os.PathLike | None = None,
+        **kwargs,
+    ):
         super().__init__(oracle, **kwargs)
         self.config = dataclasses.replace(config, loss="lade")
         self.train_files = list(train_files)
         self.eval_files = list(eval_files)
-        self.results_dir = os.fspath(results_dir) if results_dir is not None else \
-            self.project_dir
+        self.results_dir = os.fspath(results_dir) if results_dir is not None else self.project_dir
         self._strategy = None
 
     def trial_config(self, hyperparameters: keras_tuner.HyperParameters):
@@ -114,7 +127,6 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         from lade_tf import training
         from lade_tf.priors import SHIFT_NAMES
         from lade_tf.shift_eval import evaluate_under_shift
-
         from pipeline.trainer import training_data
 
         keras.backend.clear_session()
@@ -126,11 +138,18 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         if data.val is None:
             raise keras_tuner.errors.FatalError(
                 f"{self.eval_files}: the val split is empty; tuning needs balanced val examples "
-                "(prepare the data with val_per_class > 0)")
+                "(prepare the data with val_per_class > 0)"
+            )
         model = training.train_model(
-            config, data.train, data.val, data.class_counts, data.image_shape,
-            os.path.join(trial_dir, "checkpoints"), os.path.join(trial_dir, "logs"),
-            strategy=self._strategy)
+            config,
+            data.train,
+            data.val,
+            data.class_counts,
+            data.image_shape,
+            os.path.join(trial_dir, "checkpoints"),
+            os.path.join(trial_dir, "logs"),
+            strategy=self._strategy,
+        )
         logits = np.concatenate([model(images, training=False).numpy() for images, _ in data.val])
         labels = np.concatenate([labels.numpy() for _, labels in data.val])
         shifted = evaluate_under_shift(logits, labels, data.class_counts, "lade")
@@ -148,8 +167,7 @@ def trial_table(tuner: keras_tuner.engine.base_tuner.BaseTuner) -> list[dict[str
 
     rows = []
     for trial in tuner.oracle.trials.values():
-        row = {"trial_id": trial.trial_id, "status": str(trial.status),
-               OBJECTIVE: trial.score}
+        row = {"trial_id": trial.trial_id, "status": str(trial.status), OBJECTIVE: trial.score}
         row.update({k: v for k, v in trial.hyperparameters.values.items()})
         for name in SHIFT_NAMES:
             if trial.metrics.exists(name):
@@ -191,11 +209,19 @@ def write_trial_table(rows: Sequence[Mapping[str, Any]], directory: str | os.Pat
         handle.write(trial_table_markdown(rows))
 
 
-def make_tuner(config, train_files: Sequence[str], eval_files: Sequence[str], *,
-               tuner: str = "random", max_trials: int = 8, tune_lambda: bool = False,
-               trial_epochs: int | None = None, directory: str | os.PathLike,
-               results_dir: str | os.PathLike | None = None,
-               overwrite: bool = False) -> ShiftAccuracyTuner:
+def make_tuner(
+    config,
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    *,
+    tuner: str = "random",
+    max_trials: int = 8,
+    tune_lambda: bool = False,
+    trial_epochs: int | None = None,
+    directory: str | os.PathLike,
+    results_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> ShiftAccuracyTuner:
     """The tuner searching LADE's alpha (and lambda) for a TrainConfig and examples.
 
     Args:
@@ -212,10 +238,16 @@ def make_tuner(config, train_files: Sequence[str], eval_files: Sequence[str], *,
     if trial_epochs is not None:
         config = dataclasses.replace(config, epochs=int(trial_epochs))
     oracle = make_oracle(tuner, max_trials, config.epochs, search_space(tune_lambda), config.seed)
-    return ShiftAccuracyTuner(oracle, config=config, train_files=train_files,
-                              eval_files=eval_files, results_dir=results_dir,
-                              directory=os.fspath(directory), project_name="lade_alpha",
-                              overwrite=overwrite)
+    return ShiftAccuracyTuner(
+        oracle,
+        config=config,
+        train_files=train_files,
+        eval_files=eval_files,
+        results_dir=results_dir,
+        directory=os.fspath(directory),
+        project_name="lade_alpha",
+        overwrite=overwrite,
+    )
 
 
 def tuner_options(custom_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,8 +258,10 @@ def tuner_options(custom_config: Mapping[str, Any]) -> dict[str, Any]:
     """
     custom = dict(custom_config or {})
     if "train_config" not in custom:
-        raise ValueError(f"Tuner custom_config keys {sorted(custom)}: expected 'train_config' "
-                         "(a TrainConfig dict)")
+        raise ValueError(
+            f"Tuner custom_config keys {sorted(custom)}: expected 'train_config' "
+            "(a TrainConfig dict)"
+        )
     options = custom.pop("tuner") if isinstance(custom.get("tuner"), Mapping) else {}
     custom.pop("train_config")
     options = {**custom, **options}
@@ -254,43 +288,72 @@ def tuner_fn(fn_args: "FnArgs") -> "TunerFnResult":
 
     options = tuner_options(fn_args.custom_config)
     config = TrainConfig.from_dict(fn_args.custom_config["train_config"])
-    tuner = make_tuner(config, fn_args.train_files, fn_args.eval_files,
-                       directory=fn_args.working_dir,
-                       **{k: v for k, v in options.items() if v is not None})
+    tuner = make_tuner(
+        config,
+        fn_args.train_files,
+        fn_args.eval_files,
+        directory=fn_args.working_dir,
+        **{k: v for k, v in options.items() if v is not None},
+    )
     return TunerFnResult(tuner=tuner, fit_kwargs={})
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`python -m pipeline.tune`: tune alpha on a prepared examples directory; prints the table."""
-    from pipeline.config import (add_training_flags, add_tuner_flags, parse_args,
-                                 training_config_from_args)
+    from pipeline.config import (
+        add_training_flags,
+        add_tuner_flags,
+        parse_args,
+        training_config_from_args,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tune",
         description="Search LADE's alpha (and lambda) with KerasTuner; each trial is scored by "
-                    "the mean accuracy over the 11 label-shifted versions of the val split.")
-    parser.add_argument("--examples-dir", type=Path, required=True,
-                        help="directory with Split-train/, Split-val/ and class_info.json "
-                             "(python -m pipeline.prepare output)")
-    parser.add_argument("--output-dir", type=Path, default=Path("lade_output") / "tuning",
-                        help="KerasTuner state, trials.json and trials.md go here")
+        "the mean accuracy over the 11 label-shifted versions of the val split.",
+    )
+    parser.add_argument(
+        "--examples-dir",
+        type=Path,
+        required=True,
+        help="directory with Split-train/, Split-val/ and class_info.json "
+        "(python -m pipeline.prepare output)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("lade_output") / "tuning",
+        help="KerasTuner state, trials.json and trials.md go here",
+    )
     add_training_flags(parser)
     add_tuner_flags(parser)
     args = parse_args(parser, argv)
     config = training_config_from_args(args, "lade")
     examples = os.fspath(args.examples_dir)
     output = os.fspath(args.output_dir)
-    tuner = make_tuner(config, [os.path.join(examples, "Split-train", "*")],
-                       [os.path.join(examples, "Split-val", "*")], tuner=args.tuner,
-                       max_trials=args.max_trials, tune_lambda=args.tune_lambda,
-                       trial_epochs=args.trial_epochs, directory=output, results_dir=output,
-                       overwrite=True)
+    tuner = make_tuner(
+        config,
+        [os.path.join(examples, "Split-train", "*")],
+        [os.path.join(examples, "Split-val", "*")],
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        tune_lambda=args.tune_lambda,
+        trial_epochs=args.trial_epochs,
+        directory=output,
+        results_dir=output,
+        overwrite=True,
+    )
     tuner.search()
     rows = trial_table(tuner)
     print(trial_table_markdown(rows))
     best = tuner.get_best_hyperparameters()[0].values
-    print(f"best alpha: {best['alpha']:.4g}" + (
-        f", best lambda: {best['remine_lambda']:.4g}" if "remine_lambda" in best else ""))
-    print(f"trial table: {os.path.join(output, TRIALS_JSON)}, "
-          f"{os.path.join(output, TRIALS_MARKDOWN)}", file=sys.stderr)
+    print(
+        f"best alpha: {best['alpha']:.4g}"
+        + (f", best lambda: {best['remine_lambda']:.4g}" if "remine_lambda" in best else "")
+    )
+    print(
+        f"trial table: {os.path.join(output, TRIALS_JSON)}, "
+        f"{os.path.join(output, TRIALS_MARKDOWN)}",
+        file=sys.stderr,
+    )
     return rows

@@ -9,6 +9,7 @@ come from a text-proto `BatchingParameters` file, TF Serving's --batching_parame
 Merging is only correct for signatures whose rows are independent; the signatures named in
 `BATCH_LEVEL_SIGNATURES` compute over the whole batch and are never batched (see `batchable`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,13 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
-from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
-                             wrappers_pb2)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
 from serving.model_manager import read_text_file
 from serving.status import ServingError, invalid_argument
@@ -38,19 +44,27 @@ BATCH_LEVEL_SIGNATURES = frozenset({"estimate_prior"})
 
 # (name, kind) of BatchingParameters (tensorflow_serving/servables/tensorflow/
 # session_bundle_config.proto); only the names matter for the text format.
-_FIELDS = (("max_batch_size", "Int64Value"), ("batch_timeout_micros", "Int64Value"),
-           ("max_enqueued_batches", "Int64Value"), ("num_batch_threads", "Int64Value"),
-           ("thread_pool_name", "StringValue"), ("allowed_batch_sizes", "repeated int64"),
-           ("pad_variable_length_inputs", "bool"),
-           ("enable_large_batch_splitting", "BoolValue"),
-           ("max_execution_batch_size", "Int64Value"))
+_FIELDS = (
+    ("max_batch_size", "Int64Value"),
+    ("batch_timeout_micros", "Int64Value"),
+    ("max_enqueued_batches", "Int64Value"),
+    ("num_batch_threads", "Int64Value"),
+    ("thread_pool_name", "StringValue"),
+    ("allowed_batch_sizes", "repeated int64"),
+    ("pad_variable_length_inputs", "bool"),
+    ("enable_large_batch_splitting", "BoolValue"),
+    ("max_execution_batch_size", "Int64Value"),
+)
 
 
 def _batching_parameters_class():
     """The BatchingParameters message, built at run time (tensorflow-serving-api lacks it)."""
     proto = descriptor_pb2.FileDescriptorProto(
-        name="lade_serving/batching_parameters.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        name="lade_serving/batching_parameters.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     message = proto.message_type.add(name="BatchingParameters")
     field_proto = descriptor_pb2.FieldDescriptorProto
     for number, (name, kind) in enumerate(_FIELDS, start=1):
@@ -67,7 +81,8 @@ def _batching_parameters_class():
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(proto)
     return message_factory.MessageFactory(pool).GetPrototype(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    )
 
 
 @dataclass(frozen=True)
@@ -92,8 +107,9 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
     try:
         proto = text_format.Parse(text, _batching_parameters_class()())
     except text_format.ParseError as error:
-        raise ValueError(f"batching parameters are not a text BatchingParameters: {error}"
-                         ) from None
+        raise ValueError(
+            f"batching parameters are not a text BatchingParameters: {error}"
+        ) from None
     defaults = BatchingOptions()
 
     def wrapped(name: str, default):
@@ -105,7 +121,8 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
         max_enqueued_batches=int(wrapped("max_enqueued_batches", defaults.max_enqueued_batches)),
         num_batch_threads=int(wrapped("num_batch_threads", defaults.num_batch_threads)),
         allowed_batch_sizes=tuple(int(s) for s in proto.allowed_batch_sizes),
-        enable_large_batch_splitting=bool(wrapped("enable_large_batch_splitting", False)))
+        enable_large_batch_splitting=bool(wrapped("enable_large_batch_splitting", False)),
+    )
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(options, name) < 1:
             raise ValueError(f"batching parameter {name} = {getattr(options, name)}: expected >= 1")
@@ -113,8 +130,10 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
         raise ValueError(f"batch_timeout_micros = {options.batch_timeout_micros}: expected >= 0")
     sizes = options.allowed_batch_sizes
     if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != options.max_batch_size):
-        raise ValueError(f"allowed_batch_sizes = {list(sizes)}: expected increasing sizes whose "
-                         f"last entry equals max_batch_size ({options.max_batch_size})")
+        raise ValueError(
+            f"allowed_batch_sizes = {list(sizes)}: expected increasing sizes whose "
+            f"last entry equals max_batch_size ({options.max_batch_size})"
+        )
     return options
 
 
@@ -137,8 +156,7 @@ def batch_rows(tensors: Tensors) -> int:
     rows = set()
     for tensor in tensors.values():
         if np.ndim(tensor) == 0:
-            raise invalid_argument("Batching Run() input tensors must have at least one "
-                                   "dimension")
+            raise invalid_argument("Batching Run() input tensors must have at least one dimension")
         rows.add(tensor.shape[0])
     if len(rows) != 1:
         raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
@@ -169,8 +187,14 @@ class Batcher:
         batches: batches formed from them (a batch of several requests was merged).
     """
 
-    def __init__(self, run: Callable[[Tensors], dict], options: BatchingOptions,
-                 executor: Executor, threads: asyncio.Semaphore, idle_seconds: float = 5.0):
+    def __init__(
+        self,
+        run: Callable[[Tensors], dict],
+        options: BatchingOptions,
+        executor: Executor,
+        threads: asyncio.Semaphore,
+        idle_seconds: float = 5.0,
+    ):
         self._run = run
         self._options = options
         self._executor = executor
@@ -193,12 +217,14 @@ class Batcher:
         rows = batch_rows(inputs)
         limit = self._options.max_batch_size
         if rows > limit and not self._options.enable_large_batch_splitting:
-            raise invalid_argument(f"Task size {rows} is larger than maximum input batch size "
-                                   f"{limit}")
+            raise invalid_argument(
+                f"Task size {rows} is larger than maximum input batch size {limit}"
+            )
         queued = sum(task.rows for task in self._pending)
         if queued + rows > limit * self._options.max_enqueued_batches:
-            raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was "
-                                              "submitted is full")
+            raise ServingError(
+                "UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full"
+            )
         task = _Task(inputs, rows, time.monotonic(), asyncio.get_running_loop().create_future())
         self._pending.append(task)
         self._arrived.set()
@@ -272,13 +298,16 @@ class Batcher:
         for name, value in outputs.items():
             if np.ndim(value) == 0 or value.shape[0] != padded:
                 error = ServingError(
-                    "INTERNAL", f"Batched output tensor {name}'s 0th dimension does not equal "
-                                "the sum of the 0th dimension sizes of the input tensors")
+                    "INTERNAL",
+                    f"Batched output tensor {name}'s 0th dimension does not equal "
+                    "the sum of the 0th dimension sizes of the input tensors",
+                )
                 return [error] * len(batch)
         results, start = [], 0
         for task in batch:
-            results.append({name: value[start:start + task.rows]
-                            for name, value in outputs.items()})
+            results.append(
+                {name: value[start : start + task.rows] for name, value in outputs.items()}
+            )
             start += task.rows
         return results
 

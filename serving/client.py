@@ -20,6 +20,7 @@ input), which estimates p_t from the batch (calibrated EM, docs/design.md sectio
 prints that estimate next to the predictions made under it. Send a batch from one deployment: the
 estimate is about the batch as a whole (one image gives about the training prior).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,22 +57,34 @@ class ServingClient:
         timeout: seconds per HTTP call.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8501", model_name: str = "lade", *,
-                 version: int | None = None, label: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8501",
+        model_name: str = "lade",
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 30.0,
+    ):
         if version is not None and label is not None:
             raise ValueError(f"give version ({version}) or label ({label!r}), not both")
         self.url = url.rstrip("/")
         self.model_name = model_name
         self.timeout = timeout
         self.model_path = f"/v1/models/{model_name}" + (
-            f"/versions/{int(version)}" if version is not None else
-            f"/labels/{label}" if label is not None else "")
+            f"/versions/{int(version)}"
+            if version is not None
+            else f"/labels/{label}"
+            if label is not None
+            else ""
+        )
         self._specs: dict[str, dict] = {}
 
     def _call(self, path: str, payload: dict | None = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
@@ -91,8 +104,9 @@ class ServingClient:
         """GET the model metadata (signature defs)."""
         return self._call(self.model_path + "/metadata")
 
-    def predict(self, inputs: dict | Any, *, signature_name: str | None = None,
-                row_format: bool = False) -> Any:
+    def predict(
+        self, inputs: dict | Any, *, signature_name: str | None = None, row_format: bool = False
+    ) -> Any:
         """POST a predict request; returns `outputs` (columnar) or `predictions` (row format)."""
         payload: dict[str, Any] = {"instances" if row_format else "inputs": inputs}
         if signature_name:
@@ -105,11 +119,13 @@ class ServingClient:
         if signature_name not in self._specs:
             signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
             if signature_name not in signatures:
-                raise ValueError(f"signature {signature_name!r} not served; served: "
-                                 f"{sorted(signatures)}")
+                raise ValueError(
+                    f"signature {signature_name!r} not served; served: {sorted(signatures)}"
+                )
             self._specs[signature_name] = {
                 name: [int(dim["size"]) for dim in info["tensor_shape"].get("dim", [])]
-                for name, info in signatures[signature_name]["inputs"].items()}
+                for name, info in signatures[signature_name]["inputs"].items()
+            }
         return self._specs[signature_name]
 
     def num_classes(self) -> int:
@@ -118,11 +134,14 @@ class ServingClient:
 
     def class_info(self) -> dict[str, np.ndarray]:
         """class_names, source_prior and class_counts of every class (`class_info` signature)."""
-        outputs = self.predict({"class_ids": list(range(self.num_classes()))},
-                               signature_name="class_info")
-        return {"class_names": np.array(outputs["class_names"], dtype=object),
-                "source_prior": np.array(outputs["source_prior"], dtype=np.float64),
-                "class_counts": np.array(outputs["class_counts"], dtype=np.int64)}
+        outputs = self.predict(
+            {"class_ids": list(range(self.num_classes()))}, signature_name="class_info"
+        )
+        return {
+            "class_names": np.array(outputs["class_names"], dtype=object),
+            "source_prior": np.array(outputs["source_prior"], dtype=np.float64),
+            "class_counts": np.array(outputs["class_counts"], dtype=np.int64),
+        }
 
     def predict_images(self, images: np.ndarray, target_prior: Sequence[float]) -> dict:
         """Predictions for raw-pixel images [B, H, W, C] under one prior (tiled over the batch).
@@ -132,21 +151,24 @@ class ServingClient:
         """
         images = np.asarray(images, dtype=np.float32)
         prior = np.asarray(target_prior, dtype=np.float64).tolist()
-        outputs = self.predict({"images": images.tolist(),
-                                "target_prior": [prior] * len(images)})
+        outputs = self.predict({"images": images.tolist(), "target_prior": [prior] * len(images)})
         return _as_arrays(outputs)
 
-    def predict_encoded(self, encoded_images: Sequence[bytes],
-                        target_prior: Sequence[float]) -> dict:
+    def predict_encoded(
+        self, encoded_images: Sequence[bytes], target_prior: Sequence[float]
+    ) -> dict:
         """Predictions for PNG/JPEG/GIF/BMP bytes (sent as {"b64": ...}) under one prior."""
         prior = np.asarray(target_prior, dtype=np.float64).tolist()
         outputs = self.predict(
-            {"image_bytes": [{"b64": base64.b64encode(data).decode("ascii")}
-                             for data in encoded_images],
-             "target_prior": [prior] * len(encoded_images)},
-            signature_name="predict_encoded")
+            {
+                "image_bytes": [
+                    {"b64": base64.b64encode(data).decode("ascii")} for data in encoded_images
+                ],
+                "target_prior": [prior] * len(encoded_images),
+            },
+            signature_name="predict_encoded",
+        )
         return _as_arrays(outputs)
-
 
     def estimate_prior(self, images: np.ndarray) -> dict:
         """The target prior estimated from a batch of raw-pixel images [B, H, W, C], and the
@@ -162,8 +184,10 @@ class ServingClient:
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or len(images) == 0:
-            raise ValueError(f"images have shape {images.shape}: expected a non-empty batch "
-                             "[B >= 1, H, W, C] from the target distribution")
+            raise ValueError(
+                f"images have shape {images.shape}: expected a non-empty batch "
+                "[B >= 1, H, W, C] from the target distribution"
+            )
         outputs = self.predict({"images": images.tolist()}, signature_name="estimate_prior")
         result = _as_arrays(outputs)
         result["target_prior"] = np.asarray(outputs["target_prior"], np.float64)[0]
@@ -171,9 +195,11 @@ class ServingClient:
 
 
 def _as_arrays(outputs: dict) -> dict:
-    return {"probabilities": np.array(outputs["probabilities"], dtype=np.float32),
-            "logits": np.array(outputs["logits"], dtype=np.float32),
-            "class_ids": np.array(outputs["class_ids"], dtype=np.int64)}
+    return {
+        "probabilities": np.array(outputs["probabilities"], dtype=np.float32),
+        "logits": np.array(outputs["logits"], dtype=np.float32),
+        "class_ids": np.array(outputs["class_ids"], dtype=np.int64),
+    }
 
 
 def _read_metadata_file(path: str) -> dict:
@@ -183,8 +209,9 @@ def _read_metadata_file(path: str) -> dict:
         return json.load(handle)
 
 
-def resolve_prior(spec: str | Sequence[float], client: ServingClient, *,
-                  metadata_file: str | None = None) -> np.ndarray:
+def resolve_prior(
+    spec: str | Sequence[float], client: ServingClient, *, metadata_file: str | None = None
+) -> np.ndarray:
     """The target prior [C] a prior argument names.
 
     Args:
@@ -214,11 +241,16 @@ def resolve_prior(spec: str | Sequence[float], client: ServingClient, *,
             values = loaded["target_prior"] if isinstance(loaded, dict) else loaded
         else:
             try:
-                values = json.loads(spec) if spec.lstrip().startswith("[") else [
-                    float(part) for part in spec.split(",")]
+                values = (
+                    json.loads(spec)
+                    if spec.lstrip().startswith("[")
+                    else [float(part) for part in spec.split(",")]
+                )
             except ValueError:
-                raise ValueError(f"prior {spec!r}: expected uniform, source, a JSON file, a JSON "
-                                 "list or comma-separated numbers") from None
+                raise ValueError(
+                    f"prior {spec!r}: expected uniform, source, a JSON file, a JSON "
+                    "list or comma-separated numbers"
+                ) from None
     else:
         values = spec
     prior = np.asarray(values, dtype=np.float64)
@@ -226,8 +258,9 @@ def resolve_prior(spec: str | Sequence[float], client: ServingClient, *,
     if prior.shape != (count,):
         raise ValueError(f"prior has shape {prior.shape}: expected {count} class weights")
     if not np.all(np.isfinite(prior)) or np.any(prior < 0) or prior.sum() <= 0:
-        raise ValueError(f"prior {prior.tolist()}: expected finite, non-negative weights with a "
-                         "positive sum")
+        raise ValueError(
+            f"prior {prior.tolist()}: expected finite, non-negative weights with a positive sum"
+        )
     return prior
 
 
@@ -246,10 +279,11 @@ def _load_array(path: str, image_shape: Sequence[int]) -> np.ndarray:
     elif channels == 1 and array.shape[-2:] == (height, width) and array.ndim in (2, 3):
         array = array.reshape(-1, height, width, 1)  # grey image(s) without a channel axis
     if array.ndim != 4 or array.shape[1:] != (height, width, channels):
-        raise ValueError(f"{path}: array of shape {array.shape}, expected raw pixels shaped "
-                         f"[{height}, {width}, {channels}] or [B, {height}, {width}, {channels}]"
-                         + (f" (or [{height}, {width}], [B, {height}, {width}])"
-                            if channels == 1 else ""))
+        raise ValueError(
+            f"{path}: array of shape {array.shape}, expected raw pixels shaped "
+            f"[{height}, {width}, {channels}] or [B, {height}, {width}, {channels}]"
+            + (f" (or [{height}, {width}], [B, {height}, {width}])" if channels == 1 else "")
+        )
     return array.astype(np.float32)
 
 
@@ -259,8 +293,10 @@ def _decode_image_file(path: str, image_shape: Sequence[int]) -> np.ndarray:
 
     height, width, channels = image_shape
     if channels not in (1, 3):
-        raise ValueError(f"model input has {channels} channels: image files can be decoded for "
-                         "1 (grey) or 3 (RGB); send .npy arrays instead")
+        raise ValueError(
+            f"model input has {channels} channels: image files can be decoded for "
+            "1 (grey) or 3 (RGB); send .npy arrays instead"
+        )
     try:
         with Image.open(path) as picture:
             picture = picture.convert("L" if channels == 1 else "RGB")
@@ -268,8 +304,9 @@ def _decode_image_file(path: str, image_shape: Sequence[int]) -> np.ndarray:
                 picture = picture.resize((width, height), Image.BILINEAR)
             pixels = np.asarray(picture, dtype=np.float32)
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not a readable image (expected "
-                         f"{', '.join(IMAGE_SUFFIXES)})") from None
+        raise ValueError(
+            f"{path}: not a readable image (expected {', '.join(IMAGE_SUFFIXES)})"
+        ) from None
     return pixels.reshape(height, width, channels)
 
 
@@ -278,13 +315,16 @@ def _split_inputs(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     arrays = [p for p in paths if p.lower().endswith(".npy")]
     unknown = sorted(set(paths) - set(images) - set(arrays))
     if unknown:
-        raise ValueError(f"unsupported inputs {unknown}: expected image files "
-                         f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
+        raise ValueError(
+            f"unsupported inputs {unknown}: expected image files "
+            f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays"
+        )
     return images, arrays
 
 
-def estimate_files(client: ServingClient,
-                   paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+def estimate_files(
+    client: ServingClient, paths: Sequence[str]
+) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
     """(estimated target prior [C], (label, probabilities [C]) per input image in input order):
     every input in one `estimate_prior` request."""
     _split_inputs(paths)
@@ -302,8 +342,9 @@ def estimate_files(client: ServingClient,
     return outputs["target_prior"], list(zip(labels, outputs["probabilities"]))
 
 
-def predict_files(client: ServingClient, paths: Sequence[str],
-                  prior: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def predict_files(
+    client: ServingClient, paths: Sequence[str], prior: np.ndarray
+) -> list[tuple[str, np.ndarray]]:
     """(label, probabilities [C]) per input image, in input order; one request per kind."""
     images, arrays = _split_inputs(paths)
     results: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -321,35 +362,46 @@ def predict_files(client: ServingClient, paths: Sequence[str],
         probabilities = client.predict_images(np.concatenate(loaded), prior)["probabilities"]
         start = 0
         for path, array in zip(arrays, loaded):
-            rows = probabilities[start:start + len(array)]
+            rows = probabilities[start : start + len(array)]
             start += len(array)
-            results[path] = [(path if len(array) == 1 else f"{path}[{i}]", row)
-                             for i, row in enumerate(rows)]
+            results[path] = [
+                (path if len(array) == 1 else f"{path}[{i}]", row) for i, row in enumerate(rows)
+            ]
     return [entry for path in paths for entry in results[path]]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m serving.client`."""
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or .npy arrays")
     parser.add_argument("--url", default="http://127.0.0.1:8501", help="server root URL")
     parser.add_argument("--model-name", default="lade")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--version", type=int, help="model version (default: latest)")
     group.add_argument("--label", help="model version label")
-    parser.add_argument("--prior", default="uniform",
-                        help="uniform | source | estimate (estimated from the inputs by the "
-                             "estimate_prior signature) | prior.json | '[w0, w1, ...]' | "
-                             "'w0,w1,...'")
-    parser.add_argument("--metadata-file", help="assets/lade_metadata.json (or the SavedModel "
-                        "directory) for --prior source without the class_info signature")
+    parser.add_argument(
+        "--prior",
+        default="uniform",
+        help="uniform | source | estimate (estimated from the inputs by the "
+        "estimate_prior signature) | prior.json | '[w0, w1, ...]' | "
+        "'w0,w1,...'",
+    )
+    parser.add_argument(
+        "--metadata-file",
+        help="assets/lade_metadata.json (or the SavedModel "
+        "directory) for --prior source without the class_info signature",
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
-    client = ServingClient(args.url, args.model_name, version=args.version, label=args.label,
-                           timeout=args.timeout)
+    client = ServingClient(
+        args.url, args.model_name, version=args.version, label=args.label, timeout=args.timeout
+    )
     estimated = None
     try:
         if args.prior == "estimate":
@@ -369,16 +421,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     k = max(1, min(args.top_k, num_classes))
     rows = [(label, top_k(probabilities[None], k)[0]) for label, probabilities in results]
-    predictions = [{"input": label, "top_k": [
-        {"class_id": c, "class_name": names[c], "probability": p} for c, p in best]}
-        for label, best in rows]
+    predictions = [
+        {
+            "input": label,
+            "top_k": [{"class_id": c, "class_name": names[c], "probability": p} for c, p in best],
+        }
+        for label, best in rows
+    ]
     if args.json:
         if estimated is None:
             print(json.dumps(predictions, indent=2))
         else:
-            print(json.dumps({"target_prior": [
-                {"class_id": c, "class_name": names[c], "prior": float(p)}
-                for c, p in enumerate(estimated)], "predictions": predictions}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "target_prior": [
+                            {"class_id": c, "class_name": names[c], "prior": float(p)}
+                            for c, p in enumerate(estimated)
+                        ],
+                        "predictions": predictions,
+                    },
+                    indent=2,
+                )
+            )
         return 0
     if estimated is not None:
         shown = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in enumerate(estimated))

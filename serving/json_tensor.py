@@ -8,6 +8,7 @@ there are several outputs), a columnar one with `outputs` (a value, or an object
 tensor). Floats are written with the shortest text that reads back as the same float32/float64,
 NaN/Infinity as bare tokens, outputs whose name ends in `_bytes` as `{"b64": ...}`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,17 +32,37 @@ _WEB_SAFE = str.maketrans("-_", "+/")
 COLUMNAR = "columnar"
 
 #: TensorFlow dtype name -> the name TF Serving's messages use (DataTypeString).
-_DTYPE_STRINGS = {"float32": "float", "float64": "double", "float16": "half", "int8": "int8",
-                  "int16": "int16", "int32": "int32", "int64": "int64", "uint8": "uint8",
-                  "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "bool": "bool",
-                  "string": "string"}
-_INT_RANGES = {"int8": (-2**7, 2**7 - 1), "int16": (-2**15, 2**15 - 1),
-               "int32": (-2**31, 2**31 - 1), "uint8": (0, 2**8 - 1), "uint16": (0, 2**16 - 1),
-               "int64": (-2**63, 2**63 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+_DTYPE_STRINGS = {
+    "float32": "float",
+    "float64": "double",
+    "float16": "half",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool",
+    "string": "string",
+}
+_INT_RANGES = {
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
 # Largest integer a float type holds exactly, and its largest finite value (IsLosslessDecimal).
-_FLOAT_LIMITS = {"float32": (2**24 - 1, float(np.finfo(np.float32).max)),
-                 "float64": (2**53 - 1, float(np.finfo(np.float64).max)),
-                 "float16": (2**11 - 1, float(np.finfo(np.float16).max))}
+_FLOAT_LIMITS = {
+    "float32": (2**24 - 1, float(np.finfo(np.float32).max)),
+    "float64": (2**53 - 1, float(np.finfo(np.float64).max)),
+    "float16": (2**11 - 1, float(np.finfo(np.float16).max)),
+}
 
 
 @dataclass(frozen=True)
@@ -120,8 +141,10 @@ def _json_type(value: Any) -> str:
 
 
 def _type_error(value: Any, dtype: str) -> ServingError:
-    return invalid_argument(f"JSON Value: {_value_text(value)} Type: {_json_type(value)} is not "
-                            f"of expected type: {_DTYPE_STRINGS.get(dtype, dtype)}")
+    return invalid_argument(
+        f"JSON Value: {_value_text(value)} Type: {_json_type(value)} is not "
+        f"of expected type: {_DTYPE_STRINGS.get(dtype, dtype)}"
+    )
 
 
 def _format_error(document: Any, text: str) -> ServingError:
@@ -134,8 +157,9 @@ def _is_base64_object(value: Any) -> bool:
 
 def _decode_base64(value: Any) -> bytes:
     if not _is_base64_object(value):
-        raise invalid_argument(f"JSON Value: {_value_text(value)} not formatted correctly for "
-                               "base64 data")
+        raise invalid_argument(
+            f"JSON Value: {_value_text(value)} not formatted correctly for base64 data"
+        )
     # Whitespace and missing padding are tolerated; web-safe '-' and '_' are read as '+' and '/'.
     text = "".join(value["b64"].split()).translate(_WEB_SAFE)
     try:
@@ -162,20 +186,28 @@ def _scalar(value: Any, dtype: str) -> Any:
         raise _type_error(value, dtype)
     if dtype in _FLOAT_LIMITS:
         max_int, max_value = _FLOAT_LIMITS[dtype]
-        lossy = (abs(value) > max_int) if isinstance(value, int) else (
-            math.isfinite(value) and abs(value) > max_value)
+        lossy = (
+            (abs(value) > max_int)
+            if isinstance(value, int)
+            else (math.isfinite(value) and abs(value) > max_value)
+        )
         if lossy:
             target = {"float32": "float", "float64": "double", "float16": "half"}[dtype]
-            raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
-                                   f"{target} without loss of precision.")
+            raise invalid_argument(
+                f"Cannot convert JSON value: {_value_text(value)} to "
+                f"{target} without loss of precision."
+            )
         return value
     if dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
         if not isinstance(value, int) or not low <= value <= high:
             raise _type_error(value, dtype)
         return value
-    raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {_value_text(value)} to "
-                                        f"type: {_DTYPE_STRINGS.get(dtype, dtype)}")
+    raise ServingError(
+        "UNIMPLEMENTED",
+        f"Conversion of JSON Value: {_value_text(value)} to "
+        f"type: {_DTYPE_STRINGS.get(dtype, dtype)}",
+    )
 
 
 def _dense_shape(value: Any) -> list[int]:
@@ -194,15 +226,19 @@ def _collect(value: Any, level: int, shape: list[int], dtype: str, out: list) ->
     rank = len(shape)
     if not isinstance(value, list):
         if level != rank:
-            raise invalid_argument(f"JSON Value: {_value_text(value)} found at incorrect level: "
-                                   f"{level + 1} in the JSON DOM. Expected at level: {rank}")
+            raise invalid_argument(
+                f"JSON Value: {_value_text(value)} found at incorrect level: "
+                f"{level + 1} in the JSON DOM. Expected at level: {rank}"
+            )
         out.append(_scalar(value, dtype))
         return
     if level >= rank:
         raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
     if len(value) != shape[level]:
-        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
-                               f"{level} expected size: {shape[level]}")
+        raise invalid_argument(
+            f"Encountered list at unexpected size: {len(value)} at level: "
+            f"{level} expected size: {shape[level]}"
+        )
     for item in value:
         _collect(item, level + 1, shape, dtype, out)
 
@@ -261,8 +297,9 @@ def _shape_text(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
-                         fast: bool) -> dict[str, np.ndarray]:
+def _rows_from_instances(
+    instances: list, specs: Mapping[str, TensorSpec], fast: bool
+) -> dict[str, np.ndarray]:
     """Row format (FillTensorMapFromInstancesList): one tensor per input, batched on axis 0."""
     names = sorted(specs)
 
@@ -270,8 +307,10 @@ def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
         return isinstance(value, dict) and not _is_base64_object(value)
 
     if not isinstance(instances[0], dict) and len(specs) > 1:
-        raise invalid_argument("instances is a plain list, but expecting list of objects as "
-                               "multiple input tensors required as per tensorinfo_map")
+        raise invalid_argument(
+            "instances is a plain list, but expecting list of objects as "
+            "multiple input tensors required as per tensorinfo_map"
+        )
     objects = is_element_object(instances[0])
     if fast:
         batched = _fast_rows(instances, names, specs, objects)
@@ -289,39 +328,45 @@ def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
         if name in shapes:
             expected = int(np.prod(shapes[name]))
             if expected != len(leaves):
-                raise invalid_argument(f"Expecting tensor size: {expected} but got: "
-                                       f"{len(leaves)}")
+                raise invalid_argument(f"Expecting tensor size: {expected} but got: {len(leaves)}")
             if shapes[name] != shape:
-                raise invalid_argument(f"Expecting shape {_shape_text(shapes[name])} but got: "
-                                       f"{_shape_text(shape)}")
+                raise invalid_argument(
+                    f"Expecting shape {_shape_text(shapes[name])} but got: {_shape_text(shape)}"
+                )
         shapes[name] = shape
         rows[name].append(leaves)
 
     for index, element in enumerate(instances):
         if objects:
             if not is_element_object(element):
-                raise invalid_argument(f"Expecting object but got list at item {index} of input "
-                                       "list")
+                raise invalid_argument(
+                    f"Expecting object but got list at item {index} of input list"
+                )
             for name, item in element.items():
                 try:
                     add(item, name)
                 except ServingError as error:
                     raise invalid_argument(
                         f"Failed to process element: {index} key: {snippet(name)} of "
-                        f"'instances' list. Error: {error.code}: {error.message}") from None
+                        f"'instances' list. Error: {error.code}: {error.message}"
+                    ) from None
             if set(element) != set(names):
                 raise invalid_argument(
                     f"Failed to process element: {index} of 'instances' list. JSON object: "
-                    f"{_value_text(element)} keys must be equal to: {','.join(names)}")
+                    f"{_value_text(element)} keys must be equal to: {','.join(names)}"
+                )
         else:
             if is_element_object(element):
-                raise invalid_argument(f"Expecting value/list but got object at item {index} of "
-                                       "input list")
+                raise invalid_argument(
+                    f"Expecting value/list but got object at item {index} of input list"
+                )
             try:
                 add(element, names[0])
             except ServingError as error:
-                raise invalid_argument(f"Failed to process element: {index} of 'instances' "
-                                       f"list. Error: {error.code}: {error.message}") from None
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' "
+                    f"list. Error: {error.code}: {error.message}"
+                ) from None
     tensors = {}
     for name in names:
         dtype = specs[name].dtype
@@ -336,8 +381,9 @@ def _rows_from_instances(instances: list, specs: Mapping[str, TensorSpec],
     return tensors
 
 
-def _fast_rows(instances: list, names: list[str], specs: Mapping[str, TensorSpec],
-               objects: bool) -> dict[str, np.ndarray] | None:
+def _fast_rows(
+    instances: list, names: list[str], specs: Mapping[str, TensorSpec], objects: bool
+) -> dict[str, np.ndarray] | None:
     if not objects:
         array = _fast_array(instances, specs[names[0]].dtype)
         return None if array is None else {names[0]: array}
@@ -354,14 +400,17 @@ def _fast_rows(instances: list, names: list[str], specs: Mapping[str, TensorSpec
     return tensors
 
 
-def _columns_from_inputs(value: Any, specs: Mapping[str, TensorSpec],
-                         fast: bool) -> dict[str, np.ndarray]:
+def _columns_from_inputs(
+    value: Any, specs: Mapping[str, TensorSpec], fast: bool
+) -> dict[str, np.ndarray]:
     """Columnar format (FillTensorMapFromInputsMap)."""
     names = sorted(specs)
     if not isinstance(value, dict) or _is_base64_object(value):
         if len(specs) > 1:
-            raise invalid_argument("inputs is a plain value/list, but expecting an object as "
-                                   "multiple input tensors required as per tensorinfo_map")
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as "
+                "multiple input tensors required as per tensorinfo_map"
+            )
         return {names[0]: _to_array(value, specs[names[0]].dtype, fast)}
     tensors = {}
     for name in names:
@@ -393,8 +442,9 @@ def _parse_json_tokens(body: bytes):
     except RecursionError:
         raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
     except UnicodeDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
-                               f"{error.start}") from None
+        raise invalid_argument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {error.start}"
+        ) from None
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
 
@@ -403,8 +453,9 @@ def signature_name_of(document: dict) -> str:
     """The optional `signature_name` of a request ("" when absent)."""
     name = document.get("signature_name", "")
     if not isinstance(name, str):
-        raise _format_error(document, "not formatted correctly. 'signature_name' key must be a "
-                                      "string value.")
+        raise _format_error(
+            document, "not formatted correctly. 'signature_name' key must be a string value."
+        )
     return name
 
 
@@ -416,8 +467,9 @@ def classify_regress_examples(document: dict, method: str) -> list:
             `examples` is missing, not a list or empty.
     """
     if "examples" not in document:
-        raise _format_error(document, f"When method is {method}, key 'examples' is expected and "
-                                      "was not found")
+        raise _format_error(
+            document, f"When method is {method}, key 'examples' is expected and was not found"
+        )
     examples = document["examples"]
     if not isinstance(examples, list):
         raise _format_error(document, "Expecting 'examples' value to be an list/array")
@@ -426,8 +478,9 @@ def classify_regress_examples(document: dict, method: str) -> list:
     return examples
 
 
-def predict_inputs(document: dict, body: bytes, specs: Mapping[str, TensorSpec]
-                   ) -> tuple[dict[str, np.ndarray], str]:
+def predict_inputs(
+    document: dict, body: bytes, specs: Mapping[str, TensorSpec]
+) -> tuple[dict[str, np.ndarray], str]:
     """Input tensors of a parsed predict request and its format (ROW or COLUMNAR).
 
     Args:
@@ -447,13 +500,17 @@ def predict_inputs(document: dict, body: bytes, specs: Mapping[str, TensorSpec]
         raise invalid_argument("JSON Value nested too deeply for any tensor") from None
 
 
-def _predict_inputs(document: dict, body: bytes, specs: Mapping[str, TensorSpec]
-                    ) -> tuple[dict[str, np.ndarray], str]:
+def _predict_inputs(
+    document: dict, body: bytes, specs: Mapping[str, TensorSpec]
+) -> tuple[dict[str, np.ndarray], str]:
     fast = b"true" not in body and b"false" not in body
     if "instances" in document:
         if "inputs" in document:
-            raise _format_error(document, "Not formatted correctly expecting only one of "
-                                          "'inputs' or 'instances' keys to exist ")
+            raise _format_error(
+                document,
+                "Not formatted correctly expecting only one of "
+                "'inputs' or 'instances' keys to exist ",
+            )
         instances = document["instances"]
         if not isinstance(instances, list):
             raise _format_error(document, "Excepting 'instances' to be an list/array")
@@ -475,10 +532,12 @@ def check_shape(name: str, tensor: np.ndarray, spec: TensorSpec) -> None:
         return
     shape = tensor.shape
     if len(shape) != len(spec.shape) or any(
-            want is not None and want != got for want, got in zip(spec.shape, shape)):
+        want is not None and want != got for want, got in zip(spec.shape, shape)
+    ):
         raise invalid_argument(
             f"input tensor '{name}' has shape {_shape_text(shape)}, but the signature expects "
-            f"{spec.shape_text()} (-1: any size)")
+            f"{spec.shape_text()} (-1: any size)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,20 +604,23 @@ def predict_response(outputs: Mapping[str, np.ndarray], request_format: str) -> 
             raise invalid_argument(f"Tensor name: {name} has no shape information ")
         size = texts[name].shape[0]
         if batch is not None and size != batch:
-            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {size} "
-                                   f"expecting: {batch}")
+            raise invalid_argument(
+                f"Tensor name: {name} has inconsistent batch size: {size} expecting: {batch}"
+            )
         batch = size
     if len(names) == 1:
         rows = [_nested(row) for row in texts[names[0]]]
     else:
         keys = [json.dumps(name) for name in names]
-        rows = ["{" + ", ".join(f"{key}: {_nested(texts[name][i])}"
-                                for key, name in zip(keys, names)) + "}"
-                for i in range(batch)]
+        rows = [
+            "{"
+            + ", ".join(f"{key}: {_nested(texts[name][i])}" for key, name in zip(keys, names))
+            + "}"
+            for i in range(batch)
+        ]
     return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8")
 
 
 def error_body(message: str) -> bytes:
     """`{"error": "<message>"}`, the body of every failed REST call (at most MAX_ERROR_BYTES)."""
     return json.dumps({"error": _cut(message, MAX_ERROR_BYTES)}).encode("utf-8")
-

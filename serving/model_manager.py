@@ -11,6 +11,7 @@ protos.
 Config files and base paths are checked without TensorFlow, which is imported (a matter of
 seconds) only when the first version loads, so a bad flag or file is reported at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,23 +62,31 @@ def parse_model_config(text: str) -> list[ModelConfig]:
     except text_format.ParseError as error:
         raise ValueError(f"model config is not a text ModelServerConfig: {error}") from None
     if proto.WhichOneof("config") != "model_config_list":
-        raise ValueError("model config: expected a model_config_list (custom_model_config is "
-                         "not supported)")
+        raise ValueError(
+            "model config: expected a model_config_list (custom_model_config is not supported)"
+        )
     configs = []
     for entry in proto.model_config_list.config:
         if not entry.name or not entry.base_path:
             text = text_format.MessageToString(entry, as_one_line=True)
             raise ValueError(f"model config entry {text!r}: expected both name and base_path")
         if entry.model_platform not in ("", "tensorflow"):
-            raise ValueError(f"model {entry.name!r}: model_platform {entry.model_platform!r} is "
-                             "not supported, expected \"tensorflow\"")
+            raise ValueError(
+                f"model {entry.name!r}: model_platform {entry.model_platform!r} is "
+                'not supported, expected "tensorflow"'
+            )
         choice = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
         policy = entry.model_version_policy
-        configs.append(ModelConfig(
-            name=entry.name, base_path=entry.base_path, policy=choice,
-            num_versions=max(1, policy.latest.num_versions) if choice == "latest" else 1,
-            versions=tuple(policy.specific.versions) if choice == "specific" else (),
-            labels=dict(entry.version_labels)))
+        configs.append(
+            ModelConfig(
+                name=entry.name,
+                base_path=entry.base_path,
+                policy=choice,
+                num_versions=max(1, policy.latest.num_versions) if choice == "latest" else 1,
+                versions=tuple(policy.specific.versions) if choice == "specific" else (),
+                labels=dict(entry.version_labels),
+            )
+        )
     names = [config.name for config in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"model config: duplicate model names in {names}")
@@ -148,8 +157,10 @@ class Signature:
         import tensorflow as tf
 
         try:
-            feeds = {name: tf.constant(value, dtype=self.inputs[name].dtype)
-                     for name, value in tensors.items()}
+            feeds = {
+                name: tf.constant(value, dtype=self.inputs[name].dtype)
+                for name, value in tensors.items()
+            }
             outputs = self.function(**feeds)
             return {name: value.numpy() for name, value in outputs.items()}
         except tf.errors.OpError as error:
@@ -171,10 +182,17 @@ class LoadedVersion:
         self.signatures: dict[str, Signature] = {}
         for name, function in self._saved_model.signatures.items():
             specs = function.structured_input_signature[1]
-            self.signatures[name] = Signature(name, {
-                key: TensorSpec(spec.dtype.name,
-                                None if spec.shape.rank is None else tuple(spec.shape.as_list()))
-                for key, spec in specs.items()}, function)
+            self.signatures[name] = Signature(
+                name,
+                {
+                    key: TensorSpec(
+                        spec.dtype.name,
+                        None if spec.shape.rank is None else tuple(spec.shape.as_list()),
+                    )
+                    for key, spec in specs.items()
+                },
+                function,
+            )
         self.signature_def_map = self._read_signature_defs(path)
 
     @staticmethod
@@ -196,8 +214,9 @@ class LoadedVersion:
         """The named signature ("" = serving_default), or INVALID_ARGUMENT as in TF Serving."""
         name = name or DEFAULT_SIGNATURE
         if name not in self.signatures:
-            raise invalid_argument(f'Serving signature name: "{snippet(name)}" not found in '
-                                   "signature def")
+            raise invalid_argument(
+                f'Serving signature name: "{snippet(name)}" not found in signature def'
+            )
         return self.signatures[name]
 
 
@@ -259,7 +278,7 @@ class ModelVersions:
             return set(versions)
         if self.config.policy == "specific":
             return set(versions) & set(self.config.versions)
-        return set(versions[-self.config.num_versions:])
+        return set(versions[-self.config.num_versions :])
 
     def sync(self) -> None:
         """One poll: load aspired versions not yet loaded, then unload the others (blocking).
@@ -275,8 +294,11 @@ class ModelVersions:
             return
         self._report_path_problem(None)
         if not on_disk and not self.available:
-            log.warning("No versions of servable %s found under base path %s",
-                        self.config.name, self.config.base_path)
+            log.warning(
+                "No versions of servable %s found under base path %s",
+                self.config.name,
+                self.config.base_path,
+            )
         aspired = self.aspired(on_disk)
         for version in sorted(aspired - set(self.available), reverse=True):
             path = on_disk[version]
@@ -288,18 +310,25 @@ class ModelVersions:
                 loaded = LoadedVersion(self.config.name, version, path)
             except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
                 code = from_tensorflow_error(error).code
-                message = f"Loading servable: {{name: {self.config.name} version: {version}}} " \
-                          f"failed: {type(error).__name__}: {error}"
+                message = (
+                    f"Loading servable: {{name: {self.config.name} version: {version}}} "
+                    f"failed: {type(error).__name__}: {error}"
+                )
                 log.error(message)
-                self.states[version] = VersionState("END", code if code != "INTERNAL" else
-                                                    "UNKNOWN", message)
+                self.states[version] = VersionState(
+                    "END", code if code != "INTERNAL" else "UNKNOWN", message
+                )
                 self._failed[version] = stamp
                 continue
             self._failed.pop(version, None)
             self.available = {**self.available, version: loaded}
             self.states[version] = VersionState("AVAILABLE")
-            log.info("Successfully loaded servable version {name: %s version: %d} from %s",
-                     self.config.name, version, path)
+            log.info(
+                "Successfully loaded servable version {name: %s version: %d} from %s",
+                self.config.name,
+                version,
+                path,
+            )
         # AvailabilityPreservingPolicy: keep old versions until an aspired one is available.
         if aspired and not aspired & set(self.available):
             return
@@ -307,13 +336,15 @@ class ModelVersions:
             self.states[version] = VersionState("UNLOADING")
             self.available = {v: loaded for v, loaded in self.available.items() if v != version}
             self.states[version] = VersionState("END")
-            log.info("Unloaded servable version {name: %s version: %d}", self.config.name,
-                     version)
+            log.info("Unloaded servable version {name: %s version: %d}", self.config.name, version)
 
     def _report_path_problem(self, problem: str | None) -> None:
         if problem is not None and problem != self._path_problem:
-            log.error("model %s: %s; serving continues with the loaded versions",
-                      self.config.name, problem)
+            log.error(
+                "model %s: %s; serving continues with the loaded versions",
+                self.config.name,
+                problem,
+            )
         self._path_problem = problem
 
     def unload_all(self) -> None:
@@ -370,8 +401,9 @@ class ModelManager:
             raise invalid_argument(f"Unrecognized servable version label: {label}")
         return model.version_for_label(label)
 
-    def resolve(self, name: str, version: int | None = None,
-                label: str | None = None) -> LoadedVersion:
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> LoadedVersion:
         """The loaded version a request names (latest when neither version nor label is given).
 
         Raises:
@@ -387,12 +419,12 @@ class ModelManager:
                 raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
             return available[max(available)]
         if version not in available:
-            raise ServingError("NOT_FOUND",
-                               f"Servable not found for request: Specific({name}, {version})")
+            raise ServingError(
+                "NOT_FOUND", f"Servable not found for request: Specific({name}, {version})"
+            )
         return available[version]
 
-    def status_json(self, name: str, version: int | None = None,
-                    label: str | None = None) -> dict:
+    def status_json(self, name: str, version: int | None = None, label: str | None = None) -> dict:
         """GetModelStatusResponse as TF Serving's REST API renders it.
 
         Raises:
@@ -408,8 +440,7 @@ class ModelManager:
         response = get_model_status_pb2.GetModelStatusResponse()
         if version is not None:
             if version not in states:
-                raise ServingError("NOT_FOUND",
-                                   f"Could not find version {version} of model {name}")
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
             selected = [version]
         else:
             if not states:
@@ -422,16 +453,21 @@ class ModelManager:
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
             entry.status.error_code = error_codes.values_by_name[state.error_code].number
             entry.status.error_message = state.error_message
-        return json_format.MessageToDict(response, including_default_value_fields=True,
-                                         preserving_proto_field_name=True)
+        return json_format.MessageToDict(
+            response, including_default_value_fields=True, preserving_proto_field_name=True
+        )
 
-    def metadata_json(self, name: str, version: int | None = None,
-                      label: str | None = None) -> dict:
+    def metadata_json(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> dict:
         """GetModelMetadataResponse (signature_def only, like TF Serving) as REST JSON."""
         loaded = self.resolve(name, version, label)
         spec = model_pb2.ModelSpec(name=name)
         spec.version.value = loaded.version
         options = {"including_default_value_fields": True, "preserving_proto_field_name": True}
-        return {"model_spec": json_format.MessageToDict(spec, **options),
-                "metadata": {"signature_def": json_format.MessageToDict(
-                    loaded.signature_def_map, **options)}}
+        return {
+            "model_spec": json_format.MessageToDict(spec, **options),
+            "metadata": {
+                "signature_def": json_format.MessageToDict(loaded.signature_def_map, **options)
+            },
+        }

@@ -13,6 +13,7 @@ there at start-up and never polls again, as in TF Serving). Built on aiohttp; in
 thread pool, never on the event loop. Binds 127.0.0.1 unless --host says otherwise. TF Serving's
 underscore flag spellings (--model_base_path, --rest_api_port, ...) are accepted too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,20 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from serving import json_tensor
-from serving.batching import (BATCH_LEVEL_SIGNATURES, Batcher, BatchingOptions, batchable,
-                              read_batching_parameters_file)
-from serving.model_manager import (LoadedVersion, ModelConfig, ModelManager, base_path_problem,
-                                   read_model_config_file)
+from serving.batching import (
+    BATCH_LEVEL_SIGNATURES,
+    Batcher,
+    BatchingOptions,
+    batchable,
+    read_batching_parameters_file,
+)
+from serving.model_manager import (
+    LoadedVersion,
+    ModelConfig,
+    ModelManager,
+    base_path_problem,
+    read_model_config_file,
+)
 from serving.status import ServingError, invalid_argument
 
 log = logging.getLogger("serving")
@@ -47,10 +58,13 @@ log = logging.getLogger("serving")
 _API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _PREDICT_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-    r":(classify|regress|predict)", re.IGNORECASE)
+    r":(classify|regress|predict)",
+    re.IGNORECASE,
+)
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _INT64_MAX = 2**63 - 1
 _JSON = "application/json"
 _T = TypeVar("_T")
@@ -84,8 +98,9 @@ def _parse_version(text: str | None) -> int | None:
         return None
     version = int(text)
     if version > _INT64_MAX:
-        raise invalid_argument(f"Failed to convert version: {json_tensor.snippet(text)} to "
-                               "numeric.")
+        raise invalid_argument(
+            f"Failed to convert version: {json_tensor.snippet(text)} to numeric."
+        )
     return version
 
 
@@ -101,8 +116,7 @@ class ServingApp:
         self.options = options
         self.executor = ThreadPoolExecutor(options.num_threads, thread_name_prefix="rest")
         self._poll_executor = ThreadPoolExecutor(1, thread_name_prefix="model-poll")
-        self._batchers: weakref.WeakKeyDictionary[LoadedVersion, dict] = (
-            weakref.WeakKeyDictionary())
+        self._batchers: weakref.WeakKeyDictionary[LoadedVersion, dict] = weakref.WeakKeyDictionary()
         self._batch_threads: asyncio.Semaphore | None = None
         self._pollers: list[asyncio.Task] = []
 
@@ -121,8 +135,10 @@ class ServingApp:
         if file_system_wait > 0:
             self._pollers.append(asyncio.create_task(self._poll_file_system(file_system_wait)))
         else:
-            log.info("--file-system-poll-wait-seconds 0: the versions loaded at start-up are "
-                     "served; base paths are not polled again (new versions need a restart)")
+            log.info(
+                "--file-system-poll-wait-seconds 0: the versions loaded at start-up are "
+                "served; base paths are not polled again (new versions need a restart)"
+            )
         config_wait = self.options.model_config_file_poll_wait_seconds
         if self.options.model_config_file and config_wait > 0:
             self._pollers.append(asyncio.create_task(self._poll_model_config_file(config_wait)))
@@ -161,8 +177,9 @@ class ServingApp:
         try:
             configs = read_model_config_file(path)
         except ValueError as error:
-            log.error("--model-config-file %s: %s; keeping the models of the previous config",
-                      path, error)
+            log.error(
+                "--model-config-file %s: %s; keeping the models of the previous config", path, error
+            )
             return
         self.manager.reconfigure(configs)
         self.manager.poll(new_only=True)
@@ -172,7 +189,8 @@ class ServingApp:
         path = request.rel_url.raw_path
         if not _API_PATH.fullmatch(path):
             return _json_response(
-                json_tensor.error_body(f"Not Found: {json_tensor.snippet(path)}"), 404)
+                json_tensor.error_body(f"Not Found: {json_tensor.snippet(path)}"), 404
+            )
         try:
             return await self._dispatch(request, path)
         except ServingError as error:
@@ -185,7 +203,8 @@ class ServingApp:
 
     async def _dispatch(self, request: web.Request, path: str) -> web.Response:
         malformed = invalid_argument(
-            f"Malformed request: {request.method} {json_tensor.snippet(path)}")
+            f"Malformed request: {request.method} {json_tensor.snippet(path)}"
+        )
         if request.method == "POST":
             match = _PREDICT_PATH.fullmatch(path)
             if match is None:
@@ -200,8 +219,9 @@ class ServingApp:
             body = await request.read()
             if method.lower() == "predict":
                 return await self._predict(body, name, version, label)
-            return await self._run(self._classify_or_regress, body, name, version, label,
-                                   method.lower())
+            return await self._run(
+                self._classify_or_regress, body, name, version, label, method.lower()
+            )
         if request.method == "GET":
             match = _STATUS_PATH.fullmatch(path)
             if match is None:
@@ -222,15 +242,18 @@ class ServingApp:
     def _too_large(self, size: int | None) -> web.Response:
         # TF Serving documents no REST body limit; 413 is HTTP's answer for a body over one.
         body = "Request body" if size is None else f"Request body of {size} bytes"
-        message = (f"{body} exceeds the limit of {self.options.max_request_bytes} bytes "
-                   "(--max-request-bytes)")
+        message = (
+            f"{body} exceeds the limit of {self.options.max_request_bytes} bytes "
+            "(--max-request-bytes)"
+        )
         return _json_response(json_tensor.error_body(message), 413)
 
     async def _run(self, function: Callable, *args):
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, function, *args),
-                                          self.options.timeout_seconds)
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.executor, function, *args), self.options.timeout_seconds
+            )
         except asyncio.TimeoutError:
             raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
 
@@ -242,25 +265,29 @@ class ServingApp:
         tensors, request_format = json_tensor.predict_inputs(document, body, signature.inputs)
         return loaded, signature, tensors, request_format
 
-    def _predict_blocking(self, body: bytes, name: str, version: int | None,
-                          label: str | None) -> web.Response:
+    def _predict_blocking(
+        self, body: bytes, name: str, version: int | None, label: str | None
+    ) -> web.Response:
         _, signature, tensors, request_format = self._prepare(body, name, version, label)
         outputs = signature.run(tensors)
         return _json_response(json_tensor.predict_response(outputs, request_format))
 
-    async def _predict(self, body: bytes, name: str, version: int | None,
-                       label: str | None) -> web.Response:
+    async def _predict(
+        self, body: bytes, name: str, version: int | None, label: str | None
+    ) -> web.Response:
         if self.options.batching is None:
             return await self._run(self._predict_blocking, body, name, version, label)
         loaded, signature, tensors, request_format = await self._run(
-            self._prepare, body, name, version, label)
+            self._prepare, body, name, version, label
+        )
         if not batchable(signature.name):  # its outputs depend on the whole batch: run alone
             outputs = await self._run(signature.run, tensors)
         else:
             batcher = self._batcher(loaded, signature, tensors)
             try:
-                outputs = await asyncio.wait_for(batcher.submit(tensors),
-                                                 self.options.timeout_seconds)
+                outputs = await asyncio.wait_for(
+                    batcher.submit(tensors), self.options.timeout_seconds
+                )
             except asyncio.TimeoutError:
                 raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
         payload = await self._run(json_tensor.predict_response, outputs, request_format)
@@ -271,8 +298,9 @@ class ServingApp:
         per_version = self._batchers.setdefault(loaded, {})
         key = (signature.name, shapes)
         if key not in per_version:
-            per_version[key] = Batcher(signature.run, self.options.batching, self.executor,
-                                       self._batch_threads)
+            per_version[key] = Batcher(
+                signature.run, self.options.batching, self.executor, self._batch_threads
+            )
         return per_version[key]
 
     def batching_stats(self) -> dict[tuple[str, int, str], dict[str, int]]:
@@ -283,14 +311,17 @@ class ServingApp:
         stats: dict[tuple[str, int, str], dict[str, int]] = {}
         for loaded, per_version in list(self._batchers.items()):
             for (signature_name, _), batcher in per_version.items():
-                entry = stats.setdefault((loaded.model_name, loaded.version, signature_name),
-                                         {"requests": 0, "batches": 0})
+                entry = stats.setdefault(
+                    (loaded.model_name, loaded.version, signature_name),
+                    {"requests": 0, "batches": 0},
+                )
                 entry["requests"] += batcher.requests
                 entry["batches"] += batcher.batches
         return stats
 
-    def _classify_or_regress(self, body: bytes, name: str, version: int | None,
-                             label: str | None, method: str) -> web.Response:
+    def _classify_or_regress(
+        self, body: bytes, name: str, version: int | None, label: str | None, method: str
+    ) -> web.Response:
         """Validates like TF Serving; every signature exported here is a predict signature."""
         document = json_tensor.parse_json(body)
         signature_name = json_tensor.signature_name_of(document) or "serving_default"
@@ -299,14 +330,19 @@ class ServingApp:
         method_name = f"tensorflow/serving/{method}"
         signature_def = loaded.signature_def_map.signature_def.get(signature_name)
         if signature_def is None:
-            raise invalid_argument("No signature was found with the name: "
-                                   f"{json_tensor.snippet(signature_name)}")
+            raise invalid_argument(
+                f"No signature was found with the name: {json_tensor.snippet(signature_name)}"
+            )
         if signature_def.method_name != method_name:
             kind = "classification" if method == "classify" else "regression"
-            raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. "
-                                   f"Was: {signature_def.method_name}")
-        raise ServingError("UNIMPLEMENTED", f"{method} over tf.Example inputs is not supported "
-                                            "by this server; use :predict")
+            raise invalid_argument(
+                f"Expected {kind} signature method_name to be {method_name}. "
+                f"Was: {signature_def.method_name}"
+            )
+        raise ServingError(
+            "UNIMPLEMENTED",
+            f"{method} over tf.Example inputs is not supported by this server; use :predict",
+        )
 
 
 class StartupError(Exception):
@@ -333,11 +369,14 @@ def model_configs_from_args(args: argparse.Namespace) -> list[ModelConfig]:
             log.warning("--model-config-file given: ignoring --model-name/--model-base-path")
         path = args.model_config_file
         configs = _read_flag_file("--model-config-file", path, read_model_config_file)
-        sources = [f"--model-config-file {path}: model {c.name!r}: base_path {c.base_path!r}"
-                   for c in configs]
+        sources = [
+            f"--model-config-file {path}: model {c.name!r}: base_path {c.base_path!r}"
+            for c in configs
+        ]
     elif args.model_base_path:
-        configs = [ModelConfig(name=args.model_name,
-                               base_path=os.path.abspath(args.model_base_path))]
+        configs = [
+            ModelConfig(name=args.model_name, base_path=os.path.abspath(args.model_base_path))
+        ]
         sources = [f"--model-base-path {args.model_base_path}"]
     else:
         raise StartupError("give --model-base-path (and --model-name) or --model-config-file")
@@ -355,15 +394,20 @@ def batching_from_args(args: argparse.Namespace) -> BatchingOptions | None:
         StartupError: the batching parameters file cannot be read or holds bad parameters.
     """
     if args.batching_parameters_file:
-        return _read_flag_file("--batching-parameters-file", args.batching_parameters_file,
-                               read_batching_parameters_file)
+        return _read_flag_file(
+            "--batching-parameters-file",
+            args.batching_parameters_file,
+            read_batching_parameters_file,
+        )
     return BatchingOptions() if args.enable_batching else None
 
 
 def _bind_error(host: str, port: int, error: OSError) -> str:
     if error.errno == errno.EADDRINUSE:
-        return (f"--port {port}: {host}:{port} is already in use; stop what listens there or "
-                "choose another port (0: any free port)")
+        return (
+            f"--port {port}: {host}:{port} is already in use; stop what listens there or "
+            "choose another port (0: any free port)"
+        )
     return f"--host {host} --port {port}: cannot listen there ({error.strerror or error})"
 
 
@@ -376,10 +420,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as error:
-        raise StartupError(f"--host {host}: not an address to listen on "
-                           f"({error.strerror})") from None
+        raise StartupError(
+            f"--host {host}: not an address to listen on ({error.strerror})"
+        ) from None
     sock = socket.socket(family, kind, protocol)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -392,8 +438,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def _integer_flag(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer from `minimum` to `maximum` (None: no upper bound)."""
-    expected = (f"an integer >= {minimum}" if maximum is None
-                else f"an integer from {minimum} to {maximum}")
+    expected = (
+        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    )
 
     def parse(text: str) -> int:
         try:
@@ -423,8 +470,8 @@ def _seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
             value = math.nan
         if math.isfinite(value) and value < 0:
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {expected}; {negative}, which this server does not "
-                "support")
+                f"{text!r}: expected {expected}; {negative}, which this server does not support"
+            )
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
         return value + 0.0  # -0.0 is 0
@@ -441,54 +488,88 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags (TF Serving's underscore spellings are aliases)."""
-    parser = _ArgumentParser(prog="python -m serving.server", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _ArgumentParser(
+        prog="python -m serving.server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
     def flag(name: str, **kwargs) -> None:
         spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
         parser.add_argument(*spellings, **kwargs)
 
     port = _integer_flag(0, 65535)
-    flag("port", type=port, default=8501, help="REST port (0: any free port; TF Serving's "
-         "--rest_api_port is an alias)")
+    flag(
+        "port",
+        type=port,
+        default=8501,
+        help="REST port (0: any free port; TF Serving's --rest_api_port is an alias)",
+    )
     parser.add_argument("--rest_api_port", dest="port", type=port, help=argparse.SUPPRESS)
-    flag("host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes "
-         "the server to the network)")
+    flag(
+        "host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server to the network)",
+    )
     flag("model-name", default="default", help="model name in request paths")
     flag("model-base-path", help="directory holding numbered SavedModel versions")
-    flag("model-config-file", help="text-proto ModelServerConfig (several models, version "
-         "policies, version labels)")
-    flag("model-config-file-poll-wait-seconds", default=0.0,
-         type=_seconds_flag("read the file once", "TF Serving reserves negative values for "
-                            "testing"),
-         help="seconds between re-reads of --model-config-file (default 0: the file is read "
-         "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
-         "once")
-    flag("file-system-poll-wait-seconds", default=1.0,
-         type=_seconds_flag("poll once", "a negative value makes TF Serving disable polling and "
-                            "wait for a model at start-up"),
-         help="seconds between polls of the model base paths for new versions (default 1; 0: "
-         "poll exactly once, loading the versions there at start-up, and never again; "
-         "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
-         "supported)")
-    flag("enable-batching", action="store_true",
-         help="batch concurrent requests of the same model version and signature, except for "
-         f"{', '.join(sorted(BATCH_LEVEL_SIGNATURES))}, whose outputs depend on the whole "
-         "batch and which therefore always runs alone (TF Serving's --enable_batching would "
-         "merge it)")
+    flag(
+        "model-config-file",
+        help="text-proto ModelServerConfig (several models, version policies, version labels)",
+    )
+    flag(
+        "model-config-file-poll-wait-seconds",
+        default=0.0,
+        type=_seconds_flag("read the file once", "TF Serving reserves negative values for testing"),
+        help="seconds between re-reads of --model-config-file (default 0: the file is read "
+        "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
+        "once",
+    )
+    flag(
+        "file-system-poll-wait-seconds",
+        default=1.0,
+        type=_seconds_flag(
+            "poll once",
+            "a negative value makes TF Serving disable polling and wait for a model at start-up",
+        ),
+        help="seconds between polls of the model base paths for new versions (default 1; 0: "
+        "poll exactly once, loading the versions there at start-up, and never again; "
+        "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
+        "supported)",
+    )
+    flag(
+        "enable-batching",
+        action="store_true",
+        help="batch concurrent requests of the same model version and signature, except for "
+        f"{', '.join(sorted(BATCH_LEVEL_SIGNATURES))}, whose outputs depend on the whole "
+        "batch and which therefore always runs alone (TF Serving's --enable_batching would "
+        "merge it)",
+    )
     flag("batching-parameters-file", help="text-proto BatchingParameters (implies batching)")
-    flag("max-request-bytes", type=_integer_flag(1), default=64 * 2**20,
-         help="larger request bodies get HTTP 413")
-    flag("rest-api-num-threads", type=_integer_flag(1), default=max(4, os.cpu_count() or 1),
-         help="threads running requests")
-    flag("rest-api-timeout-in-ms", type=_integer_flag(1), default=30000,
-         help="per-request deadline")
+    flag(
+        "max-request-bytes",
+        type=_integer_flag(1),
+        default=64 * 2**20,
+        help="larger request bodies get HTTP 413",
+    )
+    flag(
+        "rest-api-num-threads",
+        type=_integer_flag(1),
+        default=max(4, os.cpu_count() or 1),
+        help="threads running requests",
+    )
+    flag(
+        "rest-api-timeout-in-ms", type=_integer_flag(1), default=30000, help="per-request deadline"
+    )
     return parser
 
 
-async def serve(manager: ModelManager, options: ServerOptions,
-                ready: Callable[[str], None] | None = None,
-                sock: socket.socket | None = None) -> None:
+async def serve(
+    manager: ModelManager,
+    options: ServerOptions,
+    ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
     """Loads the models, then serves until SIGINT/SIGTERM.
 
     Args:
@@ -515,7 +596,8 @@ async def serve(manager: ModelManager, options: ServerOptions,
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     (ready or (lambda text: print(text, flush=True)))(
-        f"Exporting HTTP/REST API at {url} (models: {', '.join(sorted(manager.models))})")
+        f"Exporting HTTP/REST API at {url} (models: {', '.join(sorted(manager.models))})"
+    )
     stop = asyncio.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
@@ -532,18 +614,24 @@ def main(argv: list[str] | None = None) -> int:
     one is reported at once, as one `error: ...` line.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         configs = model_configs_from_args(args)
         options = ServerOptions(
-            host=args.host, port=args.port, max_request_bytes=args.max_request_bytes,
+            host=args.host,
+            port=args.port,
+            max_request_bytes=args.max_request_bytes,
             num_threads=args.rest_api_num_threads,
             timeout_seconds=args.rest_api_timeout_in_ms / 1e3,
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             model_config_file=args.model_config_file,
             model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-            batching=batching_from_args(args))
+            batching=batching_from_args(args),
+        )
         sock = bind_socket(options.host, options.port)
         import tensorflow  # noqa: F401 - in the main thread, once everything above is checked
 

@@ -3,6 +3,7 @@
 TF Serving answers every failed REST call with `{"error": "<message>"}` and an HTTP status chosen
 from the gRPC/TensorFlow error code (`ToHTTPStatusCode` in tensorflow_serving's http_server.cc).
 """
+
 from __future__ import annotations
 
 #: TensorFlow / gRPC canonical code -> HTTP status (TF Serving's mapping).
@@ -27,11 +28,25 @@ HTTP_STATUS = {
 }
 
 #: Numeric codes (tensorflow/core/protobuf/error_codes.proto) -> names.
-_CODE_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT",
-               4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 6: "ALREADY_EXISTS",
-               7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
-               10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL",
-               14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
+_CODE_NAMES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
 
 
 class ServingError(Exception):

@@ -4,6 +4,7 @@ Missing data or packages: `require_or_skip` skips the test on a developer's part
 fails it when the environment variable CI is true (as CI services set it), so CI never passes by
 skipping what it should run.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,10 @@ def require_or_skip(reason: str) -> NoReturn:
     """Ends the current test for a missing data file or package: a failure under CI=true, else a
     skip. Works in tests, fixtures and at module level."""
     if in_ci():
-        pytest.fail(f"{reason} (CI={os.environ['CI']}: missing data or packages fail the run)",
-                    pytrace=False)
+        pytest.fail(
+            f"{reason} (CI={os.environ['CI']}: missing data or packages fail the run)",
+            pytrace=False,
+        )
     pytest.skip(reason, allow_module_level=True)
 
 
@@ -59,8 +62,10 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def fashion_mnist_dir() -> Path:
     """Directory of the Debian `dataset-fashion-mnist` idx files."""
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        require_or_skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install "
-                        "dataset-fashion-mnist; scripts/setup.sh does it as root)")
+        require_or_skip(
+            f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install "
+            "dataset-fashion-mnist; scripts/setup.sh does it as root)"
+        )
     return FASHION_MNIST_DIR
 
 
@@ -68,8 +73,9 @@ def fashion_mnist_dir() -> Path:
 def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared CIFAR-10 JPEG tree extracted once per session; returns `.../cifar10-jpeg`."""
     if not CIFAR10_TARBALL.exists():
-        require_or_skip(f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data "
-                        "folder)")
+        require_or_skip(
+            f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data folder)"
+        )
     target = tmp_path_factory.mktemp("cifar10")
     subprocess.run(["tar", "-xJf", str(CIFAR10_TARBALL), "-C", str(target)], check=True)
     return target / "cifar10-jpeg"

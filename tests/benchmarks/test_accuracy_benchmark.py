@@ -1,4 +1,5 @@
 """benchmarks/accuracy.py: its scoring rules against NumPy, its merge, and a real smoke run."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import CIFAR10_TARBALL, REPO_ROOT
+from tests.conftest import CIFAR10_TARBALL, REPO_ROOT, require_or_skip
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import accuracy as bench  # noqa: E402  (a script folder, not a package)
@@ -37,11 +38,24 @@ def test_logit_statistics_are_the_means_of_true_class_and_other_logits():
 
 def _part(seed: int, shift_value: float, std: float = 0.01) -> dict:
     shift = {d: {"mean": shift_value, "std": std} for d in bench.SHIFTS}
-    uniform = {"accuracy": shift_value, "many": 0.9, "medium": 0.5, "few": float("nan"),
-               "ece": 0.1, "nll": 1.0, "balanced_accuracy": shift_value, "brier": 0.2}
-    return {"dataset": "fmnist_lt_ir100", "seed": seed, "config": {"epochs": 3},
-            "train_seconds": 10.0, "train_images_per_s": 100.0,
-            "methods": {"lade_sample": {"shift": shift, "uniform": uniform}}}
+    uniform = {
+        "accuracy": shift_value,
+        "many": 0.9,
+        "medium": 0.5,
+        "few": float("nan"),
+        "ece": 0.1,
+        "nll": 1.0,
+        "balanced_accuracy": shift_value,
+        "brier": 0.2,
+    }
+    return {
+        "dataset": "fmnist_lt_ir100",
+        "seed": seed,
+        "config": {"epochs": 3},
+        "train_seconds": 10.0,
+        "train_images_per_s": 100.0,
+        "methods": {"lade_sample": {"shift": shift, "uniform": uniform}},
+    }
 
 
 def test_merge_takes_the_std_over_training_seeds_when_there_are_several():
@@ -63,8 +77,13 @@ def test_importance_verdict_names_the_better_variant():
 
 
 def test_unknown_selection_is_a_clear_error(capsys):
-    done = subprocess.run([sys.executable, "benchmarks/accuracy.py", "--methods", "lade,ce"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/accuracy.py", "--methods", "lade,ce"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "--methods 'lade,ce': expected a comma-separated subset of softmax" in done.stderr
     assert "Traceback" not in done.stderr
@@ -74,10 +93,18 @@ def test_unknown_selection_is_a_clear_error(capsys):
 @pytest.mark.timeout(1500)
 def test_smoke_budget_writes_every_method_and_the_figure2_check(tmp_path):
     if not CIFAR10_TARBALL.exists():
-        pytest.fail(f"{CIFAR10_TARBALL} not found") if _in_ci() else pytest.skip("no CIFAR-10")
+        require_or_skip(f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA)")
     output = tmp_path / "results"
-    command = [sys.executable, "benchmarks/accuracy.py", "--budget", "smoke",
-               "--output", str(output), "--work-dir", str(tmp_path / "work")]
+    command = [
+        sys.executable,
+        "benchmarks/accuracy.py",
+        "--budget",
+        "smoke",
+        "--output",
+        str(output),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1450)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((output / "accuracy_smoke.json").read_text())
@@ -97,9 +124,3 @@ def test_smoke_budget_writes_every_method_and_the_figure2_check(tmp_path):
     # A second run finds every part done and only merges.
     again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "done before, skipped" in again.stderr
-
-
-def _in_ci() -> bool:
-    import os
-
-    return os.environ.get("CI", "").lower() == "true"

@@ -1,6 +1,7 @@
 """Real data for the inference-rule and prior-estimation tests: Fashion-MNIST-LT, 2x2-pooled
 (196 features), a balanced validation split taken first, and a small Keras MLP trained in seconds
 with any loss of lade_tf.losses."""
+
 from __future__ import annotations
 
 import functools
@@ -24,6 +25,7 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def pooled_fashion_mnist(directory: Path) -> dict[str, np.ndarray]:
     """train_x / test_x float32 [N, 196] in 0..1 (2x2 average pooling), train_y / test_y."""
+
     def load(prefix: str):
         images = _read_idx(directory / f"{prefix}-images-idx3-ubyte.gz", 16)
         labels = _read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", 8)
@@ -42,12 +44,13 @@ def long_tailed_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
     for label, count in enumerate(TRAIN_COUNTS):
         members = rng.permutation(np.flatnonzero(labels == label))
         val.extend(members[:VAL_PER_CLASS])
-        train.extend(members[VAL_PER_CLASS:VAL_PER_CLASS + count])
+        train.extend(members[VAL_PER_CLASS : VAL_PER_CLASS + count])
     return np.array(train), np.array(val)
 
 
-def trained_logits(directory: Path, loss: str, *, tau: float = 1.0, seed: int = 0,
-                   epochs: int = 15) -> dict[str, np.ndarray]:
+def trained_logits(
+    directory: Path, loss: str, *, tau: float = 1.0, seed: int = 0, epochs: int = 15
+) -> dict[str, np.ndarray]:
     """A 196-64-10 MLP trained with `loss` (Adam, 15 epochs, about 3-8 s on 2 busy cores).
 
     Returns:
@@ -60,13 +63,21 @@ def trained_logits(directory: Path, loss: str, *, tau: float = 1.0, seed: int = 
     data = pooled_fashion_mnist(directory)
     train, val = long_tailed_split(data["train_y"])
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((196,)), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [keras.Input((196,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+    )
     options = {"tau": tau} if loss == "logit_adjusted" else {}
     model.compile(keras.optimizers.Adam(3e-3), loss=make_loss(loss, TRAIN_COUNTS, **options))
-    model.fit(data["train_x"][train], data["train_y"][train], epochs=epochs, batch_size=128,
-              verbose=0)
-    predict = lambda x: np.asarray(model.predict(x, batch_size=2000, verbose=0),  # noqa: E731
-                                   np.float64)
-    return {"test_logits": predict(data["test_x"]), "test_labels": data["test_y"],
-            "val_logits": predict(data["train_x"][val]), "val_labels": data["train_y"][val]}
+    model.fit(
+        data["train_x"][train], data["train_y"][train], epochs=epochs, batch_size=128, verbose=0
+    )
+
+    def predict(x):
+        return np.asarray(model.predict(x, batch_size=2000, verbose=0), np.float64)
+
+    return {
+        "test_logits": predict(data["test_x"]),
+        "test_labels": data["test_y"],
+        "val_logits": predict(data["train_x"][val]),
+        "val_labels": data["train_y"][val],
+    }

@@ -3,6 +3,7 @@
 Logical CPU devices must be configured before TensorFlow initialises, so the training runs in a
 fresh Python process; it reports losses and weights as JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow  # a fresh TensorFlow process with two logical CPU
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -60,15 +61,16 @@ losses._global_batch = lambda logits, labels: (logits, labels)
 results["no_gather"] = {"single": results["sample_all"]["single"],
                         "mirrored": train(mirrored, dict(alpha=1.0))}
 json.dump(results, sys.stdout)
-'''
+"""
 
 
 def max_difference(run_a, run_b) -> tuple[float, float]:
     import numpy as np
 
     loss_gap = abs(run_a[0] - run_b[0])
-    weight_gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                     for a, b in zip(run_a[1], run_b[1]))
+    weight_gap = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(run_a[1], run_b[1])
+    )
     return loss_gap, weight_gap
 
 
@@ -76,10 +78,21 @@ def max_difference(run_a, run_b) -> tuple[float, float]:
 def distributed_runs(tmp_path_factory) -> dict:
     script = tmp_path_factory.mktemp("distributed") / "mirrored.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=240, cwd=REPO_ROOT)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=REPO_ROOT,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
 

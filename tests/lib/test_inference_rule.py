@@ -1,5 +1,6 @@
 """The logit-adjusted loss's inference rule on real data: a model trained with CE(f + 2 log p_s)
 on Fashion-MNIST-LT is corrected by f + (tau - 1) log p_s + log p_t, not by f + log p_t."""
+
 from __future__ import annotations
 
 import numpy as np

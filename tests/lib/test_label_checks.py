@@ -1,5 +1,6 @@
 """Labels outside [0, C) in lade_tf.losses: a ValueError naming the label where the values are
 known (NumPy input, eager TensorFlow, concrete JAX arrays); compiled code is left unchanged."""
+
 from __future__ import annotations
 
 import keras
@@ -43,17 +44,22 @@ def compiled(function):
 
 @pytest.mark.backend_agnostic
 @pytest.mark.parametrize("name", sorted(LOSSES))
-@pytest.mark.parametrize("labels, shown", [
-    (with_label(2, 5), "y_true[2] = 5"),
-    (with_label(0, -1), "y_true[0] = -1"),
-    (with_label(3, np.nan, np.float32), "y_true[3] = nan"),
-    (with_label(1, 7)[:, None], "y_true[1] = 7"),
-])
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        (with_label(2, 5), "y_true[2] = 5"),
+        (with_label(0, -1), "y_true[0] = -1"),
+        (with_label(3, np.nan, np.float32), "y_true[3] = nan"),
+        (with_label(1, 7)[:, None], "y_true[1] = 7"),
+    ],
+)
 def test_a_label_outside_the_classes_is_named_on_the_eager_path(name, labels, shown):
     loss = LOSSES[name]
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(loss(GOOD, LOGITS))))  # in range
-    expected = (f"{shown}: expected a class id in [0, 5) (5 classes in class_counts); 1 of 4 "
-                "labels are outside")
+    expected = (
+        f"{shown}: expected a class id in [0, 5) (5 classes in class_counts); 1 of 4 "
+        "labels are outside"
+    )
     for as_given in (lambda x: x, keras.ops.convert_to_tensor):  # NumPy, then a backend tensor
         with pytest.raises(ValueError) as caught:
             loss(as_given(labels), as_given(LOGITS))
@@ -63,9 +69,10 @@ def test_a_label_outside_the_classes_is_named_on_the_eager_path(name, labels, sh
 @pytest.mark.backend_agnostic
 def test_one_hot_labels_are_never_out_of_range():
     one_hot = np.eye(len(COUNTS), dtype=np.float32)[GOOD]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(losses.lade_loss(one_hot, LOGITS,
-                                                                           COUNTS)),
-                               keras.ops.convert_to_numpy(losses.lade_loss(GOOD, LOGITS, COUNTS)))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(losses.lade_loss(one_hot, LOGITS, COUNTS)),
+        keras.ops.convert_to_numpy(losses.lade_loss(GOOD, LOGITS, COUNTS)),
+    )
 
 
 @pytest.mark.backend_agnostic
@@ -73,8 +80,11 @@ def test_one_hot_labels_are_never_out_of_range():
 def test_compiled_losses_are_unchanged_and_not_checked(name):
     loss = LOSSES[name]
     step = compiled(loss)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(step(GOOD, LOGITS)),
-                               keras.ops.convert_to_numpy(loss(GOOD, LOGITS)), rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(step(GOOD, LOGITS)),
+        keras.ops.convert_to_numpy(loss(GOOD, LOGITS)),
+        rtol=1e-6,
+    )
     # Symbolic labels cannot be read: no ValueError while tracing (the backend's kernels decide
     # what an out-of-range label gives, e.g. an InvalidArgumentError on TensorFlow's CPU).
     try:

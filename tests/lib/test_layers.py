@@ -1,4 +1,5 @@
 """PriorCorrection and adjust_logits_numpy against the inference rule of DESIGN section 1."""
+
 from __future__ import annotations
 
 import keras
@@ -52,8 +53,10 @@ BAD_PRIORS = {
 }
 
 
-RULE_CASES = [(loss, 1.0) for loss in LOSS_NAMES] + [("logit_adjusted", 0.5),
-                                                      ("logit_adjusted", 2.0)]
+RULE_CASES = [(loss, 1.0) for loss in LOSS_NAMES] + [
+    ("logit_adjusted", 0.5),
+    ("logit_adjusted", 2.0),
+]
 
 
 @pytest.mark.backend_agnostic
@@ -61,16 +64,26 @@ RULE_CASES = [(loss, 1.0) for loss in LOSS_NAMES] + [("logit_adjusted", 0.5),
 def test_layer_and_numpy_twin_match_the_rule(train_loss, tau):
     logits = random_logits()
     rng = np.random.default_rng(1)
-    priors = {"vector": rng.uniform(0.1, 3.0, NUM_CLASSES),
-              "per_row": rng.uniform(0.1, 3.0, (6, NUM_CLASSES))}
+    priors = {
+        "vector": rng.uniform(0.1, 3.0, NUM_CLASSES),
+        "per_row": rng.uniform(0.1, 3.0, (6, NUM_CLASSES)),
+    }
     layer = layers.PriorCorrection(COUNTS, train_loss=train_loss, tau=tau)
     for name, prior in priors.items():
         expected = reference_adjusted(logits, COUNTS, train_loss, prior, tau)
-        np.testing.assert_allclose(to_numpy(layer(logits, prior.astype(np.float32))), expected,
-                                   rtol=1e-5, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(layers.adjust_logits_numpy(logits, COUNTS, train_loss, prior,
-                                                              tau=tau),
-                                   expected, rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            to_numpy(layer(logits, prior.astype(np.float32))),
+            expected,
+            rtol=1e-5,
+            atol=1e-5,
+            err_msg=name,
+        )
+        np.testing.assert_allclose(
+            layers.adjust_logits_numpy(logits, COUNTS, train_loss, prior, tau=tau),
+            expected,
+            rtol=1e-12,
+            err_msg=name,
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -88,19 +101,26 @@ def test_logit_adjusted_rule_recovers_the_target_posterior(tau):
     source = np.asarray(COUNTS, np.float64) / np.sum(COUNTS)
     row_constant = rng.normal(0, 5, size=(8, 1))  # a model's logits are free up to one per row
     logits = log_likelihood + (1.0 - tau) * np.log(source) + row_constant
-    np.testing.assert_allclose(softmax(logits + tau * np.log(source)),
-                               softmax(log_likelihood + np.log(source)), atol=1e-12)
+    np.testing.assert_allclose(
+        softmax(logits + tau * np.log(source)), softmax(log_likelihood + np.log(source)), atol=1e-12
+    )
     target = rng.dirichlet(np.ones(NUM_CLASSES))
     expected = softmax(log_likelihood + np.log(target))
     layer = layers.PriorCorrection(COUNTS, train_loss="logit_adjusted", tau=tau)
-    np.testing.assert_allclose(softmax(to_numpy(layer(logits.astype(np.float32), target))),
-                               expected, atol=1e-5)
-    np.testing.assert_allclose(softmax(layers.adjust_logits_numpy(
-        logits, COUNTS, "logit_adjusted", target, tau=tau)), expected, atol=1e-12)
+    np.testing.assert_allclose(
+        softmax(to_numpy(layer(logits.astype(np.float32), target))), expected, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        softmax(layers.adjust_logits_numpy(logits, COUNTS, "logit_adjusted", target, tau=tau)),
+        expected,
+        atol=1e-12,
+    )
     # With p_t = p_s the rule gives the source posterior softmax(f + tau log p_s).
-    np.testing.assert_allclose(softmax(layers.adjust_logits_numpy(
-        logits, COUNTS, "logit_adjusted", source, tau=tau)),
-        softmax(logits + tau * np.log(source)), atol=1e-12)
+    np.testing.assert_allclose(
+        softmax(layers.adjust_logits_numpy(logits, COUNTS, "logit_adjusted", source, tau=tau)),
+        softmax(logits + tau * np.log(source)),
+        atol=1e-12,
+    )
     if tau != 1.0:  # the rule without the tau term is off by (tau - 1) log p_s
         wrong = softmax(layers.adjust_logits_numpy(logits, COUNTS, "logit_adjusted", target))
         assert np.abs(wrong - expected).max() > 0.05
@@ -112,19 +132,22 @@ def test_correction_offset_per_loss():
     np.testing.assert_allclose(layers.correction_offset(COUNTS, "ce"), -log_source)
     np.testing.assert_array_equal(layers.correction_offset(COUNTS, "lade"), 0.0)
     np.testing.assert_array_equal(layers.correction_offset(COUNTS, "balanced_softmax"), 0.0)
-    np.testing.assert_allclose(layers.correction_offset(COUNTS, "logit_adjusted", 2.0),
-                               log_source)
-    np.testing.assert_allclose(layers.correction_offset(COUNTS, "logit_adjusted", 0.5),
-                               -0.5 * log_source)
+    np.testing.assert_allclose(layers.correction_offset(COUNTS, "logit_adjusted", 2.0), log_source)
+    np.testing.assert_allclose(
+        layers.correction_offset(COUNTS, "logit_adjusted", 0.5), -0.5 * log_source
+    )
 
 
 @pytest.mark.backend_agnostic
-@pytest.mark.parametrize("loss, tau, message", [
-    ("logit_adjusted", -1.0, "tau = -1.0: expected a finite number >= 0"),
-    ("logit_adjusted", float("nan"), "tau = nan"),
-    ("ce", 2.0, "tau = 2.0 with train_loss = 'ce'"),
-    ("lade", 0.5, "tau = 0.5 with train_loss = 'lade'"),
-])
+@pytest.mark.parametrize(
+    "loss, tau, message",
+    [
+        ("logit_adjusted", -1.0, "tau = -1.0: expected a finite number >= 0"),
+        ("logit_adjusted", float("nan"), "tau = nan"),
+        ("ce", 2.0, "tau = 2.0 with train_loss = 'ce'"),
+        ("lade", 0.5, "tau = 0.5 with train_loss = 'lade'"),
+    ],
+)
 def test_bad_tau_is_rejected(loss, tau, message):
     with pytest.raises(ValueError, match=message):
         layers.PriorCorrection(COUNTS, train_loss=loss, tau=tau)
@@ -136,12 +159,17 @@ def test_bad_tau_is_rejected(loss, tau, message):
 def test_prior_is_normalised_and_uniform_ce_prior_is_pc_softmax():
     logits = random_logits(seed=2)
     layer = layers.PriorCorrection(COUNTS)
-    np.testing.assert_allclose(to_numpy(layer(logits, np.full(NUM_CLASSES, 7.0))),
-                               to_numpy(layer(logits, np.full(NUM_CLASSES, 0.25))), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(layer(logits, np.full(NUM_CLASSES, 7.0))),
+        to_numpy(layer(logits, np.full(NUM_CLASSES, 0.25))),
+        rtol=1e-6,
+    )
     # PC Softmax towards the uniform prior: f - log p_s + const, so the argmax of f - log p_s.
     source = np.asarray(COUNTS) / np.sum(COUNTS)
-    np.testing.assert_array_equal(to_numpy(layer(logits, np.ones(NUM_CLASSES))).argmax(axis=1),
-                                  (logits - np.log(source)).argmax(axis=1))
+    np.testing.assert_array_equal(
+        to_numpy(layer(logits, np.ones(NUM_CLASSES))).argmax(axis=1),
+        (logits - np.log(source)).argmax(axis=1),
+    )
 
 
 @pytest.mark.backend_agnostic
@@ -155,13 +183,17 @@ def test_zero_prior_class_has_probability_exactly_zero(train_loss):
     numpy_twin = layers.adjust_logits_numpy(logits, COUNTS, train_loss, prior)
     for result in (adjusted, numpy_twin):
         assert np.all(np.isfinite(result))
-        probs = to_numpy(keras.ops.softmax(keras.ops.convert_to_tensor(
-            result.astype(np.float32)), axis=-1))
+        probs = to_numpy(
+            keras.ops.softmax(keras.ops.convert_to_tensor(result.astype(np.float32)), axis=-1)
+        )
         assert np.all(probs[:, 1] == 0.0)
         assert np.all(softmax(result)[:, 1] == 0.0)
         assert not np.any(result.argmax(axis=1) == 1)
-        np.testing.assert_allclose(softmax(result), softmax(reference_adjusted(
-            logits, COUNTS, train_loss, prior)), atol=1e-6)
+        np.testing.assert_allclose(
+            softmax(result),
+            softmax(reference_adjusted(logits, COUNTS, train_loss, prior)),
+            atol=1e-6,
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -169,7 +201,8 @@ def test_numpy_twin_without_prior_is_the_plain_model_output():
     logits = random_logits(seed=4)
     for train_loss in LOSS_NAMES:
         np.testing.assert_array_equal(
-            layers.adjust_logits_numpy(logits, COUNTS, train_loss, None), logits)
+            layers.adjust_logits_numpy(logits, COUNTS, train_loss, None), logits
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -219,26 +252,30 @@ def test_serialisation_and_keras_save_load_round_trip(tmp_path):
     clone = layers.PriorCorrection.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config() and clone.tau == 2.0
     logits = random_logits()
-    np.testing.assert_allclose(to_numpy(clone(logits, np.ones(NUM_CLASSES))),
-                               to_numpy(layer(logits, np.ones(NUM_CLASSES))))
+    np.testing.assert_allclose(
+        to_numpy(clone(logits, np.ones(NUM_CLASSES))), to_numpy(layer(logits, np.ones(NUM_CLASSES)))
+    )
 
     images = keras.Input((3,), name="features")
     prior = keras.Input((NUM_CLASSES,), name="target_prior")
     logits = keras.layers.Dense(NUM_CLASSES)(images)
-    model = keras.Model([images, prior],
-                        layers.PriorCorrection(COUNTS, train_loss="ce")(logits, prior))
+    model = keras.Model(
+        [images, prior], layers.PriorCorrection(COUNTS, train_loss="ce")(logits, prior)
+    )
     features = np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
     priors = np.tile([[0.1, 0.0, 0.6, 0.3]], (4, 1)).astype(np.float32)
     path = tmp_path / "pc.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     expected = to_numpy(model.predict([features, priors], verbose=0))
-    np.testing.assert_allclose(to_numpy(loaded.predict([features, priors], verbose=0)), expected,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(loaded.predict([features, priors], verbose=0)), expected, rtol=1e-6
+    )
     assert np.all(expected[:, 1] == layers.ZERO_PRIOR_LOGIT)
 
 
 # ---- TensorFlow graphs: tf.debugging assertions instead of eager errors ----
+
 
 @pytest.mark.parametrize("case", sorted(BAD_PRIORS))
 def test_bad_prior_fails_tf_debugging_assertion_in_graph(case):
@@ -297,5 +334,9 @@ def test_bad_prior_under_jax_jit_gives_nan_not_a_silent_answer():
         bad_rows = (prior.sum(axis=-1) == 0) if case == "zero_row" else np.ones(6, bool)
         np.testing.assert_array_equal(nan_rows, bad_rows, err_msg=case)
     good = np.asarray(traced(logits, np.array([0.1, 0.0, 0.6, 0.3], np.float32)))
-    np.testing.assert_allclose(good, layers.adjust_logits_numpy(
-        logits, COUNTS, "ce", [0.1, 0.0, 0.6, 0.3]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        good,
+        layers.adjust_logits_numpy(logits, COUNTS, "ce", [0.1, 0.0, 0.6, 0.3]),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -1,4 +1,5 @@
 """Losses against an independent float64 NumPy implementation of DESIGN section 1."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,6 +16,7 @@ OPTIONS = list(itertools.product(losses.IMPORTANCE_VARIANTS, losses.LADER_CLASS_
 
 
 # ---- independent NumPy reference: loops over classes, plain exp/log (moderate logits) ----
+
 
 def reference_prior_ce(labels, logits, counts, tau=1.0):
     prior = np.asarray(counts, np.float64) / np.sum(counts)
@@ -40,33 +42,38 @@ def reference_lader(labels, logits, counts, remine_lambda, importance, lader_cla
         else:
             weights = np.full(num_samples, uniform / prior[c])
         second = np.log(np.sum(weights * np.exp(logits[:, c])) / num_samples)
-        total += prior[c] * (-first + second + remine_lambda * second ** 2)
+        total += prior[c] * (-first + second + remine_lambda * second**2)
     return total
 
 
 def reference_lade(labels, logits, counts, alpha, remine_lambda, importance, lader_classes):
-    return (reference_prior_ce(labels, logits, counts).mean()
-            + alpha * reference_lader(labels, logits, counts, remine_lambda, importance,
-                                      lader_classes))
+    return reference_prior_ce(labels, logits, counts).mean() + alpha * reference_lader(
+        labels, logits, counts, remine_lambda, importance, lader_classes
+    )
 
 
 # ---- helpers ----
+
 
 def batch(kind: str, seed: int = 0, size: int = 12):
     """(labels int64 [size], logits float32 [size, C]); kind "random" or "missing" classes."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0.0, 2.0, size=(size, NUM_CLASSES)).astype(np.float32)
     if kind == "random":
-        labels = np.concatenate([np.arange(NUM_CLASSES), rng.integers(0, NUM_CLASSES,
-                                                                      size - NUM_CLASSES)])
+        labels = np.concatenate(
+            [np.arange(NUM_CLASSES), rng.integers(0, NUM_CLASSES, size - NUM_CLASSES)]
+        )
     else:  # classes 1 and 4 absent
         labels = rng.choice([0, 2, 3], size=size)
     return labels.astype(np.int64), logits
 
 
 def label_formats(labels):
-    return {"int": labels, "int_column": labels[:, None],
-            "one_hot": np.eye(NUM_CLASSES, dtype=np.float32)[labels]}
+    return {
+        "int": labels,
+        "int_column": labels[:, None],
+        "one_hot": np.eye(NUM_CLASSES, dtype=np.float32)[labels],
+    }
 
 
 def to_numpy(x):
@@ -93,30 +100,48 @@ def autodiff(fn, x: np.ndarray) -> np.ndarray:
 
 # ---- values ----
 
+
 @pytest.mark.backend_agnostic
 @pytest.mark.parametrize("kind", ["random", "missing"])
 @pytest.mark.parametrize("importance,lader_classes", OPTIONS)
 def test_lade_matches_numpy_reference(kind, importance, lader_classes):
     labels, logits = batch(kind, seed=1)
     alpha, remine_lambda = 0.7, 0.3
-    expected = reference_lade(labels, logits, COUNTS, alpha, remine_lambda, importance,
-                              lader_classes)
-    expected_lader = reference_lader(labels, logits, COUNTS, remine_lambda, importance,
-                                     lader_classes)
+    expected = reference_lade(
+        labels, logits, COUNTS, alpha, remine_lambda, importance, lader_classes
+    )
+    expected_lader = reference_lader(
+        labels, logits, COUNTS, remine_lambda, importance, lader_classes
+    )
     expected_per_sample = reference_prior_ce(labels, logits, COUNTS) + alpha * expected_lader
-    loss = losses.LADELoss(COUNTS, alpha=alpha, remine_lambda=remine_lambda,
-                           importance=importance, lader_classes=lader_classes)
+    loss = losses.LADELoss(
+        COUNTS,
+        alpha=alpha,
+        remine_lambda=remine_lambda,
+        importance=importance,
+        lader_classes=lader_classes,
+    )
     for name, y_true in label_formats(labels).items():
-        per_sample = to_numpy(losses.lade_loss(y_true, logits, COUNTS, alpha, remine_lambda,
-                                               importance, lader_classes))
-        np.testing.assert_allclose(per_sample, expected_per_sample, rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
-        np.testing.assert_allclose(to_numpy(loss(y_true, logits)), expected, rtol=1e-5,
-                                   err_msg=name)
+        per_sample = to_numpy(
+            losses.lade_loss(
+                y_true, logits, COUNTS, alpha, remine_lambda, importance, lader_classes
+            )
+        )
         np.testing.assert_allclose(
-            to_numpy(losses.lader(y_true, logits, COUNTS, remine_lambda, importance,
-                                  lader_classes)), expected_lader, rtol=1e-5, atol=1e-6,
-            err_msg=name)
+            per_sample, expected_per_sample, rtol=1e-5, atol=1e-6, err_msg=name
+        )
+        np.testing.assert_allclose(
+            to_numpy(loss(y_true, logits)), expected, rtol=1e-5, err_msg=name
+        )
+        np.testing.assert_allclose(
+            to_numpy(
+                losses.lader(y_true, logits, COUNTS, remine_lambda, importance, lader_classes)
+            ),
+            expected_lader,
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=name,
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -124,11 +149,14 @@ def test_lade_variants_really_differ_on_missing_classes():
     """The four variants are four different numbers (measured 2.63, 1.36, 1.24 and 0.31), each
     the reference's: an option that is silently ignored would make two of them equal."""
     labels, logits = batch("missing", seed=2)
-    values = {option: float(to_numpy(losses.lader(labels, logits, COUNTS, 0.1, *option)))
-              for option in OPTIONS}
+    values = {
+        option: float(to_numpy(losses.lader(labels, logits, COUNTS, 0.1, *option)))
+        for option in OPTIONS
+    }
     for option, value in values.items():
-        assert value == pytest.approx(reference_lader(labels, logits, COUNTS, 0.1, *option),
-                                      rel=1e-5), option
+        assert value == pytest.approx(
+            reference_lader(labels, logits, COUNTS, 0.1, *option), rel=1e-5
+        ), option
     ordered = sorted(values.values())
     assert min(np.diff(ordered)) > 0.05, values
 
@@ -140,18 +168,31 @@ def test_balanced_softmax_and_logit_adjusted_match_numpy(kind):
     for y_true in label_formats(labels).values():
         expected = reference_prior_ce(labels, logits, COUNTS)
         np.testing.assert_allclose(
-            to_numpy(losses.balanced_softmax_loss(y_true, logits, COUNTS)), expected, rtol=1e-5,
-            atol=1e-6)
-        np.testing.assert_allclose(to_numpy(losses.BalancedSoftmaxLoss(COUNTS)(y_true, logits)),
-                                   expected.mean(), rtol=1e-5, atol=1e-6)
+            to_numpy(losses.balanced_softmax_loss(y_true, logits, COUNTS)),
+            expected,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            to_numpy(losses.BalancedSoftmaxLoss(COUNTS)(y_true, logits)),
+            expected.mean(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
         for tau in (0.0, 0.5, 1.0, 2.0):
             expected = reference_prior_ce(labels, logits, COUNTS, tau)
             np.testing.assert_allclose(
-                to_numpy(losses.logit_adjusted_loss(y_true, logits, COUNTS, tau)), expected,
-                rtol=1e-5, atol=1e-6)
+                to_numpy(losses.logit_adjusted_loss(y_true, logits, COUNTS, tau)),
+                expected,
+                rtol=1e-5,
+                atol=1e-6,
+            )
             np.testing.assert_allclose(
                 to_numpy(losses.LogitAdjustedLoss(COUNTS, tau=tau)(y_true, logits)),
-                expected.mean(), rtol=1e-5, atol=1e-6)
+                expected.mean(),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
 @pytest.mark.backend_agnostic
@@ -164,7 +205,7 @@ def test_lade_reference_code_variant_matches_authors_formula():
     first = (f.T * member).sum(axis=1) / (member.sum(axis=1) + 1e-8)
     spread = (f - np.log(prior) + np.log(1.0 / NUM_CLASSES)).T
     second = np.log(np.exp(spread).sum(axis=1)) - np.log(len(labels))
-    lader = -np.sum((first - second - 0.1 * second ** 2) * prior)
+    lader = -np.sum((first - second - 0.1 * second**2) * prior)
     got = to_numpy(losses.lader(labels, logits, COUNTS, 0.1, "class", "all"))
     np.testing.assert_allclose(got, lader, rtol=1e-5, atol=1e-6)
 
@@ -175,15 +216,20 @@ def test_large_logits_are_stable():
     logits = logits * 100.0  # exp would overflow float32 without logsumexp
     assert np.abs(logits).max() < 700  # but not float64: the plain reference still holds
     for importance, lader_classes in OPTIONS:
-        value = to_numpy(losses.LADELoss(COUNTS, importance=importance,
-                                         lader_classes=lader_classes)(labels, logits))
-        expected = reference_lade(labels, logits.astype(np.float64), COUNTS, 0.1, 0.1,
-                                  importance, lader_classes)
+        value = to_numpy(
+            losses.LADELoss(COUNTS, importance=importance, lader_classes=lader_classes)(
+                labels, logits
+            )
+        )
+        expected = reference_lade(
+            labels, logits.astype(np.float64), COUNTS, 0.1, 0.1, importance, lader_classes
+        )
         # Measured relative error <= 1.2e-7 (values 660 to 890).
         np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 
 # ---- reductions and sample weights (the documented contract) ----
+
 
 @pytest.mark.backend_agnostic
 def test_reductions_and_sample_weights_follow_the_documented_formulas():
@@ -191,7 +237,7 @@ def test_reductions_and_sample_weights_follow_the_documented_formulas():
     weights = np.random.default_rng(0).uniform(0.0, 2.0, size=len(labels)).astype(np.float32)
     cross_entropy = reference_prior_ce(labels, logits, COUNTS)
     alpha = 0.5
-    regulariser = reference_lader(labels, logits, COUNTS, 0.1, "sample", "all")
+    regulariser = reference_lader(labels, logits, COUNTS, 0.1, "class", "all")
 
     def value(reduction):
         loss = losses.LADELoss(COUNTS, alpha=alpha, reduction=reduction)
@@ -199,20 +245,29 @@ def test_reductions_and_sample_weights_follow_the_documented_formulas():
 
     np.testing.assert_allclose(
         value("sum_over_batch_size"),
-        np.mean(weights * cross_entropy) + alpha * weights.mean() * regulariser, rtol=1e-5,
-        atol=1e-6)
+        np.mean(weights * cross_entropy) + alpha * weights.mean() * regulariser,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(
         value("mean_with_sample_weight"),
-        np.sum(weights * cross_entropy) / weights.sum() + alpha * regulariser, rtol=1e-5,
-        atol=1e-6)
+        np.sum(weights * cross_entropy) / weights.sum() + alpha * regulariser,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(
-        value("sum"), np.sum(weights * cross_entropy) + alpha * weights.sum() * regulariser,
-        rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(value("none"), weights * (cross_entropy + alpha * regulariser),
-                               rtol=1e-5, atol=1e-6)
+        value("sum"),
+        np.sum(weights * cross_entropy) + alpha * weights.sum() * regulariser,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        value("none"), weights * (cross_entropy + alpha * regulariser), rtol=1e-5, atol=1e-6
+    )
 
 
 # ---- gradients ----
+
 
 def finite_difference(fn, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     grad = np.zeros_like(x)
@@ -229,12 +284,20 @@ def finite_difference(fn, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
 def test_lade_gradient_matches_finite_differences(kind, importance, lader_classes):
     labels, logits = batch(kind, seed=7, size=8)
     alpha, remine_lambda = 0.5, 0.2
-    loss = losses.LADELoss(COUNTS, alpha=alpha, remine_lambda=remine_lambda,
-                           importance=importance, lader_classes=lader_classes)
+    loss = losses.LADELoss(
+        COUNTS,
+        alpha=alpha,
+        remine_lambda=remine_lambda,
+        importance=importance,
+        lader_classes=lader_classes,
+    )
     got = autodiff(lambda f: loss(labels, f), logits)
     expected = finite_difference(
-        lambda f: reference_lade(labels, f, COUNTS, alpha, remine_lambda, importance,
-                                 lader_classes), logits.astype(np.float64))
+        lambda f: reference_lade(
+            labels, f, COUNTS, alpha, remine_lambda, importance, lader_classes
+        ),
+        logits.astype(np.float64),
+    )
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
@@ -244,13 +307,17 @@ def test_lade_gradient_matches_finite_differences(kind, importance, lader_classe
 def test_gradients_finite_when_one_class_fills_the_batch(importance, lader_classes):
     labels = np.full(6, 4)
     logits = np.random.default_rng(8).normal(size=(6, NUM_CLASSES)).astype(np.float32)
-    for loss in (losses.LADELoss(COUNTS, importance=importance, lader_classes=lader_classes),
-                 losses.BalancedSoftmaxLoss(COUNTS), losses.LogitAdjustedLoss(COUNTS, tau=2.0)):
+    for loss in (
+        losses.LADELoss(COUNTS, importance=importance, lader_classes=lader_classes),
+        losses.BalancedSoftmaxLoss(COUNTS),
+        losses.LogitAdjustedLoss(COUNTS, tau=2.0),
+    ):
         assert np.isfinite(to_numpy(loss(labels, logits)))
         assert np.all(np.isfinite(autodiff(lambda f: loss(labels, f), logits)))
 
 
 # ---- mixed precision ----
+
 
 @pytest.fixture
 def mixed_float16():
@@ -264,7 +331,7 @@ def mixed_float16():
 def test_float32_math_for_float16_logits(mixed_float16):
     labels, logits = batch("missing", seed=9)
     logits16 = (logits * 20.0).astype(np.float16)  # e^{f} overflows float16 (max 65504)
-    exact = reference_lade(labels, logits16.astype(np.float64), COUNTS, 0.1, 0.1, "sample", "all")
+    exact = reference_lade(labels, logits16.astype(np.float64), COUNTS, 0.1, 0.1, "class", "all")
     for loss in (losses.LADELoss(COUNTS), losses.make_loss("lade", COUNTS)):
         value = loss(labels, keras.ops.convert_to_tensor(logits16))
         assert keras.backend.standardize_dtype(value.dtype) == "float32"
@@ -272,8 +339,9 @@ def test_float32_math_for_float16_logits(mixed_float16):
     per_sample = losses.balanced_softmax_loss(labels, logits16, COUNTS)
     assert keras.backend.standardize_dtype(per_sample.dtype) == "float32"
     # Some samples have a loss of exactly 0 (the true logit dominates): atol for those.
-    np.testing.assert_allclose(to_numpy(per_sample),
-                               reference_prior_ce(labels, logits16, COUNTS), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(per_sample), reference_prior_ce(labels, logits16, COUNTS), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.backend_agnostic
@@ -291,19 +359,30 @@ def test_mixed_precision_model_trains_with_lade(mixed_float16):
 
 # ---- configuration, serialisation, errors ----
 
+
 @pytest.mark.backend_agnostic
 def test_config_round_trip_for_every_loss():
-    made = [losses.LADELoss(COUNTS, alpha=0.3, remine_lambda=0.05, importance="class",
-                            lader_classes="present", reduction="mean_with_sample_weight"),
-            losses.BalancedSoftmaxLoss(COUNTS), losses.LogitAdjustedLoss(COUNTS, tau=1.5)]
+    made = [
+        losses.LADELoss(
+            COUNTS,
+            alpha=0.3,
+            remine_lambda=0.05,
+            importance="class",
+            lader_classes="present",
+            reduction="mean_with_sample_weight",
+        ),
+        losses.BalancedSoftmaxLoss(COUNTS),
+        losses.LogitAdjustedLoss(COUNTS, tau=1.5),
+    ]
     labels, logits = batch("missing", seed=11)
     for loss in made:
         clone = type(loss).from_config(loss.get_config())
         assert clone.get_config() == loss.get_config()
         revived = keras.losses.deserialize(keras.losses.serialize(loss))
         assert type(revived) is type(loss) and revived.get_config() == loss.get_config()
-        np.testing.assert_allclose(to_numpy(revived(labels, logits)),
-                                   to_numpy(loss(labels, logits)), rtol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(revived(labels, logits)), to_numpy(loss(labels, logits)), rtol=1e-6
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -319,8 +398,11 @@ def test_compiled_model_survives_keras_save_and_load(tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded.loss, losses.LADELoss)
     assert loaded.loss.get_config() == lade.get_config()
-    np.testing.assert_allclose(loaded.evaluate(features, labels, verbose=0),
-                               model.evaluate(features, labels, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.evaluate(features, labels, verbose=0),
+        model.evaluate(features, labels, verbose=0),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.backend_agnostic
@@ -342,13 +424,16 @@ def test_make_loss():
 
 @pytest.mark.backend_agnostic
 @pytest.mark.parametrize("bad", [0, -3, float("nan")])
-@pytest.mark.parametrize("make", [
-    lambda counts: losses.LADELoss(counts),
-    lambda counts: losses.BalancedSoftmaxLoss(counts),
-    lambda counts: losses.LogitAdjustedLoss(counts),
-    lambda counts: losses.make_loss("ce", counts),
-    lambda counts: losses.lade_loss([0], np.zeros((1, 3), np.float32), counts),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda counts: losses.LADELoss(counts),
+        lambda counts: losses.BalancedSoftmaxLoss(counts),
+        lambda counts: losses.LogitAdjustedLoss(counts),
+        lambda counts: losses.make_loss("ce", counts),
+        lambda counts: losses.lade_loss([0], np.zeros((1, 3), np.float32), counts),
+    ],
+)
 def test_bad_class_count_is_rejected_naming_the_class(make, bad):
     with pytest.raises(ValueError, match=r"class_counts\[2\]"):
         make([10, 5, bad])

@@ -1,4 +1,5 @@
 """Metrics against scikit-learn and NumPy references written here."""
+
 from __future__ import annotations
 
 import keras
@@ -30,9 +31,11 @@ def test_accuracies_match_sklearn(missing):
     predictions = logits.argmax(axis=1)
     for scores in (logits, probs):
         assert metrics.accuracy(labels, scores) == pytest.approx(
-            skm.accuracy_score(labels, predictions))
+            skm.accuracy_score(labels, predictions)
+        )
         assert metrics.balanced_accuracy(labels, scores) == pytest.approx(
-            skm.balanced_accuracy_score(labels, predictions))
+            skm.balanced_accuracy_score(labels, predictions)
+        )
 
 
 @pytest.mark.backend_agnostic
@@ -45,8 +48,9 @@ def test_shot_accuracy_groups_by_training_count():
     assert result["many"] == pytest.approx((per_class[0] + per_class[1]) / 2)
     assert result["medium"] == pytest.approx((per_class[2] + per_class[3]) / 2)
     assert result["few"] == pytest.approx(per_class[5])
-    custom = metrics.shot_accuracy(labels, logits, train_counts, many_threshold=400,
-                                   few_threshold=4)
+    custom = metrics.shot_accuracy(
+        labels, logits, train_counts, many_threshold=400, few_threshold=4
+    )
     assert custom["many"] == pytest.approx(per_class[0])
     assert custom["few"] == pytest.approx(per_class[5])
     assert custom["medium"] == pytest.approx(np.mean([per_class[c] for c in (1, 2, 3)]))
@@ -63,8 +67,9 @@ def test_ece_matches_loop_reference():
         for low, high in zip(np.linspace(0, 1, n_bins + 1)[:-1], np.linspace(0, 1, n_bins + 1)[1:]):
             in_bin = (confidence > low) & (confidence <= high)
             if in_bin.any():
-                expected += in_bin.mean() * abs(np.mean(predictions[in_bin] == labels[in_bin])
-                                                - confidence[in_bin].mean())
+                expected += in_bin.mean() * abs(
+                    np.mean(predictions[in_bin] == labels[in_bin]) - confidence[in_bin].mean()
+                )
         assert metrics.expected_calibration_error(labels, probs, n_bins) == pytest.approx(expected)
     one_hot = np.eye(NUM_CLASSES)[labels]
     assert metrics.expected_calibration_error(labels, one_hot) == pytest.approx(0.0)
@@ -74,9 +79,11 @@ def test_ece_matches_loop_reference():
 def test_nll_and_brier_match_references():
     labels, _, probs = sample(seed=4)
     assert metrics.negative_log_likelihood(labels, probs) == pytest.approx(
-        skm.log_loss(labels, probs, labels=np.arange(NUM_CLASSES)))
-    expected_brier = np.mean([np.sum((p - np.eye(NUM_CLASSES)[y]) ** 2)
-                              for p, y in zip(probs, labels)])
+        skm.log_loss(labels, probs, labels=np.arange(NUM_CLASSES))
+    )
+    expected_brier = np.mean(
+        [np.sum((p - np.eye(NUM_CLASSES)[y]) ** 2) for p, y in zip(probs, labels)]
+    )
     assert metrics.brier_score(labels, probs) == pytest.approx(expected_brier)
     zero_true_class = np.eye(NUM_CLASSES)[(labels + 1) % NUM_CLASSES]
     assert np.isfinite(metrics.negative_log_likelihood(labels, zero_true_class))
@@ -102,15 +109,16 @@ def test_bad_inputs_are_rejected():
 
 # ---- Keras metric ----
 
+
 @pytest.mark.backend_agnostic
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_keras_balanced_accuracy_accumulates_like_sklearn():
     labels, logits, _ = sample(seed=6, missing=(3,))
     metric = metrics.BalancedAccuracy(NUM_CLASSES)
     for start in range(0, len(labels), 64):  # batches, label formats mixed
-        chunk = labels[start:start + 64]
+        chunk = labels[start : start + 64]
         y_true = np.eye(NUM_CLASSES)[chunk] if start == 64 else chunk[:, None]
-        metric.update_state(y_true, logits[start:start + 64])
+        metric.update_state(y_true, logits[start : start + 64])
     expected = skm.balanced_accuracy_score(labels, logits.argmax(axis=1))
     assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
     weights = np.random.default_rng(6).uniform(0, 2, len(labels))
@@ -118,8 +126,8 @@ def test_keras_balanced_accuracy_accumulates_like_sklearn():
     assert float(metric.result()) == 0.0
     metric.update_state(labels, logits, sample_weight=weights)
     assert float(metric.result()) == pytest.approx(
-        skm.balanced_accuracy_score(labels, logits.argmax(axis=1), sample_weight=weights),
-        abs=1e-6)
+        skm.balanced_accuracy_score(labels, logits.argmax(axis=1), sample_weight=weights), abs=1e-6
+    )
 
 
 @pytest.mark.backend_agnostic
@@ -127,11 +135,16 @@ def test_keras_balanced_accuracy_accumulates_like_sklearn():
 def test_keras_balanced_accuracy_in_compile_and_save(tmp_path):
     labels, logits, _ = sample(seed=7, size=96)
     features = logits.astype(np.float32)  # identity model: predictions are these logits
-    model = keras.Sequential([keras.Input((NUM_CLASSES,)),
-                              keras.layers.Dense(NUM_CLASSES, kernel_initializer="identity",
-                                                 use_bias=False)])
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[metrics.BalancedAccuracy(NUM_CLASSES)])
+    model = keras.Sequential(
+        [
+            keras.Input((NUM_CLASSES,)),
+            keras.layers.Dense(NUM_CLASSES, kernel_initializer="identity", use_bias=False),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[metrics.BalancedAccuracy(NUM_CLASSES)],
+    )
     result = model.evaluate(features, labels, batch_size=32, return_dict=True, verbose=0)
     expected = skm.balanced_accuracy_score(labels, logits.argmax(axis=1))
     assert result["balanced_accuracy"] == pytest.approx(expected, abs=1e-6)

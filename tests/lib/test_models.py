@@ -1,4 +1,5 @@
 """lade_tf.models: sizes, the option-A shortcut, real-pixel forward passes, .keras round trips."""
+
 from __future__ import annotations
 
 import keras
@@ -29,8 +30,9 @@ def bbn10() -> keras.Model:
 
 # Measured trainable parameters (PyTorch counts the same: batch-norm moving statistics excluded);
 # with 10 classes: 464,154 (standard) and 538,778 (bbn, checked in test_resnet32_layouts).
-@pytest.mark.parametrize("variant, num_classes, expected", [
-    ("standard", 100, 470_004), ("bbn", 100, 550_388)])
+@pytest.mark.parametrize(
+    "variant, num_classes, expected", [("standard", 100, 470_004), ("bbn", 100, 550_388)]
+)
 def test_resnet32_parameter_counts(variant, num_classes, expected):
     model = models.resnet32(num_classes, variant=variant)
     assert _trainable_parameters(model) == expected
@@ -43,16 +45,16 @@ def test_resnet32_layouts(bbn10):
     assert (_trainable_parameters(standard), _trainable_parameters(bbn)) == (464_154, 538_778)
 
     def convs(model):
-        return [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+        return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
     assert len(convs(standard)) == 1 + 2 * 15  # stem + 3 stages x 5 basic blocks
     assert len(convs(bbn)) == 1 + 2 * (5 + 5 + 4 + 2)  # stage 3 has 4 blocks, plus 2 branches
-    assert [l.filters for l in convs(standard)][-1] == 64
+    assert [layer.filters for layer in convs(standard)][-1] == 64
     assert bbn.get_layer("branches").output.shape[1:] == (8, 8, 128)
     assert bbn.get_layer("logits").kernel.shape == (128, 10)
     assert standard.get_layer("logits").kernel.shape == (64, 10)
-    shortcuts = [l for l in bbn.layers if isinstance(l, models.ZeroPadShortcut)]
-    assert [(l.filters, l.stride) for l in shortcuts] == [(32, 2), (64, 2)]
+    shortcuts = [layer for layer in bbn.layers if isinstance(layer, models.ZeroPadShortcut)]
+    assert [(layer.filters, layer.stride) for layer in shortcuts] == [(32, 2), (64, 2)]
 
 
 def test_convolutions_use_untruncated_kaiming_normal(bbn10):
@@ -76,8 +78,9 @@ def test_forward_pass_on_real_pixels(digit_pixels, bbn10):
     rgb, grey, _ = digit_pixels
     model = bbn10
     normalised = keras.Model(model.input, model.get_layer("pixel_normalisation").output)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalised(rgb[:4])),
-                               (rgb[:4] - 127.5) / 127.5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normalised(rgb[:4])), (rgb[:4] - 127.5) / 127.5, atol=1e-6
+    )
     for net, images in ((model, rgb), (models.small_cnn(10), grey)):
         logits = keras.ops.convert_to_numpy(net(images, training=False))
         assert logits.shape == (len(images), net.output_shape[-1])
@@ -89,13 +92,17 @@ def test_forward_pass_on_real_pixels(digit_pixels, bbn10):
 @pytest.mark.timeout(120)
 def test_small_cnn_learns_real_digits(digits):
     images, labels = digits
-    grey = np.pad(np.kron(images[:192].astype(np.float32), np.ones((3, 3), np.float32)),
-                  ((0, 0), (2, 2), (2, 2)))[..., None]
+    grey = np.pad(
+        np.kron(images[:192].astype(np.float32), np.ones((3, 3), np.float32)),
+        ((0, 0), (2, 2), (2, 2)),
+    )[..., None]
     keras.utils.set_random_seed(0)
     model = models.small_cnn(10)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     history = model.fit(grey, labels[:192], batch_size=32, epochs=4, verbose=0)
     # Measured: loss 2.28 -> 0.90, training accuracy 0.97 after 4 epochs (24 steps).
     assert history.history["loss"][-1] < 0.6 * history.history["loss"][0]
@@ -106,13 +113,17 @@ def test_per_channel_normalisation():
     model = models.resnet32(10, pixel_mean=[125.3, 123.0, 113.9], pixel_std=[63.0, 62.1, 66.7])
     layer = model.get_layer("pixel_normalisation")
     pixel = np.full((1, 32, 32, 3), 200.0, np.float32)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(pixel))[0, 0, 0],
-                               (200.0 - np.array([125.3, 123.0, 113.9])) / [63.0, 62.1, 66.7],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(pixel))[0, 0, 0],
+        (200.0 - np.array([125.3, 123.0, 113.9])) / [63.0, 62.1, 66.7],
+        rtol=1e-5,
+    )
 
 
-@pytest.mark.parametrize("arch, input_shape", [
-    ("resnet32_bbn", (32, 32, 3)), ("small_cnn", (28, 28, 1)), ("app:MobileNet", (32, 32, 1))])
+@pytest.mark.parametrize(
+    "arch, input_shape",
+    [("resnet32_bbn", (32, 32, 3)), ("small_cnn", (28, 28, 1)), ("app:MobileNet", (32, 32, 1))],
+)
 def test_keras_save_load_round_trip(tmp_path, digit_pixels, bbn10, arch, input_shape):
     rgb, grey, _ = digit_pixels
     images = {(32, 32, 3): rgb, (28, 28, 1): grey, (32, 32, 1): rgb[..., :1]}[input_shape][:8]
@@ -120,23 +131,34 @@ def test_keras_save_load_round_trip(tmp_path, digit_pixels, bbn10, arch, input_s
     path = tmp_path / "model.keras"
     model.save(path)
     restored = keras.models.load_model(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(images)),
-                               keras.ops.convert_to_numpy(model(images)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored(images)),
+        keras.ops.convert_to_numpy(model(images)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert restored.name == model.name and restored.output_shape == (None, 10)
 
 
 def test_build_model_dispatch(monkeypatch):
     # Which builder each name reaches (the builders themselves are tested above).
     for builder in ("resnet32", "small_cnn", "applications_backbone"):
-        monkeypatch.setattr(models, builder, lambda *args, _name=builder, **kwargs:
-                            (_name, args, kwargs))
+        monkeypatch.setattr(
+            models, builder, lambda *args, _name=builder, **kwargs: (_name, args, kwargs)
+        )
     assert models.build_model("auto", 10, (28, 28, 1)) == ("small_cnn", (10, (28, 28, 1)), {})
     assert models.build_model("auto", 10, (32, 32, 3))[0] == "resnet32"
     assert models.build_model("auto", 10, (28, 28, 3))[0] == "resnet32"
     assert models.build_model("resnet32_bbn", 10, (32, 32, 3)) == (
-        "resnet32", (10, (32, 32, 3)), {"variant": "bbn"})
+        "resnet32",
+        (10, (32, 32, 3)),
+        {"variant": "bbn"},
+    )
     assert models.build_model("app:ResNet50", 7, (32, 32, 3)) == (
-        "applications_backbone", ("ResNet50", 7, (32, 32, 3)), {})
+        "applications_backbone",
+        ("ResNet50", 7, (32, 32, 3)),
+        {},
+    )
 
 
 def test_logits_stay_float32_under_mixed_precision(digit_pixels):
@@ -150,14 +172,18 @@ def test_logits_stay_float32_under_mixed_precision(digit_pixels):
         keras.mixed_precision.set_global_policy(previous)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: models.resnet32(1), "num_classes"),
-    (lambda: models.resnet32(10, input_shape=(32, 32)), "input_shape"),
-    (lambda: models.resnet32(10, variant="wide"), "variant"),
-    (lambda: models.small_cnn(10, pixel_std=0.0), "pixel_std"),
-    (lambda: models.resnet32(10, pixel_mean=[1.0, 2.0]), "pixel_mean"),
-    (lambda: models.build_model("vgg", 10, (32, 32, 3)), "arch = 'vgg'"),
-    (lambda: models.build_model("app:NoSuchNet", 10, (32, 32, 3)), "NoSuchNet.*ResNet50")])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: models.resnet32(1), "num_classes"),
+        (lambda: models.resnet32(10, input_shape=(32, 32)), "input_shape"),
+        (lambda: models.resnet32(10, variant="wide"), "variant"),
+        (lambda: models.small_cnn(10, pixel_std=0.0), "pixel_std"),
+        (lambda: models.resnet32(10, pixel_mean=[1.0, 2.0]), "pixel_mean"),
+        (lambda: models.build_model("vgg", 10, (32, 32, 3)), "arch = 'vgg'"),
+        (lambda: models.build_model("app:NoSuchNet", 10, (32, 32, 3)), "NoSuchNet.*ResNet50"),
+    ],
+)
 def test_invalid_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()

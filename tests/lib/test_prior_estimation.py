@@ -1,5 +1,6 @@
 """lade_tf.prior_estimation: calibrated (Dirichlet-MAP) EM and BBSE from raw logits, on synthetic
 posteriors with a known target prior and on a real Fashion-MNIST-LT model."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ class EquidistantGaussians:
         """(labels [size] drawn from prior, log-likelihoods [size, C])."""
         labels = self.rng.choice(self.num_classes, size=size, p=prior)
         x = self.sep * np.eye(self.num_classes)[labels] + self.rng.normal(
-            size=(size, self.num_classes))
+            size=(size, self.num_classes)
+        )
         return labels, self.sep * x
 
     @staticmethod
@@ -56,21 +58,24 @@ def test_synthetic_posteriors_with_known_target_prior(num_classes):
 
     # Calibrated by construction: the exact source posteriors of a CE model.
     exact = TargetPriorEstimator(counts, "ce", calibration="none", prior_strength=0)
-    assert error(exact.estimate(world.log_posterior(log_likelihood, source))) < \
-        tolerance["exact"]
+    assert error(exact.estimate(world.log_posterior(log_likelihood, source))) < tolerance["exact"]
 
     # A mis-calibrated model (over-confident, biased logits) and a balanced labelled val split.
     temperature, bias = 0.5, rng.normal(0, 0.5, num_classes)
     model = lambda ll: world.log_posterior(ll, source) / temperature + bias  # noqa: E731
-    val_labels, val_ll = world.sample(np.full(num_classes, 1 / num_classes),
-                                      val_per_class * num_classes)
+    val_labels, val_ll = world.sample(
+        np.full(num_classes, 1 / num_classes), val_per_class * num_classes
+    )
     errors = {}
-    for name, options in {"bcts": dict(calibration="bcts"),
-                          "none": dict(calibration="none"),
-                          "bbse": dict(calibration="none", method="bbse")}.items():
+    for name, options in {
+        "bcts": dict(calibration="bcts"),
+        "none": dict(calibration="none"),
+        "bbse": dict(calibration="none", method="bbse"),
+    }.items():
         estimator = TargetPriorEstimator(counts, "ce", prior_strength=None, **options)
-        errors[name] = error(estimator.fit(model(val_ll), val_labels).estimate(model(
-            log_likelihood)))
+        errors[name] = error(
+            estimator.fit(model(val_ll), val_labels).estimate(model(log_likelihood))
+        )
     assert errors["bcts"] < tolerance["bcts"], errors
     assert errors["bbse"] < tolerance["bbse"], errors
     assert errors["none"] > 2 * errors["bcts"], errors  # calibration is what makes EM work
@@ -89,8 +94,9 @@ def test_dirichlet_estimate_moves_monotonically_from_source_to_em():
     to_source, to_em = [], []
     for repeats in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
         batch = np.tile(probs, (repeats, 1))
-        estimate = priors.estimate_target_prior(batch, source, prior_strength=200, tol=1e-12,
-                                                max_iter=100_000)
+        estimate = priors.estimate_target_prior(
+            batch, source, prior_strength=200, tol=1e-12, max_iter=100_000
+        )
         to_source.append(np.abs(estimate - source).sum())
         to_em.append(np.abs(estimate - em).sum())
     assert np.all(np.diff(to_source) > 0) and np.all(np.diff(to_em) < 0), (to_source, to_em)
@@ -106,10 +112,12 @@ def ce_model(fashion_mnist_dir):
 
 def test_batch_sizes_on_real_data(ce_model):
     """Batches of 1, 8, 64 and 1000 test images from B50 (tail-heavy: L1 1.66 from p_s)."""
-    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(ce_model["val_logits"],
-                                                             ce_model["val_labels"])
+    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(
+        ce_model["val_logits"], ce_model["val_labels"]
+    )
     plain = TargetPriorEstimator(TRAIN_COUNTS, "ce", prior_strength=0).fit(
-        ce_model["val_logits"], ce_model["val_labels"])
+        ce_model["val_logits"], ce_model["val_labels"]
+    )
     labels = ce_model["test_labels"]
     counts = priors.shifted_test_counts(TRAIN_COUNTS, 1000, "B50")
     truth, source = counts / counts.sum(), priors.source_prior(TRAIN_COUNTS)
@@ -124,7 +132,8 @@ def test_batch_sizes_on_real_data(ce_model):
             "to_source": np.mean([np.abs(e - source).sum() for e in map_estimates]),
             "error": np.mean([np.abs(e - truth).sum() for e in map_estimates]),
             "to_em": np.mean([np.abs(e - m).sum() for e, m in zip(map_estimates, em_estimates)]),
-            "em_to_source": np.mean([np.abs(m - source).sum() for m in em_estimates])}
+            "em_to_source": np.mean([np.abs(m - source).sum() for m in em_estimates]),
+        }
     # Measured (default strength 10) for 1 / 8 / 64 / 1000 images: to_source 0.16 / 0.72 / 1.34 /
     # 1.59, error 1.54 / 1.02 / 0.43 / 0.13, to_em 1.73 / 1.04 / 0.29 / 0.029; plain EM on one
     # image is one-hot (1.88 from p_s) and 0.12 from the truth at 1000.
@@ -137,8 +146,9 @@ def test_batch_sizes_on_real_data(ce_model):
 
 
 def test_calibrated_estimate_beats_uncalibrated_on_f50_and_b50(ce_model):
-    common = dict(val_logits=ce_model["val_logits"], val_labels=ce_model["val_labels"],
-                  estimate="em")
+    common = dict(
+        val_logits=ce_model["val_logits"], val_labels=ce_model["val_labels"], estimate="em"
+    )
     args = (ce_model["test_logits"], ce_model["test_labels"], TRAIN_COUNTS, "ce")
     known = evaluate_under_shift(*args)
     calibrated = evaluate_under_shift(*args, calibration="bcts", **common)
@@ -157,18 +167,26 @@ def test_source_posteriors_follow_the_inference_rule():
     logits = rng.normal(0, 2, size=(5, 4))
     counts = [40, 20, 10, 5]
     log_source = np.log(np.asarray(counts) / np.sum(counts))
-    for loss, tau, expected in [("ce", 1.0, logits), ("lade", 1.0, logits + log_source),
-                                ("balanced_softmax", 1.0, logits + log_source),
-                                ("logit_adjusted", 2.0, logits + 2.0 * log_source),
-                                ("logit_adjusted", 0.5, logits + 0.5 * log_source)]:
+    for loss, tau, expected in [
+        ("ce", 1.0, logits),
+        ("lade", 1.0, logits + log_source),
+        ("balanced_softmax", 1.0, logits + log_source),
+        ("logit_adjusted", 2.0, logits + 2.0 * log_source),
+        ("logit_adjusted", 0.5, logits + 0.5 * log_source),
+    ]:
         estimator = TargetPriorEstimator(counts, loss, tau=tau, calibration="none")
-        np.testing.assert_allclose(estimator.posteriors(logits), softmax(expected, axis=1),
-                                   atol=1e-12, err_msg=f"{loss} tau {tau}")
+        np.testing.assert_allclose(
+            estimator.posteriors(logits),
+            softmax(expected, axis=1),
+            atol=1e-12,
+            err_msg=f"{loss} tau {tau}",
+        )
 
 
 def test_config_round_trip_and_affine_form(ce_model):
-    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(ce_model["val_logits"],
-                                                             ce_model["val_labels"])
+    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(
+        ce_model["val_logits"], ce_model["val_labels"]
+    )
     config = json.loads(json.dumps(estimator.to_config(), allow_nan=False))
     rebuilt = TargetPriorEstimator.from_config(config)
     batch = ce_model["test_logits"][:300]
@@ -177,18 +195,22 @@ def test_config_round_trip_and_affine_form(ce_model):
     calibration = config["calibration"]
     log_source = np.log(priors.source_prior(TRAIN_COUNTS))
     reference = np.bincount(ce_model["val_labels"]) / len(ce_model["val_labels"])
-    expected = (batch - log_source + np.log(reference)) / calibration["temperature"] + \
-        np.asarray(calibration["bias"])
+    expected = (batch - log_source + np.log(reference)) / calibration["temperature"] + np.asarray(
+        calibration["bias"]
+    )
     np.testing.assert_allclose(estimator.posterior_logits(batch), expected, atol=1e-10)
     assert config["prior_strength"] == priors.DEFAULT_PRIOR_STRENGTH
     np.testing.assert_allclose(config["prior_centre"], priors.source_prior(TRAIN_COUNTS))
 
 
-@pytest.mark.parametrize("logits, message", [
-    (np.zeros((0, 4)), r"logits is an empty batch \(shape \(0, 4\)\)"),
-    (np.zeros((3, 5)), r"logits have shape \(3, 5\): expected \[N, 4\]"),
-    (np.array([[0.0, 1.0, np.nan, 0.0]]), r"logits\[0\] = .*nan.* has NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "logits, message",
+    [
+        (np.zeros((0, 4)), r"logits is an empty batch \(shape \(0, 4\)\)"),
+        (np.zeros((3, 5)), r"logits have shape \(3, 5\): expected \[N, 4\]"),
+        (np.array([[0.0, 1.0, np.nan, 0.0]]), r"logits\[0\] = .*nan.* has NaN or infinite"),
+    ],
+)
 def test_bad_batches_raise_clear_errors(logits, message):
     estimator = TargetPriorEstimator([40, 20, 10, 5], "lade", calibration="none")
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """lade_tf.priors against independent NumPy/SciPy references and real (digits) classifiers."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,17 @@ CIFAR100_LT = priors.long_tail_counts(500, 100, 100)
 
 # ---------------------------------------------------------------- long-tailed training counts
 
-@pytest.mark.parametrize("n_max, num_classes, ratio, total", [
-    (6000, 10, 100, 14_886), (5000, 10, 100, 12_406),
-    (500, 100, 100, 10_847), (500, 100, 50, 12_608), (500, 100, 10, 19_573)])
+
+@pytest.mark.parametrize(
+    "n_max, num_classes, ratio, total",
+    [
+        (6000, 10, 100, 14_886),
+        (5000, 10, 100, 12_406),
+        (500, 100, 100, 10_847),
+        (500, 100, 50, 12_608),
+        (500, 100, 10, 19_573),
+    ],
+)
 def test_long_tail_totals_match_published_benchmarks(n_max, num_classes, ratio, total):
     counts = priors.long_tail_counts(n_max, num_classes, ratio)
     assert sum(counts) == total
@@ -36,8 +45,10 @@ def test_long_tail_step_profile():
     assert priors.long_tail_counts(500, 5, 10, profile="step") == [500] * 2 + [50] * 3
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_max=0), dict(num_classes=1), dict(imbalance_ratio=0.5),
-                                    dict(profile="linear")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_max=0), dict(num_classes=1), dict(imbalance_ratio=0.5), dict(profile="linear")],
+)
 def test_long_tail_rejects_bad_arguments(kwargs):
     args = {**dict(n_max=100, num_classes=10, imbalance_ratio=10), **kwargs}
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -52,11 +63,21 @@ def test_source_prior_names_bad_class():
 
 # ---------------------------------------------------------------- the 11 shifted test sets
 
+
 def test_shift_ratio_all_names():
     assert [priors.shift_ratio(n) for n in SHIFT_NAMES] == [
-        ("forward", 50.0), ("forward", 25.0), ("forward", 10.0), ("forward", 5.0),
-        ("forward", 2.0), ("uniform", 1.0), ("backward", 2.0), ("backward", 5.0),
-        ("backward", 10.0), ("backward", 25.0), ("backward", 50.0)]
+        ("forward", 50.0),
+        ("forward", 25.0),
+        ("forward", 10.0),
+        ("forward", 5.0),
+        ("forward", 2.0),
+        ("uniform", 1.0),
+        ("backward", 2.0),
+        ("backward", 5.0),
+        ("backward", 10.0),
+        ("backward", 25.0),
+        ("backward", 50.0),
+    ]
     with pytest.raises(ValueError, match="F3"):
         priors.shift_ratio("F3")
 
@@ -79,8 +100,11 @@ def _reference_shifted_counts(train_counts, m, name):
     return np.floor(m * (1.0 / rho) ** exponent).astype(int)
 
 
-@pytest.mark.parametrize("train_counts, m", [(FASHION_MNIST_LT, 1000), (CIFAR100_LT, 100)],
-                         ids=["fashion_mnist", "cifar100"])
+@pytest.mark.parametrize(
+    "train_counts, m",
+    [(FASHION_MNIST_LT, 1000), (CIFAR100_LT, 100)],
+    ids=["fashion_mnist", "cifar100"],
+)
 @pytest.mark.parametrize("name", SHIFT_NAMES)
 def test_shifted_test_counts_match_reference(train_counts, m, name):
     # Labels not sorted by frequency: the result must be indexed by label, not by rank.
@@ -123,6 +147,7 @@ def test_shifted_counts_reject_bad_per_class():
 
 # ---------------------------------------------------------------- subsampling
 
+
 def test_subsample_by_counts_exact_counts_and_seeded(digits):
     _, labels = digits
     counts = priors.shifted_test_counts(np.arange(10, 0, -1), 170, "F10")
@@ -148,6 +173,7 @@ def test_subsample_by_counts_errors(digits):
 
 
 # ---------------------------------------------------------------- target prior estimation
+
 
 class GaussianClasses:
     """A known generative model: 2-D unit-variance Gaussian classes; exact posteriors for any prior.
@@ -204,8 +230,9 @@ def test_bbse_recovers_prior_and_matches_lipton_formula():
     val_labels, val_x = model.sample(SOURCE, 20_000, rng)
     _, x = model.sample(TARGET, 20_000, rng)
     val_probs, probs = model.posterior(val_x, SOURCE), model.posterior(x, SOURCE)
-    estimate = priors.estimate_target_prior(probs, SOURCE, "bbse", val_probs=val_probs,
-                                            val_labels=val_labels)
+    estimate = priors.estimate_target_prior(
+        probs, SOURCE, "bbse", val_probs=val_probs, val_labels=val_labels
+    )
     # Measured max error 0.012..0.032 over seeds.
     assert np.abs(estimate - TARGET).max() < 0.06
     # Lipton et al.: joint confusion C[i, j] = P(yhat=i, y=j) on source data, w = C^-1 mu,
@@ -228,14 +255,18 @@ def digits_classifier(digits):
     images, labels = digits
     features = images.reshape(len(images), -1) / 255.0
     x_train, x_rest, y_train, y_rest = train_test_split(
-        features, labels, train_size=0.5, stratify=labels, random_state=0)
+        features, labels, train_size=0.5, stratify=labels, random_state=0
+    )
     x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, train_size=0.4, stratify=y_rest, random_state=0)
+        x_rest, y_rest, train_size=0.4, stratify=y_rest, random_state=0
+    )
     with threadpool_limits(1):  # BLAS threads fight over the shared cores: 0.2 s vs 10 s
         model = LogisticRegression(max_iter=500).fit(x_train, y_train)
-    return dict(source=np.bincount(y_train) / y_train.size,
-                val=(model.predict_proba(x_val), model.decision_function(x_val), y_val),
-                test=(model.predict_proba(x_test), model.decision_function(x_test), y_test))
+    return dict(
+        source=np.bincount(y_train) / y_train.size,
+        val=(model.predict_proba(x_val), model.decision_function(x_val), y_val),
+        test=(model.predict_proba(x_test), model.decision_function(x_test), y_test),
+    )
 
 
 @pytest.mark.parametrize("method", ["em", "bbse"])
@@ -248,8 +279,9 @@ def test_estimate_recovers_skewed_prior_on_digits(digits_classifier, method, nam
     for seed in range(3):
         kept = priors.subsample_by_counts(labels, counts, seed)
         true = np.bincount(labels[kept], minlength=10) / kept.size
-        estimate = priors.estimate_target_prior(probs[kept], source, method,
-                                                val_probs=val_probs, val_labels=val_labels)
+        estimate = priors.estimate_target_prior(
+            probs[kept], source, method, val_probs=val_probs, val_labels=val_labels
+        )
         # Measured (F50/F10/B10/B50, 3 seeds): max error <= 0.029 for EM and BBSE, while the
         # source prior is off by 0.15..0.27.
         assert np.abs(estimate - true).max() < 0.06
@@ -263,30 +295,36 @@ def test_estimate_target_prior_errors():
     with pytest.raises(ValueError, match="val_probs and val_labels"):
         priors.estimate_target_prior(probs, [1 / 3] * 3, "bbse")
     with pytest.raises(ValueError, match="class"):
-        priors.estimate_target_prior(probs, [1 / 3] * 3, "bbse", val_probs=probs,
-                                     val_labels=[0, 0, 1, 1])
+        priors.estimate_target_prior(
+            probs, [1 / 3] * 3, "bbse", val_probs=probs, val_labels=[0, 0, 1, 1]
+        )
     with pytest.raises(ValueError, match="source_prior"):
         priors.estimate_target_prior(probs, [0.5, 0.5, 0.0])
     with pytest.raises(ValueError, match="prior_strength = -1"):
         priors.estimate_target_prior(probs, [1 / 3] * 3, prior_strength=-1)
     with pytest.raises(ValueError, match="prior_strength = 5.*bbse"):
-        priors.estimate_target_prior(probs, [1 / 3] * 3, "bbse", prior_strength=5,
-                                     val_probs=probs, val_labels=[0, 1, 2, 0])
+        priors.estimate_target_prior(
+            probs, [1 / 3] * 3, "bbse", prior_strength=5, val_probs=probs, val_labels=[0, 1, 2, 0]
+        )
     with pytest.raises(ValueError, match="prior_centre has 2 entries: expected 3"):
-        priors.estimate_target_prior(probs, [1 / 3] * 3, prior_strength=1,
-                                     prior_centre=[0.5, 0.5])
+        priors.estimate_target_prior(probs, [1 / 3] * 3, prior_strength=1, prior_centre=[0.5, 0.5])
 
 
-@pytest.mark.parametrize("probs, message", [
-    (np.full((4, 3), 1.0), r"probs\[0\] sums to 3: expected rows that sum to 1"),
-    (np.array([[0.5, 0.5, 0.0], [0.2, 0.2, 0.2]]), r"probs\[1\] sums to 0.6"),
-    (np.array([[0.5, 0.5, 0.0], [np.nan, 0.5, 0.5]]),
-     r"probs\[1\] = \[nan, 0.5, 0.5\] has NaN or infinite entries"),
-    (np.array([[1.5, -0.5, 0.0]]), r"probs\[0\] = .* has negative entries"),
-    (np.full((4, 2), 0.5), r"probs has shape \(4, 2\): expected \[N, 3\]"),
-    (np.full(3, 1 / 3), r"probs has shape \(3,\): expected \[N, 3\]"),
-    (np.zeros((0, 3)), r"probs is an empty batch \(shape \(0, 3\)\)"),
-])
+@pytest.mark.parametrize(
+    "probs, message",
+    [
+        (np.full((4, 3), 1.0), r"probs\[0\] sums to 3: expected rows that sum to 1"),
+        (np.array([[0.5, 0.5, 0.0], [0.2, 0.2, 0.2]]), r"probs\[1\] sums to 0.6"),
+        (
+            np.array([[0.5, 0.5, 0.0], [np.nan, 0.5, 0.5]]),
+            r"probs\[1\] = \[nan, 0.5, 0.5\] has NaN or infinite entries",
+        ),
+        (np.array([[1.5, -0.5, 0.0]]), r"probs\[0\] = .* has negative entries"),
+        (np.full((4, 2), 0.5), r"probs has shape \(4, 2\): expected \[N, 3\]"),
+        (np.full(3, 1 / 3), r"probs has shape \(3,\): expected \[N, 3\]"),
+        (np.zeros((0, 3)), r"probs is an empty batch \(shape \(0, 3\)\)"),
+    ],
+)
 def test_bad_posteriors_name_the_value_and_the_expectation(probs, message):
     with pytest.raises(ValueError, match=message):
         priors.estimate_target_prior(probs, [1 / 3] * 3)
@@ -302,8 +340,12 @@ def _reference_map_em(probs, source, strength, centre, steps=5000):
         pi = softmax(theta)
         return -(np.log(ratio @ pi).sum() + strength * centre @ np.log(pi))
 
-    theta = minimize(negative_log_posterior, np.log(source), method="BFGS",
-                     options={"gtol": 1e-10, "maxiter": steps}).x
+    theta = minimize(
+        negative_log_posterior,
+        np.log(source),
+        method="BFGS",
+        options={"gtol": 1e-10, "maxiter": steps},
+    ).x
     return softmax(theta)
 
 
@@ -313,10 +355,12 @@ def test_map_em_is_the_dirichlet_posterior_mode(size):
     _, x = model.sample(TARGET, size, rng)
     probs = model.posterior(x, SOURCE)
     for strength in (0.5, 10.0):
-        estimate = priors.estimate_target_prior(probs, SOURCE, prior_strength=strength,
-                                                tol=1e-12, max_iter=100_000)
-        np.testing.assert_allclose(estimate, _reference_map_em(probs, SOURCE, strength, SOURCE),
-                                   atol=2e-5)
+        estimate = priors.estimate_target_prior(
+            probs, SOURCE, prior_strength=strength, tol=1e-12, max_iter=100_000
+        )
+        np.testing.assert_allclose(
+            estimate, _reference_map_em(probs, SOURCE, strength, SOURCE), atol=2e-5
+        )
 
 
 def test_map_em_centre_and_limits():
@@ -324,20 +368,24 @@ def test_map_em_centre_and_limits():
     _, x = model.sample(TARGET, 500, rng)
     probs = model.posterior(x, SOURCE)
     centre = np.full(5, 0.2)
-    estimate = priors.estimate_target_prior(probs, SOURCE, prior_strength=50,
-                                            prior_centre=centre, tol=1e-12, max_iter=100_000)
+    estimate = priors.estimate_target_prior(
+        probs, SOURCE, prior_strength=50, prior_centre=centre, tol=1e-12, max_iter=100_000
+    )
     np.testing.assert_allclose(estimate, _reference_map_em(probs, SOURCE, 50, centre), atol=2e-5)
     plain = priors.estimate_target_prior(probs, SOURCE)
-    np.testing.assert_array_equal(priors.estimate_target_prior(probs, SOURCE, prior_strength=0),
-                                  plain)
+    np.testing.assert_array_equal(
+        priors.estimate_target_prior(probs, SOURCE, prior_strength=0), plain
+    )
     huge = priors.estimate_target_prior(probs, SOURCE, prior_strength=1e9, prior_centre=centre)
     np.testing.assert_allclose(huge, centre, atol=1e-5)
     # One image: plain EM collapses towards one class, MAP stays within 2 / (1 + lambda) (L1).
     one = probs[:1]
     assert priors.estimate_target_prior(one, SOURCE).max() > 0.99
     strength = priors.DEFAULT_PRIOR_STRENGTH
-    assert np.abs(priors.estimate_target_prior(one, SOURCE, prior_strength=strength)
-                  - SOURCE).sum() <= 2 / (1 + strength) + 1e-9
+    assert (
+        np.abs(priors.estimate_target_prior(one, SOURCE, prior_strength=strength) - SOURCE).sum()
+        <= 2 / (1 + strength) + 1e-9
+    )
 
 
 def test_estimation_errors_against_scipy():
@@ -359,6 +407,7 @@ def test_estimation_errors_against_scipy():
 
 # ---------------------------------------------------------------- calibration
 
+
 def _nll(logits, labels):
     return -log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean()
 
@@ -367,8 +416,12 @@ def test_fit_temperature_matches_scipy_and_lowers_test_nll(digits_classifier):
     _, val_logits, val_labels = digits_classifier["val"]
     _, test_logits, test_labels = digits_classifier["test"]
     temperature = priors.fit_temperature(val_logits, val_labels)
-    reference = minimize_scalar(lambda t: _nll(val_logits / t, val_labels), bounds=(0.05, 20),
-                                method="bounded", options={"xatol": 1e-8}).x
+    reference = minimize_scalar(
+        lambda t: _nll(val_logits / t, val_labels),
+        bounds=(0.05, 20),
+        method="bounded",
+        options={"xatol": 1e-8},
+    ).x
     assert temperature == pytest.approx(reference, rel=1e-4)
     # Measured: held-out NLL 0.194 -> 0.125 (T = 0.55).
     assert _nll(test_logits / temperature, test_labels) < 0.9 * _nll(test_logits, test_labels)
@@ -383,8 +436,12 @@ def test_fit_bcts_matches_scipy_and_lowers_test_nll(digits_classifier):
     def objective(theta):
         return _nll(val_logits * theta[0] + theta[1:], val_labels)
 
-    reference = minimize(objective, np.r_[1.0, np.zeros(10)], method="L-BFGS-B",
-                         options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000})
+    reference = minimize(
+        objective,
+        np.r_[1.0, np.zeros(10)],
+        method="L-BFGS-B",
+        options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000},
+    )
     ours = objective(np.r_[1.0 / temperature, bias])
     assert ours <= reference.fun + 1e-7
     assert temperature == pytest.approx(1.0 / reference.x[0], rel=1e-3)
@@ -424,20 +481,24 @@ def test_calibrator_fit_apply_and_round_trip(digits_classifier):
     assert priors.Calibrator.from_dict(bcts.to_dict()) == bcts
     scaled = priors.Calibrator.fit(val_logits, val_labels, "temperature")
     assert scaled.bias is None
-    np.testing.assert_allclose(scaled.apply(test_logits),
-                               test_logits / priors.fit_temperature(val_logits, val_labels))
+    np.testing.assert_allclose(
+        scaled.apply(test_logits), test_logits / priors.fit_temperature(val_logits, val_labels)
+    )
     identity = priors.Calibrator.fit(val_logits, val_labels, "none")
     assert identity == priors.Calibrator()
     np.testing.assert_array_equal(identity.apply(test_logits), test_logits)
     assert json.loads(json.dumps(bcts.to_dict())) == bcts.to_dict()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="platt"), "calibration = 'platt': expected one of"),
-    (dict(method="bcts", temperature=1.0), "bias = None with calibration = 'bcts'"),
-    (dict(method="none", temperature=2.0), "temperature = 2.0 with calibration = 'none'"),
-    (dict(method="temperature", temperature=-1.0), "temperature = -1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="platt"), "calibration = 'platt': expected one of"),
+        (dict(method="bcts", temperature=1.0), "bias = None with calibration = 'bcts'"),
+        (dict(method="none", temperature=2.0), "temperature = 2.0 with calibration = 'none'"),
+        (dict(method="temperature", temperature=-1.0), "temperature = -1.0"),
+    ],
+)
 def test_calibrator_rejects_inconsistent_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         priors.Calibrator(**kwargs)

@@ -1,5 +1,6 @@
 """lade_tf.records: the example encoding against TensorFlow's own protobuf, and the reader on real
 digits written by TensorFlow's own TFRecord writer (no TFX or Beam here)."""
+
 from __future__ import annotations
 
 import json
@@ -8,19 +9,29 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lade_tf.records import (CLASS_INFO_FILE, encode_example, parse_dataset, read_class_info,
-                             split_file_pattern)
+from lade_tf.records import (
+    CLASS_INFO_FILE,
+    encode_example,
+    parse_dataset,
+    read_class_info,
+    split_file_pattern,
+)
 
 
 def _reference_example(image_bytes: bytes, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString(deterministic=True)
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
 
 
-@pytest.mark.parametrize("size, label", [(0, 0), (1, 9), (127, 127), (128, 128), (20000, 300),
-                                         (5, 2**40)])
+@pytest.mark.parametrize(
+    "size, label", [(0, 0), (1, 9), (127, 127), (128, 128), (20000, 300), (5, 2**40)]
+)
 def test_encode_example_is_byte_identical_to_tf_train_example(size, label):
     image_bytes = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     encoded = encode_example(image_bytes, label)

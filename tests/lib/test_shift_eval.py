@@ -1,4 +1,5 @@
 """lade_tf.shift_eval: the shift protocol against a NumPy re-implementation, on digits logits."""
+
 from __future__ import annotations
 
 import json
@@ -27,17 +28,22 @@ def digits_logits(digits):
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels == c))
         test += list(members[:TEST_PER_CLASS])
-        val += list(members[TEST_PER_CLASS:TEST_PER_CLASS + VAL_PER_CLASS])
+        val += list(members[TEST_PER_CLASS : TEST_PER_CLASS + VAL_PER_CLASS])
         start = TEST_PER_CLASS + VAL_PER_CLASS
-        train += list(members[start:start + TRAIN_COUNTS[c]])
+        train += list(members[start : start + TRAIN_COUNTS[c]])
     with threadpool_limits(1):  # BLAS threads fight over the shared cores: 0.2 s vs 10 s
         model = LogisticRegression(max_iter=500).fit(features[train], labels[train])
-    return dict(logits=model.decision_function(features[test]), labels=labels[test],
-                val_logits=model.decision_function(features[val]), val_labels=labels[val])
+    return dict(
+        logits=model.decision_function(features[test]),
+        labels=labels[test],
+        val_logits=model.decision_function(features[val]),
+        val_labels=labels[val],
+    )
 
 
-def _reference_accuracy(logits, labels, train_counts, train_loss, name, seeds, corrected=True,
-                        tau=1.0, per_class=None):
+def _reference_accuracy(
+    logits, labels, train_counts, train_loss, name, seeds, corrected=True, tau=1.0, per_class=None
+):
     """DESIGN sections 1 and 5 for one distribution, written directly with NumPy."""
     counts = np.asarray(train_counts, dtype=float)
     num_classes = counts.size
@@ -52,9 +58,14 @@ def _reference_accuracy(logits, labels, train_counts, train_loss, name, seeds, c
     for seed in seeds:
         # The documented seeded protocol: one generator, classes in label order.
         rng = np.random.default_rng(seed)
-        rows = np.sort(np.concatenate([
-            rng.choice(np.flatnonzero(labels == c), size=keep[c], replace=False)
-            for c in range(num_classes)]))
+        rows = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(labels == c), size=keep[c], replace=False)
+                    for c in range(num_classes)
+                ]
+            )
+        )
         f = logits[rows]
         if corrected:
             with np.errstate(divide="ignore"):
@@ -66,18 +77,21 @@ def _reference_accuracy(logits, labels, train_counts, train_loss, name, seeds, c
     return np.mean(scores), np.std(scores)
 
 
-@pytest.mark.parametrize("train_loss, tau", [("ce", 1.0), ("lade", 1.0),
-                                             ("logit_adjusted", 2.0),
-                                             ("logit_adjusted", 0.5)])
+@pytest.mark.parametrize(
+    "train_loss, tau",
+    [("ce", 1.0), ("lade", 1.0), ("logit_adjusted", 2.0), ("logit_adjusted", 0.5)],
+)
 @pytest.mark.parametrize("corrected", [True, False])
 def test_matches_numpy_reference(digits_logits, train_loss, tau, corrected):
     logits, labels = digits_logits["logits"], digits_logits["labels"]
-    result = shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, train_loss, tau=tau,
-                                             corrected=corrected, seeds=(0, 1, 2, 3))
+    result = shift_eval.evaluate_under_shift(
+        logits, labels, TRAIN_COUNTS, train_loss, tau=tau, corrected=corrected, seeds=(0, 1, 2, 3)
+    )
     assert tuple(result) == SHIFT_NAMES
     for name in ("F25", "U", "B10"):
-        mean, std = _reference_accuracy(logits, labels, TRAIN_COUNTS, train_loss, name,
-                                        (0, 1, 2, 3), corrected, tau)
+        mean, std = _reference_accuracy(
+            logits, labels, TRAIN_COUNTS, train_loss, name, (0, 1, 2, 3), corrected, tau
+        )
         assert result[name]["mean"] == pytest.approx(mean, abs=1e-12)
         assert result[name]["std"] == pytest.approx(std, abs=1e-12)
     assert result["U"]["std"] == 0.0  # "U" keeps every image whatever the seed
@@ -87,25 +101,32 @@ def test_classes_ranked_by_training_frequency_not_label(digits_logits):
     logits, labels = digits_logits["logits"], digits_logits["labels"]
     shuffled_counts = list(np.random.default_rng(5).permutation(TRAIN_COUNTS))
     # per_class=40 < 50 images per class: even "U" is a seeded subsample.
-    result = shift_eval.evaluate_under_shift(logits, labels, shuffled_counts, "ce",
-                                             per_class=40, seeds=(7,))
+    result = shift_eval.evaluate_under_shift(
+        logits, labels, shuffled_counts, "ce", per_class=40, seeds=(7,)
+    )
     for name in ("B50", "U"):
-        mean, _ = _reference_accuracy(logits, labels, shuffled_counts, "ce", name, (7,),
-                                      per_class=40)
+        mean, _ = _reference_accuracy(
+            logits, labels, shuffled_counts, "ce", name, (7,), per_class=40
+        )
         assert result[name]["mean"] == pytest.approx(mean, abs=1e-12)
 
 
 def test_prior_correction_and_estimation_on_real_digits(digits_logits):
     d = digits_logits
     val = dict(val_logits=d["val_logits"], val_labels=d["val_labels"])
-    run = lambda **kw: shift_eval.evaluate_under_shift(d["logits"], d["labels"], TRAIN_COUNTS,
-                                                       "ce", **kw)
-    results = {"softmax": run(corrected=False), "known": run(),
-               "em": run(estimate="em", calibration="none"),
-               "em_val": run(estimate="em", calibration="none", **val),
-               "bbse": run(estimate="bbse", calibration="none", **val),
-               "em_bcts": run(estimate="em", **val),  # BCTS is the default calibration
-               "em_temperature": run(estimate="em", calibration="temperature", **val)}
+
+    def run(**kw):
+        return shift_eval.evaluate_under_shift(d["logits"], d["labels"], TRAIN_COUNTS, "ce", **kw)
+
+    results = {
+        "softmax": run(corrected=False),
+        "known": run(),
+        "em": run(estimate="em", calibration="none"),
+        "em_val": run(estimate="em", calibration="none", **val),
+        "bbse": run(estimate="bbse", calibration="none", **val),
+        "em_bcts": run(estimate="em", **val),  # BCTS is the default calibration
+        "em_temperature": run(estimate="em", calibration="temperature", **val),
+    }
     average = {k: np.mean([v[n]["mean"] for n in SHIFT_NAMES]) for k, v in results.items()}
     # Measured averages over the 11 distributions: softmax 0.831, known 0.890, em 0.841,
     # bbse 0.889, em_bcts 0.891, em_temperature 0.873. Logistic regression is under-confident
@@ -116,8 +137,10 @@ def test_prior_correction_and_estimation_on_real_digits(digits_logits):
     assert average["em_bcts"] > average["known"] - 0.015
     assert average["bbse"] > average["softmax"] + 0.03
     assert average["em_temperature"] > average["em"] + 0.02
-    l1 = {k: np.mean([results[k][n]["prior_l1"] for n in SHIFT_NAMES])
-          for k in ("em", "em_bcts", "bbse")}
+    l1 = {
+        k: np.mean([results[k][n]["prior_l1"] for n in SHIFT_NAMES])
+        for k in ("em", "em_bcts", "bbse")
+    }
     assert l1["em_bcts"] < 0.6 * l1["em"], l1  # measured 0.09 vs 0.26 (BBSE 0.11)
     # Uncalibrated EM ignores the val split.
     for name in SHIFT_NAMES:
@@ -134,8 +157,16 @@ def test_estimation_error_against_numpy_and_scipy(digits_logits):
     from scipy.spatial.distance import jensenshannon
 
     logits, labels = digits_logits["logits"], digits_logits["labels"]
-    result = shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, "ce", estimate="em",
-                                             calibration="none", prior_strength=0, seeds=(0,))
+    result = shift_eval.evaluate_under_shift(
+        logits,
+        labels,
+        TRAIN_COUNTS,
+        "ce",
+        estimate="em",
+        calibration="none",
+        prior_strength=0,
+        seeds=(0,),
+    )
     source = np.asarray(TRAIN_COUNTS) / np.sum(TRAIN_COUNTS)
     posterior = np.exp(logits - logits.max(1, keepdims=True))
     posterior /= posterior.sum(1, keepdims=True)
@@ -156,10 +187,19 @@ def test_estimation_error_against_numpy_and_scipy(digits_logits):
 
 def test_uniform_summary_against_numpy(digits_logits):
     logits, labels = digits_logits["logits"], digits_logits["labels"]
-    summary = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", many_threshold=50,
-                                         few_threshold=10)
-    assert list(summary) == ["accuracy", "balanced_accuracy", "many", "medium", "few", "ece",
-                             "nll", "brier"]
+    summary = shift_eval.uniform_summary(
+        logits, labels, TRAIN_COUNTS, "ce", many_threshold=50, few_threshold=10
+    )
+    assert list(summary) == [
+        "accuracy",
+        "balanced_accuracy",
+        "many",
+        "medium",
+        "few",
+        "ece",
+        "nll",
+        "brier",
+    ]
     adjusted = logits - np.log(priors.source_prior(TRAIN_COUNTS)) + np.log(0.1)
     probs = np.exp(adjusted - adjusted.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -173,36 +213,62 @@ def test_uniform_summary_against_numpy(digits_logits):
     assert summary["few"] == pytest.approx(per_class[counts < 10].mean())
     assert summary["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
     assert summary["brier"] == pytest.approx(np.mean(((probs - np.eye(10)[labels]) ** 2).sum(1)))
-    assert 0.0 <= summary["ece"] <= 1.0
+    confidence, edges = probs.max(1), np.linspace(0.0, 1.0, 16)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, 14)
+    ece = sum(
+        abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+        for b in range(15)
+        if np.any(bins == b)
+    )
+    assert summary["ece"] == pytest.approx(ece, abs=1e-6)
     # The same method on the whole balanced split as the "U" entry of the shift protocol.
     shifted = shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, "ce", seeds=(0,))
     assert summary["accuracy"] == pytest.approx(shifted["U"]["mean"])
     plain = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", corrected=False)
     assert plain["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
     assert plain["few"] < summary["few"]  # measured 0.72 vs 0.86 with the default groups
-    estimated = shift_eval.uniform_summary(logits, labels, TRAIN_COUNTS, "ce", estimate="bbse",
-                                           val_logits=digits_logits["val_logits"],
-                                           val_labels=digits_logits["val_labels"])
+    estimated = shift_eval.uniform_summary(
+        logits,
+        labels,
+        TRAIN_COUNTS,
+        "ce",
+        estimate="bbse",
+        val_logits=digits_logits["val_logits"],
+        val_labels=digits_logits["val_labels"],
+    )
     assert all(type(v) is float for v in estimated.values())
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(corrected=False, estimate="em"), "corrected=False"),
-    (dict(estimate="bbse"), "val_logits and val_labels"),
-    (dict(calibration="bcts"), "only serve a prior estimate"),
-    (dict(prior_strength=5.0), "only serve a prior estimate"),
-    (dict(estimate="em"), "calibration = 'bcts': pass both val_logits and val_labels"),
-    (dict(estimate="em", calibration="platt", val_logits=np.zeros((10, 10)),
-          val_labels=np.arange(10)), "calibration = 'platt'"),
-    (dict(estimate="em", val_logits=np.zeros((9, 10)), val_labels=np.arange(9)),
-     r"class\(es\) \[9\]"),
-    (dict(per_class=51), "per_class = 51"),
-    (dict(seeds=()), "seeds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(corrected=False, estimate="em"), "corrected=False"),
+        (dict(estimate="bbse"), "val_logits and val_labels"),
+        (dict(calibration="bcts"), "only serve a prior estimate"),
+        (dict(prior_strength=5.0), "only serve a prior estimate"),
+        (dict(estimate="em"), "calibration = 'bcts': pass both val_logits and val_labels"),
+        (
+            dict(
+                estimate="em",
+                calibration="platt",
+                val_logits=np.zeros((10, 10)),
+                val_labels=np.arange(10),
+            ),
+            "calibration = 'platt'",
+        ),
+        (
+            dict(estimate="em", val_logits=np.zeros((9, 10)), val_labels=np.arange(9)),
+            r"class\(es\) \[9\]",
+        ),
+        (dict(per_class=51), "per_class = 51"),
+        (dict(seeds=()), "seeds"),
+    ],
+)
 def test_invalid_options(digits_logits, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        shift_eval.evaluate_under_shift(digits_logits["logits"], digits_logits["labels"],
-                                        TRAIN_COUNTS, "ce", **kwargs)
+        shift_eval.evaluate_under_shift(
+            digits_logits["logits"], digits_logits["labels"], TRAIN_COUNTS, "ce", **kwargs
+        )
 
 
 def test_invalid_inputs(digits_logits):

@@ -3,6 +3,7 @@
 Real data: scikit-learn digits (8x8 grey) written as gzip TFRecords in the examples layout.
 TensorFlow backend only (tf.data, tf.distribute); no TFX imports.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,22 +49,35 @@ def digits_examples(digits, tmp_path_factory):
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(labels == c))
         val_idx += list(idx[:10])
-        train_idx += list(idx[10:10 + TRAIN_COUNTS[c]])
+        train_idx += list(idx[10 : 10 + TRAIN_COUNTS[c]])
     train_idx = rng.permutation(train_idx)
     root = tmp_path_factory.mktemp("digits_examples")
-    return {"train": write_split(root / "Split-train", images[train_idx], labels[train_idx]),
-            "val": write_split(root / "Split-val", images[val_idx], labels[val_idx]),
-            "train_images": images[train_idx], "train_labels": labels[train_idx],
-            "val_images": images[val_idx], "val_labels": labels[val_idx]}
+    return {
+        "train": write_split(root / "Split-train", images[train_idx], labels[train_idx]),
+        "val": write_split(root / "Split-val", images[val_idx], labels[val_idx]),
+        "train_images": images[train_idx],
+        "train_labels": labels[train_idx],
+        "val_images": images[val_idx],
+        "val_labels": labels[val_idx],
+    }
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(loss="lade", arch="small_cnn", epochs=2, batch_size=32, learning_rate=0.05,
-                  warmup_epochs=0.5, strategy="cpu", seed=0)
+    values = dict(
+        loss="lade",
+        arch="small_cnn",
+        epochs=2,
+        batch_size=32,
+        learning_rate=0.05,
+        warmup_epochs=0.5,
+        strategy="cpu",
+        seed=0,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
 # --------------------------------------------------------------------------- TrainConfig
+
 
 def test_config_round_trips_through_json():
     config = TrainConfig(loss="lade", alpha=0.3, epochs=7, max_train_examples=100, xla=True)
@@ -77,10 +91,23 @@ def test_config_rejects_unknown_keys_by_name():
         TrainConfig.from_dict({"learnig_rate": 0.1})
 
 
-@pytest.mark.parametrize("field, value", [
-    ("loss", "focal"), ("optimizer", "rmsprop"), ("schedule", "linear"), ("strategy", "gpu"),
-    ("epochs", 0), ("batch_size", 2.5), ("learning_rate", 0.0), ("weight_decay", -1.0),
-    ("momentum", 1.0), ("alpha", float("nan")), ("max_train_examples", 0), ("augment", "yes")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("loss", "focal"),
+        ("optimizer", "rmsprop"),
+        ("schedule", "linear"),
+        ("strategy", "gpu"),
+        ("epochs", 0),
+        ("batch_size", 2.5),
+        ("learning_rate", 0.0),
+        ("weight_decay", -1.0),
+        ("momentum", 1.0),
+        ("alpha", float("nan")),
+        ("max_train_examples", 0),
+        ("augment", "yes"),
+    ],
+)
 def test_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -89,11 +116,16 @@ def test_config_rejects_bad_values_naming_them(field, value):
 def test_loss_options_follow_the_loss():
     assert TrainConfig(loss="ce").loss_options() == {}
     assert TrainConfig(loss="lade", alpha=0.5).loss_options() == {
-        "alpha": 0.5, "remine_lambda": 0.1, "importance": "sample", "lader_classes": "all"}
+        "alpha": 0.5,
+        "remine_lambda": 0.1,
+        "importance": "class",
+        "lader_classes": "all",
+    }
     assert TrainConfig(loss="logit_adjusted", tau=2.0).loss_options() == {"tau": 2.0}
 
 
 # --------------------------------------------------------------------------- schedules
+
 
 def reference_rate(step, peak, total, warmup, decay):
     if step < warmup:
@@ -130,11 +162,12 @@ def test_schedule_of_config_caps_warmup_at_half_of_training():
 
 # --------------------------------------------------------------------------- input pipeline
 
+
 def test_augment_image_is_a_seeded_crop_of_the_padded_image_maybe_flipped(digits):
     image = digits[0][5].astype(np.float32)[..., None]
     pad = 1
     padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
-    candidates = [padded[dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+    candidates = [padded[dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
     candidates += [c[:, ::-1] for c in candidates]
     outputs = []
     for seed in range(20):
@@ -156,7 +189,7 @@ def test_train_dataset_full_shuffled_batches_of_the_data(digits_examples):
     assert all(x.shape == (32, *SHAPE) and x.dtype == np.float32 for x, _ in epoch1)
     labels1 = np.concatenate([y for _, y in epoch1])
     assert not np.array_equal(labels1, np.concatenate([y for _, y in epoch2]))  # reshuffled
-    assert not np.array_equal(labels1, digits_examples["train_labels"][:len(labels1)])
+    assert not np.array_equal(labels1, digits_examples["train_labels"][: len(labels1)])
     # Every image is a training image (unaugmented).
     known = {img.astype(np.float32).tobytes() for img in digits_examples["train_images"][..., None]}
     assert all(img.tobytes() in known for x, _ in epoch1 for img in x)
@@ -166,8 +199,9 @@ def test_train_dataset_full_shuffled_batches_of_the_data(digits_examples):
 
 
 def test_train_dataset_subset_and_augmentation(digits_examples):
-    ds = training.train_dataset(digits_examples["train"], SHAPE, 16, augment=True, seed=0,
-                                max_examples=100)
+    ds = training.train_dataset(
+        digits_examples["train"], SHAPE, 16, augment=True, seed=0, max_examples=100
+    )
     batches = [x.numpy() for x, _ in ds]
     assert len(batches) == 100 // 16
     known = {img.astype(np.float32).tobytes() for img in digits_examples["train_images"][..., None]}
@@ -185,11 +219,13 @@ def test_eval_dataset_keeps_file_order_and_every_example(digits_examples):
 
 def test_steps_per_epoch_counts_full_batches():
     assert training.steps_per_epoch(TrainConfig(batch_size=128), [100, 100]) == 1
-    assert training.steps_per_epoch(TrainConfig(batch_size=10, max_train_examples=55),
-                                    [100, 100]) == 5
+    assert (
+        training.steps_per_epoch(TrainConfig(batch_size=10, max_train_examples=55), [100, 100]) == 5
+    )
 
 
 # --------------------------------------------------------------------------- strategies
+
 
 def test_make_strategy_names(monkeypatch):
     assert isinstance(training.make_strategy("cpu"), tf.distribute.OneDeviceStrategy)
@@ -203,8 +239,9 @@ def test_make_strategy_names(monkeypatch):
 
 
 def test_weight_decay_is_coupled_l2_on_every_trainable_variable():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
-                              keras.layers.BatchNormalization()])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()]
+    )
     training._add_l2_weight_decay(model, 5e-4)
     weights = model.trainable_variables
     penalty = float(sum(model.losses))
@@ -216,6 +253,7 @@ def test_weight_decay_is_coupled_l2_on_every_trainable_variable():
 
 
 # --------------------------------------------------------------------------- training
+
 
 class EpochRecorder(keras.callbacks.Callback):
     def __init__(self, stop_after_epoch: int | None = None):
@@ -242,8 +280,16 @@ def test_train_model_learns_and_logs(digits_examples, tmp_path):
     config = small_config(epochs=3)
     train_ds = training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0)
     val_ds = training.eval_dataset(digits_examples["val"], SHAPE, 64)
-    model = training.train_model(config, train_ds, val_ds, TRAIN_COUNTS, SHAPE,
-                                 tmp_path / "ckpt", tmp_path / "logs", verbose=0)
+    model = training.train_model(
+        config,
+        train_ds,
+        val_ds,
+        TRAIN_COUNTS,
+        SHAPE,
+        tmp_path / "ckpt",
+        tmp_path / "logs",
+        verbose=0,
+    )
     history = training.read_history(tmp_path / "ckpt")
     assert [row["epoch"] for row in history] == [0, 1, 2]
     assert history[-1]["loss"] < history[0]["loss"]
@@ -258,12 +304,16 @@ def test_train_model_learns_and_logs(digits_examples, tmp_path):
     logits = model.predict(digits_examples["val_images"][..., None].astype(np.float32), verbose=0)
     accuracy = np.mean(logits.argmax(-1) == digits_examples["val_labels"])
     # Other batch sizes may order sums differently: one image may flip on a near tie.
-    assert accuracy == pytest.approx(history[-1]["val_accuracy"],
-                                     abs=1.01 / len(digits_examples["val_labels"]))
+    assert accuracy == pytest.approx(
+        history[-1]["val_accuracy"], abs=1.01 / len(digits_examples["val_labels"])
+    )
     if importlib.util.find_spec("tensorboard") is not None:  # not in the library-only env
         assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*.index")) == [
-        "ckpt-1.index", "ckpt-2.index", "ckpt-3.index"]
+        "ckpt-1.index",
+        "ckpt-2.index",
+        "ckpt-3.index",
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -271,19 +321,37 @@ def test_interrupted_training_resumes_from_the_last_epoch(digits_examples, tmp_p
     config = small_config(epochs=2)
 
     def datasets():
-        return (training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0),
-                training.eval_dataset(digits_examples["val"], SHAPE, 64))
+        return (
+            training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0),
+            training.eval_dataset(digits_examples["val"], SHAPE, 64),
+        )
 
     first = EpochRecorder(stop_after_epoch=0)
     with pytest.raises(KeyboardInterrupt):
-        training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
-                             callbacks=[first], verbose=0)
+        training.train_model(
+            config,
+            *datasets(),
+            TRAIN_COUNTS,
+            SHAPE,
+            tmp_path / "ckpt",
+            None,
+            callbacks=[first],
+            verbose=0,
+        )
     assert first.epochs == [0]
     assert len(training.read_history(tmp_path / "ckpt")) == 1
 
     second = EpochRecorder()
-    training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
-                         callbacks=[second], verbose=0)
+    training.train_model(
+        config,
+        *datasets(),
+        TRAIN_COUNTS,
+        SHAPE,
+        tmp_path / "ckpt",
+        None,
+        callbacks=[second],
+        verbose=0,
+    )
     assert second.epochs == [1]  # epoch 0 was not trained again
     for resumed, saved in zip(second.start_weights, first.end_weights[0]):
         np.testing.assert_array_equal(resumed, saved)
@@ -295,8 +363,16 @@ def test_interrupted_training_resumes_from_the_last_epoch(digits_examples, tmp_p
     assert history[1]["learning_rate"] == pytest.approx(final_rate, abs=1e-7)
 
     third = EpochRecorder()
-    training.train_model(config, *datasets(), TRAIN_COUNTS, SHAPE, tmp_path / "ckpt", None,
-                         callbacks=[third], verbose=0)
+    training.train_model(
+        config,
+        *datasets(),
+        TRAIN_COUNTS,
+        SHAPE,
+        tmp_path / "ckpt",
+        None,
+        callbacks=[third],
+        verbose=0,
+    )
     assert third.epochs == []  # finished runs return at once
 
 
@@ -305,8 +381,7 @@ def test_mixed_precision_trains_and_returns_a_float32_model(digits_examples, tmp
     config = small_config(epochs=1, mixed_precision=True, loss="ce")
     train_ds = training.train_dataset(digits_examples["train"], SHAPE, 32, seed=0)
     before = keras.config.dtype_policy().name
-    model = training.train_model(config, train_ds, None, TRAIN_COUNTS, SHAPE, None, None,
-                                 verbose=0)
+    model = training.train_model(config, train_ds, None, TRAIN_COUNTS, SHAPE, None, None, verbose=0)
     assert keras.config.dtype_policy().name == before
     assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
     logits = model.predict(digits_examples["val_images"][..., None].astype(np.float32), verbose=0)
@@ -316,9 +391,18 @@ def test_mixed_precision_trains_and_returns_a_float32_model(digits_examples, tmp
 def test_batch_must_split_over_replicas(digits_examples):
     class TwoReplicas:
         num_replicas_in_sync = 2
+
     with pytest.raises(ValueError, match="batch_size = 33"):
-        training.train_model(small_config(batch_size=33), None, None, TRAIN_COUNTS, SHAPE,
-                             None, None, strategy=TwoReplicas())
+        training.train_model(
+            small_config(batch_size=33),
+            None,
+            None,
+            TRAIN_COUNTS,
+            SHAPE,
+            None,
+            None,
+            strategy=TwoReplicas(),
+        )
 
 
 MIRRORED_SCRIPT = r"""
@@ -401,14 +485,31 @@ def mirrored_steps(digits_examples, tmp_path_factory) -> dict:
     """Three steps on one global batch of 32: one device, two replicas, and two broken variants."""
     # alpha 1 gives LADER, the term computed on the gathered batch, a large share of the loss;
     # momentum 0 and a constant rate make each weight update the gradient times the rate.
-    config = small_config(alpha=1.0, epochs=3, learning_rate=0.1, momentum=0.0,
-                          schedule="constant", warmup_epochs=0.0, augment=False,
-                          max_train_examples=32).to_dict()
-    args = {"config": config, "train": digits_examples["train"], "counts": TRAIN_COUNTS,
-            "ckpt": str(tmp_path_factory.mktemp("mirrored") / "ckpt_")}
+    config = small_config(
+        alpha=1.0,
+        epochs=3,
+        learning_rate=0.1,
+        momentum=0.0,
+        schedule="constant",
+        warmup_epochs=0.0,
+        augment=False,
+        max_train_examples=32,
+    ).to_dict()
+    args = {
+        "config": config,
+        "train": digits_examples["train"],
+        "counts": TRAIN_COUNTS,
+        "ckpt": str(tmp_path_factory.mktemp("mirrored") / "ckpt_"),
+    }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
-    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(args)],
-                         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -432,8 +533,9 @@ def test_mirrored_steps_equal_one_device_steps_on_the_global_batch(mirrored_step
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("broken", ["no_gather", "no_sync_bn"])
-def test_mirrored_steps_differ_without_the_gather_or_synchronised_batch_norm(mirrored_steps,
-                                                                               broken):
+def test_mirrored_steps_differ_without_the_gather_or_synchronised_batch_norm(
+    mirrored_steps, broken
+):
     """Measured: no gather, loss 3.3e-2 and gradients 0.22 apart at the first step; unsynchronised
     batch norm, loss 3.7e-4 and gradients 0.27 apart."""
     single, run = mirrored_steps["single"], mirrored_steps[broken]

@@ -1,4 +1,5 @@
 """pipeline/config.py: one flag per TrainConfig field, YAML --config, --quick, loss options."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,29 +32,79 @@ def test_unset_flags_keep_train_config_defaults():
 
 
 def test_flags_reach_train_config():
-    args = parse("--epochs", "7", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.01",
-                 "--schedule", "step", "--warmup-epochs", "1", "--weight-decay", "0.001",
-                 "--seed", "3", "--strategy", "mirrored", "--mixed-precision", "--xla",
-                 "--no-augment", "--arch", "small_cnn", "--max-train-examples", "500")
+    args = parse(
+        "--epochs",
+        "7",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--schedule",
+        "step",
+        "--warmup-epochs",
+        "1",
+        "--weight-decay",
+        "0.001",
+        "--seed",
+        "3",
+        "--strategy",
+        "mirrored",
+        "--mixed-precision",
+        "--xla",
+        "--no-augment",
+        "--arch",
+        "small_cnn",
+        "--max-train-examples",
+        "500",
+    )
     got = config.training_config_from_args(args, "ce")
-    assert got == TrainConfig(loss="ce", epochs=7, batch_size=64, optimizer="adam",
-                              learning_rate=0.01, schedule="step", warmup_epochs=1.0,
-                              weight_decay=0.001, seed=3, strategy="mirrored",
-                              mixed_precision=True, xla=True, augment=False, arch="small_cnn",
-                              max_train_examples=500)
+    assert got == TrainConfig(
+        loss="ce",
+        epochs=7,
+        batch_size=64,
+        optimizer="adam",
+        learning_rate=0.01,
+        schedule="step",
+        warmup_epochs=1.0,
+        weight_decay=0.001,
+        seed=3,
+        strategy="mirrored",
+        mixed_precision=True,
+        xla=True,
+        augment=False,
+        arch="small_cnn",
+        max_train_examples=500,
+    )
 
 
 def test_loss_options_reach_only_the_loss_that_uses_them():
-    args = parse("--alpha", "0.3", "--lambda", "0.05", "--importance", "class",
-                 "--lader-classes", "present", "--tau", "2")
+    args = parse(
+        "--alpha",
+        "0.3",
+        "--lambda",
+        "0.05",
+        "--importance",
+        "class",
+        "--lader-classes",
+        "present",
+        "--tau",
+        "2",
+    )
     lade = config.training_config_from_args(args, "lade")
     assert (lade.alpha, lade.remine_lambda, lade.importance, lade.lader_classes) == (
-        0.3, 0.05, "class", "present")
+        0.3,
+        0.05,
+        "class",
+        "present",
+    )
     assert lade.tau == TrainConfig().tau
     # The CE config must not change with --alpha, or TFX would rerun the CE Trainer.
     assert config.training_config_from_args(args, "ce") == TrainConfig(loss="ce")
     assert config.training_config_from_args(args, "logit_adjusted") == TrainConfig(
-        loss="logit_adjusted", tau=2.0)
+        loss="logit_adjusted", tau=2.0
+    )
 
 
 def test_quick_fills_only_unset_flags():
@@ -70,8 +121,9 @@ def test_quick_fills_only_unset_flags():
 
 def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path):
     def parse_pipeline(*argv: str) -> argparse.Namespace:
-        return config.parse_args(config.build_parser(), list(argv),
-                                 unset_defaults=config.PIPELINE_DEFAULTS)
+        return config.parse_args(
+            config.build_parser(), list(argv), unset_defaults=config.PIPELINE_DEFAULTS
+        )
 
     # Training flags left unset take TrainConfig's defaults, the one place they are defined.
     assert parse_pipeline().epochs is None
@@ -86,12 +138,16 @@ def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path)
 
 def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
     path = tmp_path / "run.yaml"
-    path.write_text("epochs: 9\nbatch-size: 32\nlosses: [ce, balanced_softmax]\nlambda: 0.5\n"
-                    "mixed_precision: true\nimbalance_ratio: 50\nbeam_args: ['--a=1']\n"
-                    "runner: beam\n")
+    path.write_text(
+        "epochs: 9\nbatch-size: 32\nlosses: [ce, balanced_softmax]\nlambda: 0.5\n"
+        "mixed_precision: true\nimbalance_ratio: 50\nbeam_args: ['--a=1']\n"
+        "runner: beam\n"
+    )
     # The explicit flag wins whether it comes before or after --config.
-    for argv in (["--epochs", "4", "--config", str(path)],
-                 ["--config", str(path), "--epochs", "4"]):
+    for argv in (
+        ["--epochs", "4", "--config", str(path)],
+        ["--config", str(path), "--epochs", "4"],
+    ):
         args = parse(*argv)
         assert args.epochs == 4 and args.batch_size == 32 and args.runner == "beam"
         assert args.losses == ("ce", "balanced_softmax") and args.imbalance_ratio == 50.0
@@ -100,14 +156,17 @@ def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
     assert parse("--config", str(path), "--beam-arg=--b=2").beam_args == ["--a=1", "--b=2"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("epoch: 3\n", "unknown setting 'epoch'"),
-    ("epochs: 0\n", "setting 'epochs'"),
-    ("optimizer: rmsprop\n", "'rmsprop' is not one of"),
-    ("losses: ce,hinge\n", "unknown loss 'hinge'"),
-    ("xla: maybe\n", "expected true or false"),
-    ("- epochs\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epoch: 3\n", "unknown setting 'epoch'"),
+        ("epochs: 0\n", "setting 'epochs'"),
+        ("optimizer: rmsprop\n", "'rmsprop' is not one of"),
+        ("losses: ce,hinge\n", "unknown loss 'hinge'"),
+        ("xla: maybe\n", "expected true or false"),
+        ("- epochs\n", "expected a mapping"),
+    ],
+)
 def test_yaml_config_errors_name_the_bad_setting(tmp_path: Path, text: str, message: str):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -149,11 +208,35 @@ def test_push_defaults_to_lade_else_the_first_loss():
 def test_example_gen_gets_only_the_data_flags_that_are_set():
     from pipeline.run import example_gen_args
 
-    assert example_gen_args(parse()) == {"source": "fashion_mnist", "imbalance_ratio": 100.0,
-                                         "profile": "exp", "val_per_class": 20, "seed": 0}
-    assert example_gen_args(parse("--source", "folder:/data/x", "--imbalance-ratio", "50",
-                                  "--test-fraction", "0.2", "--image-size", "32x32",
-                                  "--class-order", "random", "--data-seed", "4")) == {
-        "source": "folder:/data/x", "imbalance_ratio": 50.0, "profile": "exp",
-        "val_per_class": 20, "seed": 4, "class_order": "random", "test_fraction": 0.2,
-        "image_size": "32x32"}
+    assert example_gen_args(parse()) == {
+        "source": "fashion_mnist",
+        "imbalance_ratio": 100.0,
+        "profile": "exp",
+        "val_per_class": 20,
+        "seed": 0,
+    }
+    assert example_gen_args(
+        parse(
+            "--source",
+            "folder:/data/x",
+            "--imbalance-ratio",
+            "50",
+            "--test-fraction",
+            "0.2",
+            "--image-size",
+            "32x32",
+            "--class-order",
+            "random",
+            "--data-seed",
+            "4",
+        )
+    ) == {
+        "source": "folder:/data/x",
+        "imbalance_ratio": 50.0,
+        "profile": "exp",
+        "val_per_class": 20,
+        "seed": 4,
+        "class_order": "random",
+        "test_fraction": 0.2,
+        "image_size": "32x32",
+    }

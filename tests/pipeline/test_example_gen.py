@@ -1,5 +1,6 @@
 """LongTailExampleGen in a real TFX LocalDagRunner run with StatisticsGen, SchemaGen and
 ExampleValidator consuming its output (SQLite MLMD in a temporary directory)."""
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,24 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
     from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
-    example_gen = LongTailExampleGen(source=f"folder:{digits_folder}", imbalance_ratio=10.0,
-                                     n_max=100, val_per_class=5, seed=3)
+    example_gen = LongTailExampleGen(
+        source=f"folder:{digits_folder}", imbalance_ratio=10.0, n_max=100, val_per_class=5, seed=3
+    )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
-    validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
-                                                schema=schema_gen.outputs["schema"])
+    validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
     metadata_path = str(tmp_path / "metadata.sqlite")
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="long_tail_example_gen_test",
         pipeline_root=str(tmp_path / "root"),
         components=[example_gen, statistics_gen, schema_gen, validator],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            metadata_path),
-        beam_pipeline_args=beam_pipeline_args("in_memory"))
+            metadata_path
+        ),
+        beam_pipeline_args=beam_pipeline_args("in_memory"),
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
     with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
@@ -45,14 +50,22 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
         [examples] = store.store.get_artifacts_by_type("Examples")
     assert json.loads(examples.properties["split_names"].string_value) == ["train", "val", "test"]
     assert json.loads(examples.custom_properties["class_names"].string_value) == [
-        f"digit_{d}" for d in range(10)]
+        f"digit_{d}" for d in range(10)
+    ]
     info = read_class_info(examples.uri)
     # DESIGN section 3: n_k = floor(n_max * (1/IR)^(k/(C-1))), 100 ... 10.
-    assert info["counts"]["train"] == [math.floor(100 * 0.1 ** (k / 9)) for k in range(10)] == [
-        100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    assert (
+        info["counts"]["train"]
+        == [math.floor(100 * 0.1 ** (k / 9)) for k in range(10)]
+        == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    )
     assert info["counts"]["val"] == [5] * 10
     assert sorted(os.listdir(examples.uri)) == [
-        "Split-test", "Split-train", "Split-val", "class_info.json"]
+        "Split-test",
+        "Split-train",
+        "Split-val",
+        "class_info.json",
+    ]
     assert not [p for p in os.listdir(os.path.dirname(examples.uri)) if ".tmp-" in p]
 
     from tensorflow_metadata.proto.v0 import anomalies_pb2

@@ -1,4 +1,5 @@
 """`python pipeline/run.py --runner=kubeflow` compiles a Kubeflow / Vertex pipeline spec offline."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,42 @@ import pytest
 from lade_tf.training import TrainConfig
 from pipeline import run
 
-COMPONENTS = ("LongTailExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-              "Trainer_ce", "Trainer_lade", "ShiftEvaluator", "Pusher")
+COMPONENTS = (
+    "LongTailExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "Trainer_ce",
+    "Trainer_lade",
+    "ShiftEvaluator",
+    "Pusher",
+)
 
 
 @pytest.mark.timeout(600)
 def test_kubeflow_spec_compiles_without_a_cluster(tmp_path: Path, capsys):
     spec_path = tmp_path / "spec.json"
-    assert run.main(["--runner=kubeflow", "--output-dir", str(tmp_path / "out"),
-                     "--pipeline-root", "gs://bucket/lade", "--kubeflow-output", str(spec_path),
-                     "--tune", "--max-trials", "2", "--alpha", "0.3", "--epochs", "3"]) == 0
+    assert (
+        run.main(
+            [
+                "--runner=kubeflow",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--pipeline-root",
+                "gs://bucket/lade",
+                "--kubeflow-output",
+                str(spec_path),
+                "--tune",
+                "--max-trials",
+                "2",
+                "--alpha",
+                "0.3",
+                "--epochs",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert str(spec_path) in capsys.readouterr().out
     document = json.loads(spec_path.read_text())
     spec = document["pipelineSpec"]
@@ -42,7 +69,10 @@ def test_kubeflow_spec_compiles_without_a_cluster(tmp_path: Path, capsys):
     tuner = json.loads(parameter(tasks["Tuner"], "custom_config"))
     assert tuner["tuner"]["max_trials"] == 2 and tuner["train_config"] == lade
     assert set(tasks["ShiftEvaluator"]["dependentTasks"]) == {
-        "LongTailExampleGen", "Trainer_ce", "Trainer_lade"}
+        "LongTailExampleGen",
+        "Trainer_ce",
+        "Trainer_lade",
+    }
     assert set(tasks["Pusher"]["dependentTasks"]) == {"ShiftEvaluator", "Trainer_lade"}
     assert parameter(tasks["ShiftEvaluator"], "push") == "lade"
     assert "gs://bucket/lade/serving_model" in parameter(tasks["Pusher"], "push_destination")

@@ -8,6 +8,7 @@ batch norm make every step the same: two epochs of three distinct global batches
 where the claim is exact (losses, and weights relative to what an epoch moved them), at a float32
 summation-order tolerance. Longer runs drift apart by amounts that depend on the CPU and kernels.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,31 @@ pytestmark = [pytest.mark.tfx, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # 96 examples = 3 global batches per epoch; plain SGD at a constant rate, no augmentation.
-TRAINING_FLAGS = ["--loss", "lade", "--alpha", "1.0", "--arch", "small_cnn", "--epochs", "2",
-                  "--batch-size", "32", "--max-train-examples", "96", "--learning-rate", "0.1",
-                  "--momentum", "0", "--schedule", "constant", "--warmup-epochs", "0",
-                  "--no-augment", "--seed", "1"]
+TRAINING_FLAGS = [
+    "--loss",
+    "lade",
+    "--alpha",
+    "1.0",
+    "--arch",
+    "small_cnn",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--max-train-examples",
+    "96",
+    "--learning-rate",
+    "0.1",
+    "--momentum",
+    "0",
+    "--schedule",
+    "constant",
+    "--warmup-epochs",
+    "0",
+    "--no-augment",
+    "--seed",
+    "1",
+]
 # Float32 summation order is all that may differ. Measured on an AMD EPYC (TF 2.16, oneDNN on and
 # off): loss and val_loss relative gaps <= 2.3e-7, weight gaps <= 2.8e-6 of an epoch's update.
 # The tolerances leave margins of 87x (losses) and 36x (weights).
@@ -43,9 +65,12 @@ def digits_examples_dir(digits_folder, tmp_path_factory) -> Path:
 
     root = digits_folder
     output = tmp_path_factory.mktemp("examples") / "digits"
-    prepare_examples(f"folder:{root}", str(output),
-                     PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),
-                     pipeline_args=beam_pipeline_args("in_memory"))
+    prepare_examples(
+        f"folder:{root}",
+        str(output),
+        PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),
+        pipeline_args=beam_pipeline_args("in_memory"),
+    )
     return output
 
 
@@ -55,16 +80,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_trainer(examples: Path, output: Path, strategy: str, tf_config: dict | None,
-                  log: Path) -> subprocess.Popen:
+def start_trainer(
+    examples: Path, output: Path, strategy: str, tf_config: dict | None, log: Path
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    command = [sys.executable, "-m", "pipeline.trainer", "--examples-dir", str(examples),
-               "--output-dir", str(output), "--strategy", strategy, *TRAINING_FLAGS]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.trainer",
+        "--examples-dir",
+        str(examples),
+        "--output-dir",
+        str(output),
+        "--strategy",
+        strategy,
+        *TRAINING_FLAGS,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def flat(variables) -> np.ndarray:
@@ -79,7 +116,8 @@ def checkpoint_weights(checkpoint_dir: Path, number: int) -> np.ndarray:
 
     model = build_model("small_cnn", 10, (8, 8, 1))
     tf.train.Checkpoint(model=model).restore(
-        str(checkpoint_dir / f"ckpt-{number}")).expect_partial()
+        str(checkpoint_dir / f"ckpt-{number}")
+    ).expect_partial()
     return flat(model.trainable_variables)
 
 
@@ -91,14 +129,23 @@ def test_two_workers_take_the_same_steps_as_one_worker(digits_examples_dir, tmp_
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     runs = {
-        "worker0": start_trainer(digits_examples_dir, tmp_path / "multi", "multi_worker",
-                                 {"cluster": cluster, "task": {"type": "worker", "index": 0}},
-                                 tmp_path / "worker0.log"),
-        "worker1": start_trainer(digits_examples_dir, tmp_path / "multi", "multi_worker",
-                                 {"cluster": cluster, "task": {"type": "worker", "index": 1}},
-                                 tmp_path / "worker1.log"),
-        "single": start_trainer(digits_examples_dir, tmp_path / "single", "auto", None,
-                                tmp_path / "single.log"),
+        "worker0": start_trainer(
+            digits_examples_dir,
+            tmp_path / "multi",
+            "multi_worker",
+            {"cluster": cluster, "task": {"type": "worker", "index": 0}},
+            tmp_path / "worker0.log",
+        ),
+        "worker1": start_trainer(
+            digits_examples_dir,
+            tmp_path / "multi",
+            "multi_worker",
+            {"cluster": cluster, "task": {"type": "worker", "index": 1}},
+            tmp_path / "worker1.log",
+        ),
+        "single": start_trainer(
+            digits_examples_dir, tmp_path / "single", "auto", None, tmp_path / "single.log"
+        ),
     }
     for name, process in runs.items():
         code = process.wait(timeout=540)
@@ -112,15 +159,19 @@ def test_two_workers_take_the_same_steps_as_one_worker(digits_examples_dir, tmp_
         assert max(gaps) < LOSS_RTOL, (key, gaps)
     # Accuracies count images: allow one image to flip on a near tie (96 train, 100 val images).
     for key, images in (("accuracy", 96), ("val_accuracy", 100)):
-        np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in single],
-                                   atol=1.01 / images, err_msg=key)
-    np.testing.assert_allclose([r["learning_rate"] for r in multi],
-                               [r["learning_rate"] for r in single], rtol=1e-6)
+        np.testing.assert_allclose(
+            [r[key] for r in multi], [r[key] for r in single], atol=1.01 / images, err_msg=key
+        )
+    np.testing.assert_allclose(
+        [r["learning_rate"] for r in multi], [r["learning_rate"] for r in single], rtol=1e-6
+    )
     assert multi[-1]["loss"] < multi[0]["loss"]
 
     # Weights after each epoch (checkpoints 1 and 2) and the saved model.
-    after = {name: [checkpoint_weights(tmp_path / name / "checkpoints", epoch)
-                    for epoch in (1, 2)] for name in ("single", "multi")}
+    after = {
+        name: [checkpoint_weights(tmp_path / name / "checkpoints", epoch) for epoch in (1, 2)]
+        for name in ("single", "multi")
+    }
     update = np.linalg.norm(after["single"][1] - after["single"][0])
     assert update > 1e-2  # the second epoch really moved the weights
     for epoch in (0, 1):

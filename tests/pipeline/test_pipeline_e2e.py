@@ -3,6 +3,7 @@ Beam, both Trainers, ShiftEvaluator, Pusher; then the TFX cache (same flags: not
 changed --alpha: only the LADE Trainer and what follows it) and the BeamDagRunner on the same
 pipeline. Like TFX's penguin_pipeline_local_e2e_test, it asserts on artifacts and MLMD, and on
 accuracy levels that a broken LADE, a skipped prior correction or shuffled labels cannot reach."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,8 +18,16 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = {"LongTailExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-              "Trainer_ce", "Trainer_lade", "ShiftEvaluator", "Pusher"}
+COMPONENTS = {
+    "LongTailExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "Trainer_ce",
+    "Trainer_lade",
+    "ShiftEvaluator",
+    "Pusher",
+}
 LADE_DEPENDENTS = {"Trainer_lade", "ShiftEvaluator", "Pusher"}
 # On top of --quick (2 epochs of 3000 images): batch 32 and a quarter-epoch warm-up give about 190
 # SGD steps instead of 46, enough for accuracy levels far from what a broken run reaches.
@@ -32,9 +41,21 @@ def run_cli(output_dir: Path, *flags: str, timeout: int) -> str:
     """Runs pipeline/run.py as a user would (a script, the installed package); returns stdout."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipeline" / "run.py"), "--quick", *TRAINING_FLAGS,
-         "--output-dir", str(output_dir), *flags],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        [
+            sys.executable,
+            str(REPO_ROOT / "pipeline" / "run.py"),
+            "--quick",
+            *TRAINING_FLAGS,
+            "--output-dir",
+            str(output_dir),
+            *flags,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-6000:] + result.stdout[-3000:]
     return result.stdout
 
@@ -60,8 +81,7 @@ def executions(output_dir: Path) -> list[tuple[int, str, str]]:
 def lade_models(output_dir: Path) -> dict[float, Path]:
     """alpha -> model.keras of every LADE Trainer execution."""
     models = {}
-    for path in (output_dir / "pipeline_root" / "Trainer_lade" / "model_run").glob(
-            "*/model.keras"):
+    for path in (output_dir / "pipeline_root" / "Trainer_lade" / "model_run").glob("*/model.keras"):
         config = json.loads((path.parent / "train_config.json").read_text())
         models[config["alpha"]] = path
     return models
@@ -73,8 +93,11 @@ def log_partition_gap(model_path: Path, fashion_mnist_dir: Path) -> float:
 
     with gzip.open(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", "rb") as handle:
         images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    logits = keras.saving.load_model(model_path).predict(
-        images.astype(np.float32), batch_size=1000, verbose=0).astype(np.float64)
+    logits = (
+        keras.saving.load_model(model_path)
+        .predict(images.astype(np.float32), batch_size=1000, verbose=0)
+        .astype(np.float64)
+    )
     top = logits.max(axis=1)
     log_partition = top + np.log(np.sum(np.exp(logits - top[:, None]), axis=1))
     return float(abs(np.mean(log_partition) - np.log(logits.shape[1])))
@@ -93,13 +116,25 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     for name in ("shift_report.md", "shift_report.json", "shift_accuracy.png"):
         assert str(report_dir / name) in stdout
     assert f"Pushed model: {output_dir / 'serving_model'}" in stdout
-    assert {component for _, component, state in executions(output_dir)
-            if state == "COMPLETE"} == COMPONENTS
+    assert {
+        component for _, component, state in executions(output_dir) if state == "COMPLETE"
+    } == COMPONENTS
 
     report = json.loads((report_dir / "shift_report.json").read_text())
     assert set(report) == {"distributions", "methods", "uniform"}
-    assert report["distributions"] == ["F50", "F25", "F10", "F5", "F2", "U", "B2", "B5", "B10",
-                                       "B25", "B50"]
+    assert report["distributions"] == [
+        "F50",
+        "F25",
+        "F10",
+        "F5",
+        "F2",
+        "U",
+        "B2",
+        "B5",
+        "B10",
+        "B25",
+        "B50",
+    ]
     methods = list(report["methods"])
     assert methods[:2] == ["Softmax", "PC Softmax"] and list(report["uniform"]) == methods
     assert {"PC Softmax + EM", "LADE", "LADE + EM"} <= set(methods), methods
@@ -109,8 +144,11 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
         assert by_dist["U"]["std"] == 0
         assert any(cell["std"] > 0 for name, cell in by_dist.items() if name != "U")
         assert all(cell["std"] < 0.1 for cell in by_dist.values()), by_dist
-    class_info = json.loads(next(output_dir.glob(
-        "pipeline_root/LongTailExampleGen/examples/*/class_info.json")).read_text())
+    class_info = json.loads(
+        next(
+            output_dir.glob("pipeline_root/LongTailExampleGen/examples/*/class_info.json")
+        ).read_text()
+    )
     has_few_shot = min(class_info["counts"]["train"]) < 20
     for metrics in report["uniform"].values():
         assert set(metrics) == {"many", "medium", "few", "ece", "nll"}
@@ -135,12 +173,13 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
 
 
 @pytest.mark.timeout(1500)
-def test_quick_pipeline_accuracies_need_lade_and_the_prior_correction(first_run,
-                                                                      fashion_mnist_dir):
+def test_quick_pipeline_accuracies_need_lade_and_the_prior_correction(first_run, fashion_mnist_dir):
     output_dir, _ = first_run
     report = json.loads((output_dir / "report" / "shift_report.json").read_text())
-    accuracy = {method: {name: cell["mean"] for name, cell in by_dist.items()}
-                for method, by_dist in report["methods"].items()}
+    accuracy = {
+        method: {name: cell["mean"] for name, cell in by_dist.items()}
+        for method, by_dist in report["methods"].items()
+    }
     lade, softmax, pc_softmax = accuracy["LADE"], accuracy["Softmax"], accuracy["PC Softmax"]
     assert lade["U"] > 0.45, lade  # chance is 0.1; shuffled labels stay near it
     assert lade["U"] > softmax["U"] + 0.08, (lade, softmax)
@@ -164,16 +203,18 @@ def test_pushed_model_answers_for_a_batch_of_priors(first_run):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, size=(4, 28, 28, 1)).astype(np.float32)
     priors = rng.dirichlet(np.ones(10), size=4).astype(np.float32)
-    outputs = loaded.signatures["serving_default"](images=tf.constant(images),
-                                                   target_prior=tf.constant(priors))
+    outputs = loaded.signatures["serving_default"](
+        images=tf.constant(images), target_prior=tf.constant(priors)
+    )
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (4, 10) and outputs["logits"].shape == (4, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(outputs["class_ids"].numpy(), probabilities.argmax(axis=1))
     # The prior is an input: a one-hot prior forces that class.
     one_hot = np.eye(10, dtype=np.float32)[[3, 3, 7, 7]]
-    forced = loaded.signatures["serving_default"](images=tf.constant(images),
-                                                  target_prior=tf.constant(one_hot))
+    forced = loaded.signatures["serving_default"](
+        images=tf.constant(images), target_prior=tf.constant(one_hot)
+    )
     np.testing.assert_array_equal(forced["class_ids"].numpy(), [3, 3, 7, 7])
 
 
@@ -200,13 +241,15 @@ def test_beam_dag_runner_runs_the_same_pipeline_from_cache(first_run):
 
 
 @pytest.mark.timeout(1200)
-def test_changed_alpha_reruns_only_the_lade_trainer_and_what_follows(first_run,
-                                                                    fashion_mnist_dir):
+def test_changed_alpha_reruns_only_the_lade_trainer_and_what_follows(first_run, fashion_mnist_dir):
     output_dir, _ = first_run
     before = executions(output_dir)
     run_cli(output_dir, "--alpha", str(CHANGED_ALPHA), timeout=1000)
-    new = {component: state for execution_id, component, state in executions(output_dir)
-           if (execution_id, component, state) not in before}
+    new = {
+        component: state
+        for execution_id, component, state in executions(output_dir)
+        if (execution_id, component, state) not in before
+    }
     assert set(new) == COMPONENTS
     assert {c for c, state in new.items() if state == "COMPLETE"} == LADE_DEPENDENTS, new
     assert {c for c, state in new.items() if state == "CACHED"} == COMPONENTS - LADE_DEPENDENTS
@@ -217,7 +260,9 @@ def test_changed_alpha_reruns_only_the_lade_trainer_and_what_follows(first_run,
     # (no LADER) leaves it free. Measured on the test split (training seeds 0, 1, 2): the gap to
     # log C fell from 0.184 / 0.247 / 0.176 at alpha 0.1 to 0.108 / 0.166 / 0.041 at 0.3 (drops of
     # 0.076 / 0.081 / 0.135; CE models: about 2.9); the assertion asks for a drop of 0.03.
-    gap = {alpha: log_partition_gap(path, fashion_mnist_dir)
-           for alpha, path in lade_models(output_dir).items()}
+    gap = {
+        alpha: log_partition_gap(path, fashion_mnist_dir)
+        for alpha, path in lade_models(output_dir).items()
+    }
     assert set(gap) == {FIRST_ALPHA, CHANGED_ALPHA}
     assert gap[CHANGED_ALPHA] < gap[FIRST_ALPHA] - 0.03, gap

@@ -1,6 +1,7 @@
 """pipeline.prepare: the split plan (pure function) and the Beam pipeline end to end on real data
 (scikit-learn digits as PNG folders, CIFAR-10 JPEGs, Fashion-MNIST idx files, a TFDS dataset),
 with DirectRunner modes, worker counts and Beam's DaskRunner on a local dask.distributed cluster."""
+
 from __future__ import annotations
 
 import collections
@@ -69,9 +70,17 @@ def _no_leftovers(output_dir: Path) -> bool:
 
 def _summaries(labels, test_every: int | None = 5) -> list[ImageSummary]:
     """Summaries of 8x8 grey images; every n-th is a test image (none when test_every is None)."""
-    return [ImageSummary(f"img{i:05d}", int(label),
-                         "test" if test_every and i % test_every == 0 else "train", 8, 8, 1)
-            for i, label in enumerate(labels)]
+    return [
+        ImageSummary(
+            f"img{i:05d}",
+            int(label),
+            "test" if test_every and i % test_every == 0 else "train",
+            8,
+            8,
+            1,
+        )
+        for i, label in enumerate(labels)
+    ]
 
 
 def _keys_by_split(plan) -> dict[str, set]:
@@ -84,8 +93,9 @@ def _keys_by_split(plan) -> dict[str, set]:
 def test_plan_follows_long_tail_counts_with_a_balanced_disjoint_val(digits):
     _, labels = digits
     summaries = _summaries(labels)
-    plan = plan_splits(summaries, [str(d) for d in range(10)], PrepareConfig(imbalance_ratio=10.0,
-                                                                             val_per_class=5))
+    plan = plan_splits(
+        summaries, [str(d) for d in range(10)], PrepareConfig(imbalance_ratio=10.0, val_per_class=5)
+    )
     pool = np.bincount([s.label for s in summaries if s.origin == "train"], minlength=10)
     n_max = int(pool.min()) - 5  # default: the most every class can still supply
     assert plan.info["n_max"] == n_max and plan.info["warnings"] == []
@@ -94,8 +104,10 @@ def test_plan_follows_long_tail_counts_with_a_balanced_disjoint_val(digits):
     by_split = _keys_by_split(plan)
     label_of = {s.key: s.label for s in summaries}
     for split in ("train", "val", "test"):
-        assert np.bincount([label_of[k] for k in by_split[split]], minlength=10).tolist() == \
-            plan.info["counts"][split]
+        assert (
+            np.bincount([label_of[k] for k in by_split[split]], minlength=10).tolist()
+            == plan.info["counts"][split]
+        )
     assert not by_split["train"] & by_split["val"]
     assert by_split["test"] == {s.key for s in summaries if s.origin == "test"}
     assert (plan.info["height"], plan.info["width"], plan.info["channels"]) == (8, 8, 1)
@@ -109,8 +121,9 @@ def test_plan_does_not_depend_on_input_order_but_on_the_seed(digits):
     shuffled = summaries[:]
     random.Random(1).shuffle(shuffled)
     assert plan_splits(shuffled, names, DIGITS_CONFIG).assignments == plan.assignments
-    other_seed = plan_splits(summaries, names, PrepareConfig(imbalance_ratio=10.0, n_max=100,
-                                                             val_per_class=5, seed=8))
+    other_seed = plan_splits(
+        summaries, names, PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=5, seed=8)
+    )
     assert _keys_by_split(other_seed)["train"] != _keys_by_split(plan)["train"]
     assert other_seed.info["counts"] == plan.info["counts"]
 
@@ -118,12 +131,18 @@ def test_plan_does_not_depend_on_input_order_but_on_the_seed(digits):
 def test_plan_caps_a_too_large_n_max_with_a_warning(digits):
     _, labels = digits
     summaries = _summaries(labels)
-    plan = plan_splits(summaries, [str(d) for d in range(10)],
-                       PrepareConfig(imbalance_ratio=10.0, n_max=1000, val_per_class=5))
+    plan = plan_splits(
+        summaries,
+        [str(d) for d in range(10)],
+        PrepareConfig(imbalance_ratio=10.0, n_max=1000, val_per_class=5),
+    )
     available = np.bincount([s.label for s in summaries if s.origin == "train"], minlength=10) - 5
     # independent reference: the largest n_max whose counts every class can supply
-    feasible = [n for n in range(1, 1001)
-                if all(c <= a for c, a in zip(long_tail_counts(n, 10, 10.0), available))]
+    feasible = [
+        n
+        for n in range(1, 1001)
+        if all(c <= a for c, a in zip(long_tail_counts(n, 10, 10.0), available))
+    ]
     assert plan.info["n_max"] == max(feasible) and plan.info["n_max_requested"] == 1000
     [warning] = plan.info["warnings"]
     assert "n_max=1000" in warning and f"capped to n_max={max(feasible)}" in warning
@@ -131,8 +150,14 @@ def test_plan_caps_a_too_large_n_max_with_a_warning(digits):
 
 def test_plan_with_a_seeded_class_order_and_the_step_profile(digits):
     _, labels = digits
-    config = PrepareConfig(imbalance_ratio=5.0, n_max=100, val_per_class=3, seed=4,
-                           class_order="random", profile="step")
+    config = PrepareConfig(
+        imbalance_ratio=5.0,
+        n_max=100,
+        val_per_class=3,
+        seed=4,
+        class_order="random",
+        profile="step",
+    )
     plan = plan_splits(_summaries(labels), [str(d) for d in range(10)], config)
     order = plan.info["frequency_order"]
     assert sorted(order) == list(range(10)) and order != list(range(10))
@@ -144,8 +169,11 @@ def test_plan_with_a_seeded_class_order_and_the_step_profile(digits):
 def test_plan_draws_a_seeded_test_fraction_per_class(digits):
     _, labels = digits
     summaries = _summaries(labels, test_every=None)
-    plan = plan_splits(summaries, [str(d) for d in range(10)],
-                       PrepareConfig(imbalance_ratio=10.0, val_per_class=5, test_fraction=0.25))
+    plan = plan_splits(
+        summaries,
+        [str(d) for d in range(10)],
+        PrepareConfig(imbalance_ratio=10.0, val_per_class=5, test_fraction=0.25),
+    )
     totals = np.bincount(labels, minlength=10)
     assert plan.info["counts"]["test"] == [round(0.25 * n) for n in totals]
     assert plan.info["n_max"] == min(n - round(0.25 * n) for n in totals) - 5
@@ -158,25 +186,37 @@ def test_plan_reproduces_the_standard_fashion_mnist_lt_counts(fashion_mnist_dir)
 
     train = read_idx(str(fashion_mnist_dir / "train-labels-idx1-ubyte.gz"))
     test = read_idx(str(fashion_mnist_dir / "t10k-labels-idx1-ubyte.gz"))
-    summaries = [ImageSummary(f"{origin}/{i:06d}", int(label), origin, 28, 28, 1)
-                 for origin, labels in (("train", train), ("test", test))
-                 for i, label in enumerate(labels)]
-    plan = plan_splits(summaries, [str(d) for d in range(10)],
-                       PrepareConfig(n_max=6000, val_per_class=0))
+    summaries = [
+        ImageSummary(f"{origin}/{i:06d}", int(label), origin, 28, 28, 1)
+        for origin, labels in (("train", train), ("test", test))
+        for i, label in enumerate(labels)
+    ]
+    plan = plan_splits(
+        summaries, [str(d) for d in range(10)], PrepareConfig(n_max=6000, val_per_class=0)
+    )
     assert plan.info["counts"]["train"] == [6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]
     assert sum(plan.info["counts"]["train"]) == 14_886
     assert plan.info["counts"]["val"] == [0] * 10 and plan.info["warnings"] == []
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(config=PrepareConfig(val_per_class=200)), r"class '0' \(label 0\) has \d+ readable "
-                                                    "training images; 200 go to validation"),
-    (dict(config=PrepareConfig(imbalance_ratio=1000.0, n_max=50)), "no training image"),
-    (dict(config=PrepareConfig(test_fraction=0.2)), "has its own test split"),
-    (dict(test_every=None), "no test split: pass --test-fraction"),
-    (dict(mixed_sizes=True), r"different sizes: 8x8 \(1796 images.*\), 9x9 \(1 images, e.g. "
-                             r"'img00001'\); pass --image-size"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            dict(config=PrepareConfig(val_per_class=200)),
+            r"class '0' \(label 0\) has \d+ readable "
+            "training images; 200 go to validation",
+        ),
+        (dict(config=PrepareConfig(imbalance_ratio=1000.0, n_max=50)), "no training image"),
+        (dict(config=PrepareConfig(test_fraction=0.2)), "has its own test split"),
+        (dict(test_every=None), "no test split: pass --test-fraction"),
+        (
+            dict(mixed_sizes=True),
+            r"different sizes: 8x8 \(1796 images.*\), 9x9 \(1 images, e.g. "
+            r"'img00001'\); pass --image-size",
+        ),
+    ],
+)
 def test_plan_rejects_what_cannot_be_split(digits, change, message):
     _, labels = digits
     summaries = _summaries(labels, test_every=change.get("test_every", 5))
@@ -190,21 +230,27 @@ def test_plan_resizes_to_an_image_size_and_promotes_grey_to_rgb(digits):
     _, labels = digits
     summaries = _summaries(labels)
     summaries[1] = summaries[1]._replace(height=9, width=9, channels=3)
-    plan = plan_splits(summaries, [str(d) for d in range(10)],
-                       PrepareConfig(imbalance_ratio=10.0, val_per_class=5, image_size=(8, 8)))
+    plan = plan_splits(
+        summaries,
+        [str(d) for d in range(10)],
+        PrepareConfig(imbalance_ratio=10.0, val_per_class=5, image_size=(8, 8)),
+    )
     assert (plan.info["height"], plan.info["width"], plan.info["channels"]) == (8, 8, 3)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(imbalance_ratio=0.5), "imbalance_ratio = 0.5: expected a finite number >= 1"),
-    (dict(imbalance_ratio=float("nan")), "imbalance_ratio"),
-    (dict(n_max=0), "n_max = 0"),
-    (dict(profile="linear"), "profile = 'linear'"),
-    (dict(val_per_class=-1), "val_per_class = -1"),
-    (dict(class_order="alphabetical"), "class_order = 'alphabetical'"),
-    (dict(test_fraction=1.0), "test_fraction = 1.0"),
-    (dict(image_size=(0, 8)), "image_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(imbalance_ratio=0.5), "imbalance_ratio = 0.5: expected a finite number >= 1"),
+        (dict(imbalance_ratio=float("nan")), "imbalance_ratio"),
+        (dict(n_max=0), "n_max = 0"),
+        (dict(profile="linear"), "profile = 'linear'"),
+        (dict(val_per_class=-1), "val_per_class = -1"),
+        (dict(class_order="alphabetical"), "class_order = 'alphabetical'"),
+        (dict(test_fraction=1.0), "test_fraction = 1.0"),
+        (dict(image_size=(0, 8)), "image_size"),
+    ],
+)
 def test_config_errors_name_the_bad_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PrepareConfig(**kwargs)
@@ -223,8 +269,9 @@ def digits_folder(digits, tmp_path_factory) -> Path:
 def digits_prepared(digits_folder, tmp_path_factory) -> tuple[Path, dict]:
     """The digits folder prepared in memory: IR 10, n_max 100, 5 val per class, seed 7."""
     output = tmp_path_factory.mktemp("digits_out") / "examples"
-    info = prepare_examples(f"folder:{digits_folder}", str(output), DIGITS_CONFIG,
-                            pipeline_args=IN_MEMORY)
+    info = prepare_examples(
+        f"folder:{digits_folder}", str(output), DIGITS_CONFIG, pipeline_args=IN_MEMORY
+    )
     return output, info
 
 
@@ -232,7 +279,11 @@ def test_digits_splits_have_the_planned_counts_and_the_source_pixels(digits, dig
     images, labels = digits
     output, info = digits_prepared
     assert sorted(os.listdir(output)) == [
-        "Split-test", "Split-train", "Split-val", "class_info.json"]
+        "Split-test",
+        "Split-train",
+        "Split-val",
+        "class_info.json",
+    ]
     assert read_class_info(str(output)) == info
     assert info["class_names"] == [f"digit_{d}" for d in range(10)]
     assert info["counts"]["train"] == long_tail_counts(100, 10, 10.0)
@@ -259,8 +310,12 @@ def test_digits_splits_have_the_planned_counts_and_the_source_pixels(digits, dig
 def test_same_splits_with_two_worker_processes(digits_folder, digits_prepared, tmp_path):
     output, _ = digits_prepared
     parallel = tmp_path / "parallel"
-    prepare_examples(f"folder:{digits_folder}", str(parallel), DIGITS_CONFIG,
-                     pipeline_args=beam_pipeline_args("direct", mode="multi_processing", workers=2))
+    prepare_examples(
+        f"folder:{digits_folder}",
+        str(parallel),
+        DIGITS_CONFIG,
+        pipeline_args=beam_pipeline_args("direct", mode="multi_processing", workers=2),
+    )
     for split in ("train", "val", "test"):
         assert set(_serialized(parallel, split)) == set(_serialized(output, split))
 
@@ -268,15 +323,35 @@ def test_same_splits_with_two_worker_processes(digits_folder, digits_prepared, t
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cli_on_a_two_worker_dask_cluster_gives_the_direct_runner_splits(
-        digits_folder, digits_prepared, tmp_path, capsys):
+    digits_folder, digits_prepared, tmp_path, capsys
+):
     output, info = digits_prepared
     on_dask = tmp_path / "dask"
-    status = main(["--source", f"folder:{digits_folder}", "--output-dir", str(on_dask),
-                   "--imbalance-ratio", "10", "--n-max", "100", "--val-per-class", "5",
-                   "--seed", "7", "--runner", "dask", "--dask-workers", "2"])
+    status = main(
+        [
+            "--source",
+            f"folder:{digits_folder}",
+            "--output-dir",
+            str(on_dask),
+            "--imbalance-ratio",
+            "10",
+            "--n-max",
+            "100",
+            "--val-per-class",
+            "5",
+            "--seed",
+            "7",
+            "--runner",
+            "dask",
+            "--dask-workers",
+            "2",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
-    assert f"wrote {sum(info['counts']['train'])} train / 50 val / 360 test examples" in \
-        capsys.readouterr().out
+    assert (
+        f"wrote {sum(info['counts']['train'])} train / 50 val / 360 test examples"
+        in capsys.readouterr().out
+    )
     for split in ("train", "val", "test"):
         assert set(_serialized(on_dask, split)) == set(_serialized(output, split))
     assert read_class_info(str(on_dask))["counts"] == info["counts"]
@@ -292,9 +367,12 @@ def test_corrupt_and_unreadable_images_are_skipped_counted_and_named(digits, tmp
     dangling = root / "train" / "digit_5" / "moved.png"
     dangling.symlink_to(tmp_path / "elsewhere.png")
     with caplog.at_level(logging.WARNING, logger="pipeline.prepare"):
-        info = prepare_examples(f"folder:{root}", str(tmp_path / "out"),
-                                PrepareConfig(imbalance_ratio=2.0, val_per_class=2),
-                                pipeline_args=IN_MEMORY)
+        info = prepare_examples(
+            f"folder:{root}",
+            str(tmp_path / "out"),
+            PrepareConfig(imbalance_ratio=2.0, val_per_class=2),
+            pipeline_args=IN_MEMORY,
+        )
     assert info["num_skipped"] == 2
     assert [s["path"] for s in info["skipped_files"]] == [str(broken), str(dangling)]
     assert "dangling symbolic link" in info["skipped_files"][1]["reason"]
@@ -308,9 +386,12 @@ def test_no_validation_split_still_writes_a_readable_empty_val(digits, tmp_path)
     images, labels = digits
     root = _write_digits_folder(tmp_path / "src", images[:400], labels[:400])
     output = tmp_path / "out"
-    info = prepare_examples(f"folder:{root}", str(output),
-                            PrepareConfig(imbalance_ratio=4.0, val_per_class=0),
-                            pipeline_args=IN_MEMORY)
+    info = prepare_examples(
+        f"folder:{root}",
+        str(output),
+        PrepareConfig(imbalance_ratio=4.0, val_per_class=0),
+        pipeline_args=IN_MEMORY,
+    )
     assert info["counts"]["val"] == [0] * 10
     assert os.listdir(output / "Split-val") == ["data_tfrecord-00000-of-00001.gz"]
     assert _serialized(output, "val") == []
@@ -319,9 +400,12 @@ def test_no_validation_split_still_writes_a_readable_empty_val(digits, tmp_path)
 
 def test_a_too_large_n_max_is_capped_with_a_logged_warning(digits_folder, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.prepare"):
-        info = prepare_examples(f"folder:{digits_folder}", str(tmp_path / "out"),
-                                PrepareConfig(imbalance_ratio=1.0, n_max=10_000, val_per_class=5),
-                                pipeline_args=IN_MEMORY)
+        info = prepare_examples(
+            f"folder:{digits_folder}",
+            str(tmp_path / "out"),
+            PrepareConfig(imbalance_ratio=1.0, n_max=10_000, val_per_class=5),
+            pipeline_args=IN_MEMORY,
+        )
     pool = collections.Counter(p.parent.name for p in (digits_folder / "train").rglob("*.png"))
     assert info["n_max"] == min(pool.values()) - 5
     assert info["counts"]["train"] == [info["n_max"]] * 10
@@ -331,8 +415,12 @@ def test_a_too_large_n_max_is_capped_with_a_logged_warning(digits_folder, tmp_pa
 def test_a_failed_preparation_leaves_nothing_that_looks_complete(digits_folder, tmp_path):
     output = tmp_path / "out"
     with pytest.raises(ValueError, match="go to validation"):
-        prepare_examples(f"folder:{digits_folder}", str(output), PrepareConfig(val_per_class=500),
-                         pipeline_args=IN_MEMORY)
+        prepare_examples(
+            f"folder:{digits_folder}",
+            str(output),
+            PrepareConfig(val_per_class=500),
+            pipeline_args=IN_MEMORY,
+        )
     assert not output.exists() and _no_leftovers(output)
     output.mkdir()
     (output / "keep.txt").write_text("someone else's file")
@@ -349,26 +437,33 @@ def test_mixed_grey_and_rgb_become_rgb_and_single_trees_use_a_test_fraction(digi
         folder.mkdir(parents=True, exist_ok=True)
         pixels = images[i] if i % 2 else np.dstack([images[i]] * 3)
         Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-    info = prepare_examples(f"folder:{root}", str(tmp_path / "out"),
-                            PrepareConfig(imbalance_ratio=2.0, val_per_class=1, test_fraction=0.2),
-                            pipeline_args=IN_MEMORY)
+    info = prepare_examples(
+        f"folder:{root}",
+        str(tmp_path / "out"),
+        PrepareConfig(imbalance_ratio=2.0, val_per_class=1, test_fraction=0.2),
+        pipeline_args=IN_MEMORY,
+    )
     assert info["channels"] == 3
     totals = np.bincount(labels[:200], minlength=10)
     assert info["counts"]["test"] == [round(0.2 * n) for n in totals]
-    decoded = np.concatenate([_decoded(tmp_path / "out", s, (8, 8, 3))[0]
-                              for s in ("train", "val", "test")])
+    decoded = np.concatenate(
+        [_decoded(tmp_path / "out", s, (8, 8, 3))[0] for s in ("train", "val", "test")]
+    )
     assert np.array_equal(decoded[..., 0], decoded[..., 1])
     source = {im.tobytes() for im in images[:200]}
     assert all(im[..., 0].tobytes() in source for im in decoded)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--imbalance-ratio", "0.5"], "imbalance_ratio = 0.5"),
-    (["--source", "folder:/no/such/dir"], "does not exist"),
-    (["--image-size", "big"], "image_size = 'big'"),
-    (["--source", "tfds:no_such_dataset_xyz"], "unknown TFDS dataset 'no_such_dataset_xyz'"),
-    (["--dask-workers", "2"], "need --runner dask"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--imbalance-ratio", "0.5"], "imbalance_ratio = 0.5"),
+        (["--source", "folder:/no/such/dir"], "does not exist"),
+        (["--image-size", "big"], "image_size = 'big'"),
+        (["--source", "tfds:no_such_dataset_xyz"], "unknown TFDS dataset 'no_such_dataset_xyz'"),
+        (["--dask-workers", "2"], "need --runner dask"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys):
     assert main(["--output-dir", str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -383,9 +478,12 @@ def test_cifar_jpegs_are_stored_byte_for_byte(cifar10_dir, tmp_path):
             for jpg in sorted(os.listdir(cifar10_dir / origin / name))[:count]:
                 shutil.copy(cifar10_dir / origin / name / jpg, root / origin / name / jpg)
     output = tmp_path / "out"
-    info = prepare_examples(f"folder:{root}", str(output),
-                            PrepareConfig(imbalance_ratio=10.0, val_per_class=10),
-                            pipeline_args=IN_MEMORY)
+    info = prepare_examples(
+        f"folder:{root}",
+        str(output),
+        PrepareConfig(imbalance_ratio=10.0, val_per_class=10),
+        pipeline_args=IN_MEMORY,
+    )
     assert info["class_names"] == ["airplane", "bird", "cat"]
     assert (info["height"], info["width"], info["channels"]) == (32, 32, 3)
     assert info["counts"]["train"] == long_tail_counts(50, 3, 10.0)
@@ -394,8 +492,9 @@ def test_cifar_jpegs_are_stored_byte_for_byte(cifar10_dir, tmp_path):
     stored = collections.Counter()
     for split in ("train", "val", "test"):
         for record in _serialized(output, split):
-            stored[tf.train.Example.FromString(record).features.feature["image"]
-                   .bytes_list.value[0]] += 1
+            stored[
+                tf.train.Example.FromString(record).features.feature["image"].bytes_list.value[0]
+            ] += 1
     files = {p.read_bytes() for p in root.rglob("*.jpg")}
     assert set(stored) <= files and sum(stored.values()) == sum(map(sum, info["counts"].values()))
     test_files = {p.read_bytes() for p in (root / "test").rglob("*.jpg")}
@@ -404,8 +503,8 @@ def test_cifar_jpegs_are_stored_byte_for_byte(cifar10_dir, tmp_path):
 
 def _reference_idx(path: Path) -> np.ndarray:
     raw = gzip.decompress(path.read_bytes())
-    dims = struct.unpack(f">{raw[3]}I", raw[4:4 + 4 * raw[3]])
-    return np.frombuffer(raw[4 + 4 * raw[3]:], np.uint8).reshape(dims)
+    dims = struct.unpack(f">{raw[3]}I", raw[4 : 4 + 4 * raw[3]])
+    return np.frombuffer(raw[4 + 4 * raw[3] :], np.uint8).reshape(dims)
 
 
 @pytest.mark.slow
@@ -422,8 +521,9 @@ def test_fashion_mnist_with_the_default_counts(fashion_mnist_dir, tmp_path):
     train_labels = _reference_idx(fashion_mnist_dir / "train-labels-idx1-ubyte.gz")
     test_images = _reference_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz")
     test_labels = _reference_idx(fashion_mnist_dir / "t10k-labels-idx1-ubyte.gz")
-    assert _multiset(*_decoded(output, "test", (28, 28, 1))) == \
-        _multiset(test_images[..., None], test_labels)
+    assert _multiset(*_decoded(output, "test", (28, 28, 1))) == _multiset(
+        test_images[..., None], test_labels
+    )
     source_train = _multiset(train_images[..., None], train_labels)
     train = _multiset(*_decoded(output, "train", (28, 28, 1)))
     val = _multiset(*_decoded(output, "val", (28, 28, 1)))
@@ -438,26 +538,43 @@ def test_a_tfds_dataset_is_read_through_tfds(digits, tmp_path):
     import tensorflow_datasets as tfds
 
     images, labels = digits
-    features = tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(8, 8, 1)),
-        "label": tfds.features.ClassLabel(names=[f"d{d}" for d in range(10)])})
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(8, 8, 1)),
+            "label": tfds.features.ClassLabel(names=[f"d{d}" for d in range(10)]),
+        }
+    )
     split = {"train": range(0, 600), "test": range(600, 800)}
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="digits_for_lade_test", version="1.0.0", features=features, data_dir=str(tmp_path),
+        name="digits_for_lade_test",
+        version="1.0.0",
+        features=features,
+        data_dir=str(tmp_path),
         disable_shuffling=True,
-        split_datasets={name: [(str(i), {"image": images[i][..., None], "label": int(labels[i])})
-                               for i in indices] for name, indices in split.items()})
+        split_datasets={
+            name: [
+                (str(i), {"image": images[i][..., None], "label": int(labels[i])}) for i in indices
+            ]
+            for name, indices in split.items()
+        },
+    )
     output = tmp_path / "out"
-    info = prepare_examples("tfds:digits_for_lade_test", str(output),
-                            PrepareConfig(imbalance_ratio=5.0, val_per_class=3),
-                            pipeline_args=IN_MEMORY, tfds_data_dir=str(tmp_path))
+    info = prepare_examples(
+        "tfds:digits_for_lade_test",
+        str(output),
+        PrepareConfig(imbalance_ratio=5.0, val_per_class=3),
+        pipeline_args=IN_MEMORY,
+        tfds_data_dir=str(tmp_path),
+    )
     assert info["class_names"] == [f"d{d}" for d in range(10)]
     pool = np.bincount(labels[:600], minlength=10)
     assert info["counts"]["train"] == long_tail_counts(int(pool.min()) - 3, 10, 5.0)
-    assert _multiset(*_decoded(output, "test", (8, 8, 1))) == \
-        _multiset(images[600:800, ..., None], labels[600:800])
-    assert not _multiset(*_decoded(output, "train", (8, 8, 1))) - \
-        _multiset(images[:600, ..., None], labels[:600])
+    assert _multiset(*_decoded(output, "test", (8, 8, 1))) == _multiset(
+        images[600:800, ..., None], labels[600:800]
+    )
+    assert not _multiset(*_decoded(output, "train", (8, 8, 1))) - _multiset(
+        images[:600, ..., None], labels[:600]
+    )
 
 
 # ---------------------------------------------------------------- runner selection
@@ -467,20 +584,29 @@ def test_runner_names_map_to_beam_flags_without_prism():
     from pipeline.beam_args import DASK_RUNNER, choose_direct_mode
 
     direct = beam_pipeline_args("direct", mode="multi_processing", workers=3)
-    assert direct[:3] == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                          "--direct_num_workers=3"]
+    assert direct[:3] == [
+        "--runner=FnApiRunner",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=3",
+    ]
     requirements = direct[3].split("=", 1)[1]
     assert direct[3].startswith("--requirements_file=") and os.path.getsize(requirements) == 0
     assert beam_pipeline_args("fnapi", mode="in_memory", workers=3)[:3] == [
-        "--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        "--runner=FnApiRunner",
+        "--direct_running_mode=in_memory",
+        "--direct_num_workers=1",
+    ]
     assert IN_MEMORY[:3] == beam_pipeline_args("fnapi", mode="in_memory")[:3]
-    dask = beam_pipeline_args("dask", workers=2, dask_address="tcp://10.0.0.5:8786",
-                              extra=["--dask_npartitions=3"])
+    dask = beam_pipeline_args(
+        "dask", workers=2, dask_address="tcp://10.0.0.5:8786", extra=["--dask_npartitions=3"]
+    )
     assert dask[0] == f"--runner={DASK_RUNNER}"
     assert "--dask_client_address=tcp://10.0.0.5:8786" in dask
     assert dask[-1] == "--dask_npartitions=3"  # extra flags come last and win
     assert beam_pipeline_args("flink", extra=["--flink_master=h:8081"]) == [
-        "--runner=FlinkRunner", "--flink_master=h:8081"]
+        "--runner=FlinkRunner",
+        "--flink_master=h:8081",
+    ]
     assert beam_pipeline_args("spark")[0] == "--runner=SparkRunner"
     assert beam_pipeline_args("dataflow")[0] == "--runner=DataflowRunner"
     with pytest.raises(ValueError, match="runner = 'prism'"):

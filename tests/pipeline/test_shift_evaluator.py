@@ -2,6 +2,7 @@
 subset of Fashion-MNIST (plain, and class-balanced = prior-free logits like Balanced Softmax),
 scored on the full official test split, with a balanced validation split (20 per class) for the
 calibrated-EM and BBSE rows; numbers checked against NumPy references in this file."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,9 +19,17 @@ from pipeline import shift_evaluator as se
 # Long-tailed counts with every shot group present: 600 ... 6 (> 100, 20..100, < 20 images).
 TRAIN_COUNTS = [int(600 * 0.01 ** (k / 9)) for k in range(10)]
 VAL_PER_CLASS = 20
-NAMES = ["Softmax", "PC Softmax", "PC Softmax + EM", "PC Softmax + calibrated EM",
-         "PC Softmax + BBSE", "Balanced Softmax", "Balanced Softmax + EM",
-         "Balanced Softmax + calibrated EM", "Balanced Softmax + BBSE"]
+NAMES = [
+    "Softmax",
+    "PC Softmax",
+    "PC Softmax + EM",
+    "PC Softmax + calibrated EM",
+    "PC Softmax + BBSE",
+    "Balanced Softmax",
+    "Balanced Softmax + EM",
+    "Balanced Softmax + calibrated EM",
+    "Balanced Softmax + BBSE",
+]
 
 
 def _read_idx(path: Path, header: int) -> np.ndarray:
@@ -48,7 +57,7 @@ def real_data(fashion_mnist_dir: Path):
     for c, n in enumerate(TRAIN_COUNTS):
         members = rng.permutation(np.flatnonzero(train_y == c))
         val.extend(members[:VAL_PER_CLASS])
-        keep.extend(members[VAL_PER_CLASS:VAL_PER_CLASS + n])
+        keep.extend(members[VAL_PER_CLASS : VAL_PER_CLASS + n])
     logits, val_logits, weights = {}, {}, {}
     for loss, weight in (("ce", None), ("balanced_softmax", "balanced")):
         model = LogisticRegression(max_iter=300, class_weight=weight)
@@ -56,8 +65,13 @@ def real_data(fashion_mnist_dir: Path):
         logits[loss] = model.decision_function(test_x)
         val_logits[loss] = model.decision_function(train_x[val])
         weights[loss] = (model.coef_, model.intercept_)
-    return {"logits": logits, "labels": test_y, "val_logits": val_logits,
-            "val_labels": train_y[val], "weights": weights}
+    return {
+        "logits": logits,
+        "labels": test_y,
+        "val_logits": val_logits,
+        "val_labels": train_y[val],
+        "weights": weights,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +82,27 @@ def real_logits(real_data):
 
 @pytest.fixture(scope="module")
 def report(real_data):
-    return se.compute_shift_report(real_data["logits"], real_data["labels"],
-                                   {loss: TRAIN_COUNTS for loss in real_data["logits"]},
-                                   val_logits_by_loss=real_data["val_logits"],
-                                   val_labels=real_data["val_labels"])
+    return se.compute_shift_report(
+        real_data["logits"],
+        real_data["labels"],
+        {loss: TRAIN_COUNTS for loss in real_data["logits"]},
+        val_logits_by_loss=real_data["val_logits"],
+        val_labels=real_data["val_labels"],
+    )
 
 
 def _subsample(labels: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
     """The documented seeded protocol, written directly: one generator, classes in label order,
     counts[c] images of class c without replacement, indices sorted."""
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), size=n,
-                                              replace=False) for c, n in enumerate(counts)]))
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(labels == c), size=n, replace=False)
+                for c, n in enumerate(counts)
+            ]
+        )
+    )
 
 
 def _accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -94,8 +117,7 @@ def test_report_has_the_issue_schema(report):
         assert list(by_dist) == list(SHIFT_NAMES)
         estimated = name.endswith(("EM", "BBSE"))
         for cell in by_dist.values():
-            assert set(cell) == {"mean", "std"} | ({"prior_l1", "prior_js"} if estimated
-                                                   else set())
+            assert set(cell) == {"mean", "std"} | ({"prior_l1", "prior_js"} if estimated else set())
             assert 0 <= cell["mean"] <= 1 and 0 <= cell["std"] < 0.1
             if estimated:
                 assert 0 <= cell["prior_l1"] <= 2 and 0 <= cell["prior_js"] <= math.log(2)
@@ -110,9 +132,11 @@ def test_uniform_accuracies_match_numpy(report, real_logits):
     methods = report["methods"]
     assert methods["Softmax"]["U"]["mean"] == pytest.approx(_accuracy(labels, logits["ce"]))
     assert methods["PC Softmax"]["U"]["mean"] == pytest.approx(
-        _accuracy(labels, logits["ce"] - log_prior))
+        _accuracy(labels, logits["ce"] - log_prior)
+    )
     assert methods["Balanced Softmax"]["U"]["mean"] == pytest.approx(
-        _accuracy(labels, logits["balanced_softmax"]))
+        _accuracy(labels, logits["balanced_softmax"])
+    )
     assert methods["PC Softmax"]["U"]["std"] == pytest.approx(0.0, abs=1e-12)  # U keeps all
 
 
@@ -148,7 +172,8 @@ def test_shot_groups_match_numpy(report, real_logits):
     probs = np.exp(logits["ce"] - logits["ce"].max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     assert report["uniform"]["Softmax"]["nll"] == pytest.approx(
-        -np.mean(np.log(probs[np.arange(len(labels)), labels])))
+        -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+    )
 
 
 def test_prior_correction_helps_where_the_paper_says(report):
@@ -186,11 +211,15 @@ def test_logit_adjusted_rows_use_tau(real_data):
     ce, ce_val = real_data["logits"]["ce"], real_data["val_logits"]["ce"]
     adjusted = {"ce": ce, "logit_adjusted": ce - tau * log_source}
     adjusted_val = {"ce": ce_val, "logit_adjusted": ce_val - tau * log_source}
-    report = se.compute_shift_report(adjusted, real_data["labels"],
-                                     {loss: TRAIN_COUNTS for loss in adjusted}, seeds=(0,),
-                                     val_logits_by_loss=adjusted_val,
-                                     val_labels=real_data["val_labels"],
-                                     tau_by_loss={"logit_adjusted": tau})
+    report = se.compute_shift_report(
+        adjusted,
+        real_data["labels"],
+        {loss: TRAIN_COUNTS for loss in adjusted},
+        seeds=(0,),
+        val_logits_by_loss=adjusted_val,
+        val_labels=real_data["val_labels"],
+        tau_by_loss={"logit_adjusted": tau},
+    )
     for suffix in ("", " + EM", " + calibrated EM", " + BBSE"):
         for name in SHIFT_NAMES:
             ours = report["methods"][f"Logit Adjusted{suffix}"][name]
@@ -198,10 +227,13 @@ def test_logit_adjusted_rows_use_tau(real_data):
             assert ours["mean"] == pytest.approx(theirs["mean"], abs=1e-12), (suffix, name)
             if suffix:
                 assert ours["prior_l1"] == pytest.approx(theirs["prior_l1"], abs=1e-6)
-    wrong = se.compute_shift_report(adjusted, real_data["labels"],
-                                    {loss: TRAIN_COUNTS for loss in adjusted}, seeds=(0,))
-    assert wrong["methods"]["Logit Adjusted"]["B50"]["mean"] < \
-        report["methods"]["Logit Adjusted"]["B50"]["mean"] - 0.05
+    wrong = se.compute_shift_report(
+        adjusted, real_data["labels"], {loss: TRAIN_COUNTS for loss in adjusted}, seeds=(0,)
+    )
+    assert (
+        wrong["methods"]["Logit Adjusted"]["B50"]["mean"]
+        < report["methods"]["Logit Adjusted"]["B50"]["mean"] - 0.05
+    )
 
 
 def test_written_report_files(report, tmp_path: Path):
@@ -247,10 +279,20 @@ def test_empty_shot_group_is_null_in_json_and_na_in_markdown(real_logits, tmp_pa
 
 def test_methods_and_errors():
     assert [m.name for m in se.methods_for(["lade", "logit_adjusted"])] == [
-        "LADE", "LADE + EM", "LADE + calibrated EM", "LADE + BBSE", "Logit Adjusted",
-        "Logit Adjusted + EM", "Logit Adjusted + calibrated EM", "Logit Adjusted + BBSE"]
+        "LADE",
+        "LADE + EM",
+        "LADE + calibrated EM",
+        "LADE + BBSE",
+        "Logit Adjusted",
+        "Logit Adjusted + EM",
+        "Logit Adjusted + calibrated EM",
+        "Logit Adjusted + BBSE",
+    ]
     assert [m.name for m in se.methods_for(["ce"], with_validation=False)] == [
-        "Softmax", "PC Softmax", "PC Softmax + EM"]
+        "Softmax",
+        "PC Softmax",
+        "PC Softmax + EM",
+    ]
     with pytest.raises(ValueError, match="hinge"):
         se.methods_for(["hinge"])
     logits = np.zeros((20, 10))
@@ -260,12 +302,12 @@ def test_methods_and_errors():
     with pytest.raises(ValueError, match="seeds is empty"):
         se.compute_shift_report({"ce": logits}, labels, {"ce": TRAIN_COUNTS}, seeds=())
     with pytest.raises(ValueError, match=r"no validation logits .*'ce'"):
-        se.compute_shift_report({"ce": logits}, labels, {"ce": TRAIN_COUNTS},
-                                val_labels=labels)
+        se.compute_shift_report({"ce": logits}, labels, {"ce": TRAIN_COUNTS}, val_labels=labels)
 
 
-def test_serving_check_covers_the_rule_and_estimate_prior(real_data, fashion_mnist_dir,
-                                                         tmp_path: Path):
+def test_serving_check_covers_the_rule_and_estimate_prior(
+    real_data, fashion_mnist_dir, tmp_path: Path
+):
     """The blessing's serving check on a real export of the logistic-regression CE model (as a
     Keras model on 14x14 pooled images): the exported rule and the BCTS-calibrated
     estimate_prior pass, a model checked as another loss or tau does not."""
@@ -274,8 +316,12 @@ def test_serving_check_covers_the_rule_and_estimate_prior(real_data, fashion_mni
     from lade_tf.export import export_serving_model
     from lade_tf.prior_estimation import TargetPriorEstimator
 
-    images = _read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", 16).reshape(
-        -1, 14, 2, 14, 2).mean(axis=(2, 4))[..., None].astype(np.float32)[:256]
+    images = (
+        _read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", 16)
+        .reshape(-1, 14, 2, 14, 2)
+        .mean(axis=(2, 4))[..., None]
+        .astype(np.float32)[:256]
+    )
     coef, intercept = real_data["weights"]["ce"]
     inputs = keras.Input((14, 14, 1))
     dense = keras.layers.Dense(10)
@@ -284,16 +330,24 @@ def test_serving_check_covers_the_rule_and_estimate_prior(real_data, fashion_mni
     dense.set_weights([(coef.T / 255.0).astype(np.float32), intercept.astype(np.float32)])
     model_logits = np.asarray(model(images), np.float64)
     np.testing.assert_allclose(model_logits, real_data["logits"]["ce"][:256], atol=1e-3)
-    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(real_data["val_logits"]["ce"],
-                                                             real_data["val_labels"])
-    export_serving_model(model, tmp_path / "Format-Serving", class_counts=TRAIN_COUNTS,
-                         train_loss="ce", prior_estimator=estimator)
+    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(
+        real_data["val_logits"]["ce"], real_data["val_labels"]
+    )
+    export_serving_model(
+        model,
+        tmp_path / "Format-Serving",
+        class_counts=TRAIN_COUNTS,
+        train_loss="ce",
+        prior_estimator=estimator,
+    )
 
     class Artifact:
         uri = str(tmp_path)
 
     assert se._check_serving_model(Artifact(), images, model_logits, TRAIN_COUNTS, "ce") == ""
     assert "served logits differ" in se._check_serving_model(
-        Artifact(), images, model_logits, TRAIN_COUNTS, "logit_adjusted", 2.0)
+        Artifact(), images, model_logits, TRAIN_COUNTS, "logit_adjusted", 2.0
+    )
     assert "served logits differ" in se._check_serving_model(
-        Artifact(), images, model_logits, TRAIN_COUNTS, "balanced_softmax")
+        Artifact(), images, model_logits, TRAIN_COUNTS, "balanced_softmax"
+    )

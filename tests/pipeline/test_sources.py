@@ -1,5 +1,6 @@
 """pipeline.sources: listing and reading image folders (real digits, real CIFAR-10 JPEGs), idx
 files (real Fashion-MNIST) and the errors for bad input. No Beam pipeline runs here."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,9 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sources import (FASHION_MNIST_CLASS_NAMES, FolderUnit, IdxUnit, SkippedFile,
-                              SourceImage, conform_image, read_idx, read_unit, resolve_source)
-
+from pipeline.sources import (
+    FASHION_MNIST_CLASS_NAMES,
+    FolderUnit,
+    IdxUnit,
+    SkippedFile,
+    SourceImage,
+    conform_image,
+    read_idx,
+    read_unit,
+    resolve_source,
+)
 
 pytestmark = pytest.mark.tfx
 
@@ -94,7 +103,9 @@ def test_other_formats_and_modes_become_grey_or_rgb_pixels(digits, tmp_path):
     _save(root / "a" / "rgba.png", np.dstack([rgb, np.full((8, 8), 255, np.uint8)]), "PNG")
     _save(root / "b" / "grey16.png", grey.astype(np.uint16) * 257, "PNG")
     _save(root / "b" / "rgb.gif", rgb, "GIF")
-    source = resolve_source(f"folder:{root}", )
+    source = resolve_source(
+        f"folder:{root}",
+    )
     # a single tree: no test split of its own
     assert not source.has_test_split
     read = {Path(item.key).name: item for item in _read_all(source)}
@@ -111,7 +122,8 @@ def test_other_formats_and_modes_become_grey_or_rgb_pixels(digits, tmp_path):
 
 
 def test_corrupt_and_truncated_images_are_skipped_with_a_warning_naming_the_file(
-        digits, tmp_path, caplog):
+    digits, tmp_path, caplog
+):
     images, _ = digits
     root = tmp_path / "broken"
     good = _save(root / "a" / "good.png", images[0], "PNG")
@@ -119,7 +131,7 @@ def test_corrupt_and_truncated_images_are_skipped_with_a_warning_naming_the_file
     truncated = root / "a" / "truncated.jpg"
     full = io.BytesIO()
     Image.fromarray(np.dstack([images[2]] * 3)).resize((64, 64)).save(full, format="JPEG")
-    truncated.write_bytes(full.getvalue()[:len(full.getvalue()) // 2])
+    truncated.write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
     garbage = root / "b" / "garbage.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
     source = resolve_source(f"folder:{root}")
@@ -132,11 +144,14 @@ def test_corrupt_and_truncated_images_are_skipped_with_a_warning_naming_the_file
     for path in (garbage, truncated):
         assert any(str(path) in record.getMessage() for record in caplog.records)
     assert sorted(i.key for i in read if isinstance(i, SourceImage)) == [
-        os.path.relpath(good, root), "b/good.jpg"]
+        os.path.relpath(good, root),
+        "b/good.jpg",
+    ]
 
 
-def test_unreadable_files_are_skipped_like_corrupt_ones_and_folders_are_walked(digits, tmp_path,
-                                                                             caplog):
+def test_unreadable_files_are_skipped_like_corrupt_ones_and_folders_are_walked(
+    digits, tmp_path, caplog
+):
     images, _ = digits
     root = tmp_path / "unreadable"
     good = _save(root / "a" / "good.png", images[0], "PNG")
@@ -154,13 +169,15 @@ def test_unreadable_files_are_skipped_like_corrupt_ones_and_folders_are_walked(d
     skipped = {Path(s.path).name: s for s in read if isinstance(s, SkippedFile)}
     assert set(skipped) == {"gone.png", "pipe.png"}
     assert skipped["gone.png"].reason == (
-        f"cannot be read: dangling symbolic link to {str(root / 'a' / 'deleted.png')!r}")
+        f"cannot be read: dangling symbolic link to {str(root / 'a' / 'deleted.png')!r}"
+    )
     assert skipped["pipe.png"].reason == "cannot be read: not a regular file"
     assert [skipped[n].label for n in ("gone.png", "pipe.png")] == [0, 1]
     for path in (dangling, fifo):
         assert any(str(path) in record.getMessage() for record in caplog.records)
     assert sorted(i.key for i in read if isinstance(i, SourceImage)) == sorted(
-        os.path.relpath(p, root) for p in (good, root / "b" / "good.png", nested))
+        os.path.relpath(p, root) for p in (good, root / "b" / "good.png", nested)
+    )
 
 
 def _write_idx(path: Path, array: np.ndarray) -> Path:
@@ -180,19 +197,29 @@ def digits_idx(digits, tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate_gzip", r"is corrupt or truncated \(Compressed file ended before the end-of-stream"),
-    ("flip_a_byte", r"is corrupt or truncated \((CRC check failed|Error -3)"),
-    ("short_data", r"is truncated: its header says \[100, 8, 8\], which takes 6416 bytes, but "
-                   r"it holds 6415"),
-    ("not_gzip", r"is corrupt or truncated \(Not a gzipped file"),
-])
-def test_corrupt_or_truncated_idx_files_are_named_before_anything_is_read(digits_idx, damage,
-                                                                            message):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "truncate_gzip",
+            r"is corrupt or truncated \(Compressed file ended before the end-of-stream",
+        ),
+        ("flip_a_byte", r"is corrupt or truncated \((CRC check failed|Error -3)"),
+        (
+            "short_data",
+            r"is truncated: its header says \[100, 8, 8\], which takes 6416 bytes, but "
+            r"it holds 6415",
+        ),
+        ("not_gzip", r"is corrupt or truncated \(Not a gzipped file"),
+    ],
+)
+def test_corrupt_or_truncated_idx_files_are_named_before_anything_is_read(
+    digits_idx, damage, message
+):
     path = digits_idx / "train-images-idx3-ubyte.gz"
     data = bytearray(path.read_bytes())
     if damage == "truncate_gzip":
-        data = data[:len(data) // 2]
+        data = data[: len(data) // 2]
     elif damage == "flip_a_byte":
         data[len(data) // 2] ^= 0xFF
     elif damage == "short_data":
@@ -226,8 +253,8 @@ def _reference_idx(path: Path) -> np.ndarray:
     """Independent idx parser: big-endian header, then raw uint8."""
     raw = gzip.decompress(path.read_bytes())
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw[4 + 4 * ndim :], np.uint8).reshape(dims)
 
 
 def test_fashion_mnist_idx_files_are_listed_and_read_exactly(fashion_mnist_dir):
@@ -247,8 +274,10 @@ def test_fashion_mnist_idx_files_are_listed_and_read_exactly(fashion_mnist_dir):
         assert item.key == f"test/{index:06d}"
         assert item.label == reference_labels[index]
         np.testing.assert_array_equal(item.data, reference[index])
-    np.testing.assert_array_equal(read_idx(str(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz"),
-                                           9998, 10_005), reference[9998:])
+    np.testing.assert_array_equal(
+        read_idx(str(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz"), 9998, 10_005),
+        reference[9998:],
+    )
 
 
 def test_idx_source_with_plain_files_and_numeric_class_names(digits, tmp_path):
@@ -272,12 +301,15 @@ def test_idx_source_with_plain_files_and_numeric_class_names(digits, tmp_path):
         assert item.label == labels[index]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("folder:/no/such/folder", "does not exist"),
-    ("idx:/no/such/dir", "does not exist"),
-    ("imagenet", "expected fashion_mnist, tfds:NAME, folder:PATH or idx:DIR"),
-    ("folder:", "expected fashion_mnist"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("folder:/no/such/folder", "does not exist"),
+        ("idx:/no/such/dir", "does not exist"),
+        ("imagenet", "expected fashion_mnist, tfds:NAME, folder:PATH or idx:DIR"),
+        ("folder:", "expected fashion_mnist"),
+    ],
+)
 def test_bad_source_strings_are_named(spec, message):
     with pytest.raises(ValueError, match=message) as error:
         resolve_source(spec)

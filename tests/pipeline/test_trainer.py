@@ -1,4 +1,5 @@
 """pipeline.trainer: the TFX Trainer run_fn, in a real LocalDagRunner run on long-tailed digits."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,16 @@ import pytest
 
 pytestmark = pytest.mark.tfx
 
-TRAIN_CONFIG = {"loss": "lade", "alpha": 0.3, "arch": "small_cnn", "epochs": 2, "batch_size": 32,
-                "learning_rate": 0.05, "warmup_epochs": 0.5, "strategy": "auto"}
+TRAIN_CONFIG = {
+    "loss": "lade",
+    "alpha": 0.3,
+    "arch": "small_cnn",
+    "epochs": 2,
+    "batch_size": 32,
+    "learning_rate": 0.05,
+    "warmup_epochs": 0.5,
+    "strategy": "auto",
+}
 
 
 def test_hyperparameters_from_the_tuner_override_config_fields():
@@ -46,8 +55,9 @@ def test_examples_dir_and_stable_checkpoint_dir(tmp_path):
     config = TrainConfig(loss="lade")
     first = default_checkpoint_dir("/root/Trainer_lade/model_run/7", config, [pattern])
     again = default_checkpoint_dir("/root/Trainer_lade/model_run/12", config, [pattern])
-    other = default_checkpoint_dir("/root/Trainer_lade/model_run/12",
-                                   TrainConfig(loss="lade", alpha=0.5), [pattern])
+    other = default_checkpoint_dir(
+        "/root/Trainer_lade/model_run/12", TrainConfig(loss="lade", alpha=0.5), [pattern]
+    )
     assert first == again != other
     assert first.startswith("/root/Trainer_lade/checkpoints/")
 
@@ -60,8 +70,7 @@ def test_run_fn_rejects_a_custom_config_without_train_config():
     with pytest.raises(ValueError, match="'train_config'"):
         run_fn(FnArgs(custom_config={"epochs": 3}, train_files=[], eval_files=[]))
     with pytest.raises(ValueError, match="unknown TrainConfig key"):
-        run_fn(FnArgs(custom_config={"train_config": {"epoch": 3}}, train_files=[],
-                      eval_files=[]))
+        run_fn(FnArgs(custom_config={"train_config": {"epoch": 3}}, train_files=[], eval_files=[]))
 
 
 @pytest.mark.slow
@@ -76,19 +85,24 @@ def test_trainer_component_trains_exports_and_writes_run_files(digits_folder, tm
     from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
-    example_gen = LongTailExampleGen(source=f"folder:{digits_folder}", imbalance_ratio=10.0,
-                                     n_max=100, val_per_class=10, seed=0)
+    example_gen = LongTailExampleGen(
+        source=f"folder:{digits_folder}", imbalance_ratio=10.0, n_max=100, val_per_class=10, seed=0
+    )
     trainer = tfx.components.Trainer(
-        examples=example_gen.outputs["examples"], run_fn="pipeline.trainer.run_fn",
+        examples=example_gen.outputs["examples"],
+        run_fn="pipeline.trainer.run_fn",
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["val"]),
-        custom_config={"train_config": TRAIN_CONFIG})
+        custom_config={"train_config": TRAIN_CONFIG},
+    )
     metadata_path = str(tmp_path / "metadata.sqlite")
     pipeline = tfx.dsl.Pipeline(
-        pipeline_name="trainer_test", pipeline_root=str(tmp_path / "root"),
+        pipeline_name="trainer_test",
+        pipeline_root=str(tmp_path / "root"),
         components=[example_gen, trainer],
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=beam_pipeline_args("in_memory"))
+        beam_pipeline_args=beam_pipeline_args("in_memory"),
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
     with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
@@ -112,14 +126,20 @@ def test_trainer_component_trains_exports_and_writes_run_files(digits_folder, tm
     # The raw-logits model and the served model are the same trained network: served
     # probabilities = softmax(logits + log p_t) for a LADE model (DESIGN section 1).
     raw = keras.saving.load_model(run_dir / "model.keras")
-    images = np.stack([x.numpy() for x, _ in parse_dataset(
-        os.path.join(examples.uri, "Split-val", "*"), (8, 8, 1)).take(6)])
+    images = np.stack(
+        [
+            x.numpy()
+            for x, _ in parse_dataset(os.path.join(examples.uri, "Split-val", "*"), (8, 8, 1)).take(
+                6
+            )
+        ]
+    )
     logits = raw.predict(images, verbose=0)
     served = tf.saved_model.load(os.path.join(model.uri, "Format-Serving"))
     prior = np.asarray(info["counts"]["train"], np.float32)[::-1]
     prior = np.tile(prior / prior.sum(), (len(images), 1))
-    outputs = served.signatures["serving_default"](images=tf.constant(images),
-                                                   target_prior=tf.constant(prior))
+    outputs = served.signatures["serving_default"](
+        images=tf.constant(images), target_prior=tf.constant(prior)
+    )
     expected = tf.nn.softmax(logits + np.log(prior)).numpy()
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, rtol=1e-4, atol=1e-5)

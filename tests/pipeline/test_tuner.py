@@ -3,6 +3,7 @@
 `python -m pipeline.tune` on examples written by pipeline.prepare, and a real TFX Tuner whose best
 alpha reaches the Trainer, both on long-tailed digits with 2 trials of 1 epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,18 @@ import pytest
 
 pytestmark = pytest.mark.tfx
 
-TRAINING_FLAGS = ["--arch", "small_cnn", "--epochs", "1", "--batch-size", "32",
-                  "--learning-rate", "0.05", "--warmup-epochs", "0.5"]
+TRAINING_FLAGS = [
+    "--arch",
+    "small_cnn",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--learning-rate",
+    "0.05",
+    "--warmup-epochs",
+    "0.5",
+]
 
 
 def test_search_space_is_log_uniform_alpha_and_optional_lambda():
@@ -23,7 +34,11 @@ def test_search_space_is_log_uniform_alpha_and_optional_lambda():
     hp = search_space()
     [alpha] = hp.space
     assert (alpha.name, alpha.min_value, alpha.max_value, alpha.sampling) == (
-        "alpha", 0.01, 1.0, "log")
+        "alpha",
+        0.01,
+        1.0,
+        "log",
+    )
     assert [p.name for p in search_space(tune_lambda=True).space] == ["alpha", "remine_lambda"]
 
 
@@ -32,14 +47,15 @@ def test_oracles_by_name():
 
     from pipeline.tuner import make_oracle, search_space
 
-    kinds = {"random": keras_tuner.oracles.RandomSearchOracle,
-             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
-             "hyperband": keras_tuner.oracles.HyperbandOracle}
+    kinds = {
+        "random": keras_tuner.oracles.RandomSearchOracle,
+        "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+        "hyperband": keras_tuner.oracles.HyperbandOracle,
+    }
     for name, kind in kinds.items():
         oracle = make_oracle(name, 3, 4, search_space(), seed=0)
         assert isinstance(oracle, kind)
-        assert (oracle.objective.name, oracle.objective.direction) == (
-            "val_shift_accuracy", "max")
+        assert (oracle.objective.name, oracle.objective.direction) == ("val_shift_accuracy", "max")
     with pytest.raises(ValueError, match="'grid'"):
         make_oracle("grid", 3, 4, search_space(), seed=0)
 
@@ -59,8 +75,9 @@ def test_tuner_options_nested_or_flat_and_unknown_keys():
 def test_trial_table_markdown_shows_percentages():
     from pipeline.tuner import trial_table_markdown
 
-    text = trial_table_markdown([{"trial_id": "0", "val_shift_accuracy": 0.8123, "alpha": 0.05,
-                                  "F50": 0.9, "U": 0.75}])
+    text = trial_table_markdown(
+        [{"trial_id": "0", "val_shift_accuracy": 0.8123, "alpha": 0.05, "F50": 0.9, "U": 0.75}]
+    )
     assert "| trial_id | val_shift_accuracy | alpha | F50 | U |" in text
     assert "| 0 | 81.23 | 0.05 | 90.00 | 75.00 |" in text
 
@@ -75,7 +92,8 @@ def val_logits_of_trial(output_dir: Path, trial_id: str, examples: Path, config:
     model = build_model(config["arch"], 10, (8, 8, 1))
     checkpoint_dir = output_dir / "lade_alpha" / f"trial_{trial_id}" / "checkpoints"
     tf.train.Checkpoint(model=model).restore(
-        tf.train.latest_checkpoint(str(checkpoint_dir))).expect_partial()
+        tf.train.latest_checkpoint(str(checkpoint_dir))
+    ).expect_partial()
     data = list(parse_dataset(str(examples / "Split-val" / "*"), (8, 8, 1)))
     images = np.stack([x.numpy() for x, _ in data])
     labels = np.array([int(y) for _, y in data])
@@ -93,12 +111,26 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
     from pipeline.tuner import main
 
     examples = tmp_path / "examples"
-    prepare_examples(f"folder:{digits_folder}", str(examples),
-                     PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),
-                     pipeline_args=beam_pipeline_args("in_memory"))
+    prepare_examples(
+        f"folder:{digits_folder}",
+        str(examples),
+        PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=10),
+        pipeline_args=beam_pipeline_args("in_memory"),
+    )
     output = tmp_path / "tuning"
-    rows = main(["--examples-dir", str(examples), "--output-dir", str(output),
-                 "--tuner", "random", "--max-trials", "2", *TRAINING_FLAGS])
+    rows = main(
+        [
+            "--examples-dir",
+            str(examples),
+            "--output-dir",
+            str(output),
+            "--tuner",
+            "random",
+            "--max-trials",
+            "2",
+            *TRAINING_FLAGS,
+        ]
+    )
     printed = capsys.readouterr().out
 
     assert len(rows) == 2 and all(row["status"] == "COMPLETED" for row in rows)
@@ -110,12 +142,14 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
     assert rows[0]["alpha"] != rows[1]["alpha"]  # two points of the space were tried
     for row in rows:
         assert row["val_shift_accuracy"] == pytest.approx(
-            np.mean([row[name] for name in SHIFT_NAMES]))
+            np.mean([row[name] for name in SHIFT_NAMES])
+        )
 
     # The objective is the shift protocol on the VAL split of the trial's trained model.
     config = dict(zip(TRAINING_FLAGS[::2], TRAINING_FLAGS[1::2]))
-    logits, labels = val_logits_of_trial(output, best["trial_id"], examples,
-                                         {"arch": config["--arch"]})
+    logits, labels = val_logits_of_trial(
+        output, best["trial_id"], examples, {"arch": config["--arch"]}
+    )
     assert len(labels) == 100  # val: 10 per class
     # U keeps every val image and a LADE model's uniform-prior prediction is argmax f: plain
     # accuracy, computed here without the library.
@@ -136,27 +170,50 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
     from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
-    train_config = {"loss": "lade", "arch": "small_cnn", "epochs": 1, "batch_size": 32,
-                    "learning_rate": 0.05, "warmup_epochs": 0.5}
-    example_gen = LongTailExampleGen(source=f"folder:{digits_folder}", imbalance_ratio=10.0,
-                                     n_max=100, val_per_class=10, seed=0)
-    splits = {"train_args": tfx.proto.TrainArgs(splits=["train"]),
-              "eval_args": tfx.proto.EvalArgs(splits=["val"])}
+    train_config = {
+        "loss": "lade",
+        "arch": "small_cnn",
+        "epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 0.05,
+        "warmup_epochs": 0.5,
+    }
+    example_gen = LongTailExampleGen(
+        source=f"folder:{digits_folder}", imbalance_ratio=10.0, n_max=100, val_per_class=10, seed=0
+    )
+    splits = {
+        "train_args": tfx.proto.TrainArgs(splits=["train"]),
+        "eval_args": tfx.proto.EvalArgs(splits=["val"]),
+    }
     tuner = tfx.components.Tuner(
-        examples=example_gen.outputs["examples"], tuner_fn="pipeline.tuner.tuner_fn",
-        custom_config={"train_config": train_config,
-                       "tuner": {"tuner": "random", "max_trials": 2, "tune_lambda": True,
-                                 "results_dir": str(tmp_path / "trials")}}, **splits)
+        examples=example_gen.outputs["examples"],
+        tuner_fn="pipeline.tuner.tuner_fn",
+        custom_config={
+            "train_config": train_config,
+            "tuner": {
+                "tuner": "random",
+                "max_trials": 2,
+                "tune_lambda": True,
+                "results_dir": str(tmp_path / "trials"),
+            },
+        },
+        **splits,
+    )
     trainer = tfx.components.Trainer(
-        examples=example_gen.outputs["examples"], run_fn="pipeline.trainer.run_fn",
+        examples=example_gen.outputs["examples"],
+        run_fn="pipeline.trainer.run_fn",
         hyperparameters=tuner.outputs["best_hyperparameters"],
-        custom_config={"train_config": train_config}, **splits)
+        custom_config={"train_config": train_config},
+        **splits,
+    )
     metadata_path = str(tmp_path / "metadata.sqlite")
     pipeline = tfx.dsl.Pipeline(
-        pipeline_name="tuner_test", pipeline_root=str(tmp_path / "root"),
+        pipeline_name="tuner_test",
+        pipeline_root=str(tmp_path / "root"),
         components=[example_gen, tuner, trainer],
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=beam_pipeline_args("in_memory"))
+        beam_pipeline_args=beam_pipeline_args("in_memory"),
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
     with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
@@ -169,11 +226,13 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
     trials = json.loads((tmp_path / "trials" / "trials.json").read_text())
     assert len(table) == len(trials) == 2
     assert max(r["score"] for r in table) == pytest.approx(
-        max(r["val_shift_accuracy"] for r in trials))
+        max(r["val_shift_accuracy"] for r in trials)
+    )
     # The best hyper-parameters are those of the best-scoring trial, and both were tuned.
     top_score = max(r["val_shift_accuracy"] for r in trials)
     assert (best["alpha"], best["remine_lambda"]) in [
-        (r["alpha"], r["remine_lambda"]) for r in trials if r["val_shift_accuracy"] == top_score]
+        (r["alpha"], r["remine_lambda"]) for r in trials if r["val_shift_accuracy"] == top_score
+    ]
     assert trials[0]["alpha"] != trials[1]["alpha"]
     assert trials[0]["remine_lambda"] != trials[1]["remine_lambda"]
     trained = json.loads((Path(model_run.uri) / "train_config.json").read_text())

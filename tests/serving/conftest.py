@@ -1,4 +1,5 @@
 """Serving fixtures: a small CNN trained on long-tailed digits, its export, server processes."""
+
 from __future__ import annotations
 
 import shutil
@@ -29,8 +30,13 @@ def digits_split(digits):
         train.extend(members[:count])
         test.extend(members[-TEST_PER_CLASS:])
     as_input = lambda idx: images[np.array(idx)][..., None].astype(np.float32)  # noqa: E731
-    return {"train_x": as_input(train), "train_y": labels[np.array(train)],
-            "test_x": as_input(test), "test_y": labels[np.array(test)], "counts": counts}
+    return {
+        "train_x": as_input(train),
+        "train_y": labels[np.array(train)],
+        "test_x": as_input(test),
+        "test_y": labels[np.array(test)],
+        "counts": counts,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +51,11 @@ def trained_model(digits_split):
     x = keras.layers.Flatten()(x)
     logits = keras.layers.Dense(10)(x)
     model = keras.Model(inputs, logits)
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(digits_split["train_x"], digits_split["train_y"], epochs=20, batch_size=64,
-              verbose=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(digits_split["train_x"], digits_split["train_y"], epochs=20, batch_size=64, verbose=0)
     return model
 
 
@@ -58,9 +65,14 @@ def export_base(tmp_path_factory, trained_model, digits_split) -> Path:
     from lade_tf.export import export_serving_model
 
     base = tmp_path_factory.mktemp("models") / "lade"
-    export_serving_model(trained_model, base / "1", class_counts=digits_split["counts"],
-                         train_loss="ce", class_names=CLASS_NAMES,
-                         metadata={"dataset": "sklearn digits, long-tailed IR 10"})
+    export_serving_model(
+        trained_model,
+        base / "1",
+        class_counts=digits_split["counts"],
+        train_loss="ce",
+        class_names=CLASS_NAMES,
+        metadata={"dataset": "sklearn digits, long-tailed IR 10"},
+    )
     return base
 
 
@@ -96,8 +108,10 @@ model_config_list {{
 }}
 """)
     batching = root / "batching.config"
-    batching.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000 }\n"
-                        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n")
+    batching.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
+    )
     return {"root": root, "config": config, "batching": batching, "reload_base": reload_base}
 
 
@@ -105,14 +119,29 @@ model_config_list {{
 def servers(server_dirs, export_base):
     """Both server processes, started together so their start-up overlaps."""
     root = server_dirs["root"]
-    plain = ServerProcess(["--model-config-file", str(server_dirs["config"]),
-                           "--file-system-poll-wait-seconds", "0.5",
-                           "--max-request-bytes", str(MAX_REQUEST_BYTES)],
-                          root / "server.log")
-    batching = ServerProcess(["--model-base-path", str(export_base), "--model-name", "lade",
-                              "--enable-batching",
-                              "--batching-parameters-file", str(server_dirs["batching"])],
-                             root / "batching_server.log")
+    plain = ServerProcess(
+        [
+            "--model-config-file",
+            str(server_dirs["config"]),
+            "--file-system-poll-wait-seconds",
+            "0.5",
+            "--max-request-bytes",
+            str(MAX_REQUEST_BYTES),
+        ],
+        root / "server.log",
+    )
+    batching = ServerProcess(
+        [
+            "--model-base-path",
+            str(export_base),
+            "--model-name",
+            "lade",
+            "--enable-batching",
+            "--batching-parameters-file",
+            str(server_dirs["batching"]),
+        ],
+        root / "batching_server.log",
+    )
     yield {"plain": plain, "batching": batching}
     plain.stop()
     batching.stop()

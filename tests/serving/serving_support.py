@@ -1,4 +1,5 @@
 """Helpers shared by the serving tests: in-process signature calls, HTTP, server processes."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def run_signature(loaded, name: str, **inputs) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in outputs.items()}
 
 
-def http(url: str, payload=None, *, data: bytes | None = None, method: str | None = None,
-         timeout: float = 60.0) -> tuple[int, dict]:
+def http(
+    url: str,
+    payload=None,
+    *,
+    data: bytes | None = None,
+    method: str | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict]:
     """One HTTP call; returns (status, parsed JSON body)."""
     if payload is not None:
         data = json.dumps(payload).encode("utf-8")
@@ -53,8 +60,13 @@ class ServerProcess:
         self._log = open(log_path, "w", encoding="utf-8")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--port", "0", *args], cwd=REPO_ROOT,
-            env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
+            [sys.executable, "-m", "serving.server", "--port", "0", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
         self._url: str | None = None
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()

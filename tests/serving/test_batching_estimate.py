@@ -7,6 +7,7 @@ deterministic (a batch closes only when full: 16 rows, 20 s timeout), send two c
 estimate_prior requests of 8 images each (one digit each) and check that each gets the answer it
 gets alone, while serving_default requests are still merged (the batchers' counters).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,12 @@ class InProcessServer:
 
         manager = ModelManager([ModelConfig(name="lade", base_path=base_path)])
         manager.poll()
-        self.app = ServingApp(manager, ServerOptions(
-            timeout_seconds=HTTP_TIMEOUT, file_system_poll_wait_seconds=0.0, batching=batching))
+        self.app = ServingApp(
+            manager,
+            ServerOptions(
+                timeout_seconds=HTTP_TIMEOUT, file_system_poll_wait_seconds=0.0, batching=batching
+            ),
+        )
         sock = bind_socket("127.0.0.1", 0)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -60,6 +65,7 @@ class InProcessServer:
     def batching_stats(self) -> dict:
         async def read():
             return self.app.batching_stats()
+
         return self._call(read())
 
     def stop(self) -> None:
@@ -72,16 +78,24 @@ class InProcessServer:
 @pytest.fixture(scope="module")
 def full_batch_server(export_base):
     """A batching server whose batches close only when they hold 2 * ROWS rows."""
-    server = InProcessServer(str(export_base), BatchingOptions(
-        max_batch_size=2 * ROWS, batch_timeout_micros=20_000_000, num_batch_threads=1))
+    server = InProcessServer(
+        str(export_base),
+        BatchingOptions(
+            max_batch_size=2 * ROWS, batch_timeout_micros=20_000_000, num_batch_threads=1
+        ),
+    )
     yield server
     server.stop()
 
 
 def predict(url: str, images: np.ndarray, signature: str, **inputs) -> dict:
-    payload = {"signature_name": signature,
-               "inputs": {"images": images.tolist(),
-                          **{name: value.tolist() for name, value in inputs.items()}}}
+    payload = {
+        "signature_name": signature,
+        "inputs": {
+            "images": images.tolist(),
+            **{name: value.tolist() for name, value in inputs.items()},
+        },
+    }
     status, body = http(f"{url}/v1/models/lade:predict", payload, timeout=HTTP_TIMEOUT)
     assert status == 200, body
     return {name: np.asarray(value) for name, value in body["outputs"].items()}
@@ -125,39 +139,47 @@ def test_a_merged_batch_would_change_the_estimates(saved_model, digits_split):
         assert np.max(np.abs(estimate["target_prior"][0] - merged["target_prior"][0])) > 0.1
 
 
-def test_concurrent_estimate_prior_requests_are_not_merged(full_batch_server, saved_model,
-                                                           digits_split):
+def test_concurrent_estimate_prior_requests_are_not_merged(
+    full_batch_server, saved_model, digits_split
+):
     url = full_batch_server.url
     zeros, ones = one_digit_batches(digits_split)
     before = full_batch_server.batching_stats()
     alone = [predict(url, x, "estimate_prior") for x in (zeros, ones)]
-    together = concurrently([lambda x=x: predict(url, x, "estimate_prior")
-                             for x in (zeros, ones)])
+    together = concurrently([lambda x=x: predict(url, x, "estimate_prior") for x in (zeros, ones)])
     for images, single, concurrent in zip((zeros, ones), alone, together):
         assert_estimates_equal(concurrent, single)
-        assert_estimates_equal(single, run_signature(saved_model, "estimate_prior",
-                                                     images=images))
+        assert_estimates_equal(single, run_signature(saved_model, "estimate_prior", images=images))
     after = full_batch_server.batching_stats()
     assert ("lade", 1, "estimate_prior") not in after
     assert after == before  # no batcher saw these requests
 
 
-def test_concurrent_serving_default_requests_are_still_merged(full_batch_server, saved_model,
-                                                              digits_split):
+def test_concurrent_serving_default_requests_are_still_merged(
+    full_batch_server, saved_model, digits_split
+):
     images = digits_split["test_x"]
     requests = 4
     rows = 2 * ROWS // requests  # together exactly one full batch
-    jobs = [(images[i * rows:(i + 1) * rows],
-             np.random.default_rng(i).dirichlet(np.ones(10), size=rows).astype(np.float32))
-            for i in range(requests)]
+    jobs = [
+        (
+            images[i * rows : (i + 1) * rows],
+            np.random.default_rng(i).dirichlet(np.ones(10), size=rows).astype(np.float32),
+        )
+        for i in range(requests)
+    ]
     key = ("lade", 1, "serving_default")
     before = full_batch_server.batching_stats().get(key, {"requests": 0, "batches": 0})
-    results = concurrently([lambda job=job: predict(full_batch_server.url, job[0],
-                                                    "serving_default", target_prior=job[1])
-                            for job in jobs])
+    results = concurrently(
+        [
+            lambda job=job: predict(
+                full_batch_server.url, job[0], "serving_default", target_prior=job[1]
+            )
+            for job in jobs
+        ]
+    )
     for (batch, priors), served in zip(jobs, results):
-        expected = run_signature(saved_model, "serving_default", images=batch,
-                                 target_prior=priors)
+        expected = run_signature(saved_model, "serving_default", images=batch, target_prior=priors)
         for name, value in expected.items():
             np.testing.assert_allclose(served[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     after = full_batch_server.batching_stats()[key]
@@ -165,13 +187,13 @@ def test_concurrent_serving_default_requests_are_still_merged(full_batch_server,
     assert after["batches"] - before["batches"] == 1  # all four requests ran as one batch
 
 
-def test_cli_batching_server_answers_concurrent_estimates_alone(batching_server_url,
-                                                                digits_split):
+def test_cli_batching_server_answers_concurrent_estimates_alone(batching_server_url, digits_split):
     """The same through `python -m serving.server --enable-batching` (5 ms batch timeout)."""
     zeros, ones = one_digit_batches(digits_split)
     alone = [predict(batching_server_url, x, "estimate_prior") for x in (zeros, ones)]
     for _ in range(3):
-        together = concurrently([lambda x=x: predict(batching_server_url, x, "estimate_prior")
-                                 for x in (zeros, ones)])
+        together = concurrently(
+            [lambda x=x: predict(batching_server_url, x, "estimate_prior") for x in (zeros, ones)]
+        )
         for single, concurrent in zip(alone, together):
             assert_estimates_equal(concurrent, single)

@@ -1,4 +1,5 @@
 """serving.client, as a library and as a command, against a real server process."""
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.client", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "serving.client", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,31 +46,45 @@ def input_files(tmp_path_factory, digits_split):
 
 
 def expected_probabilities(saved_model, images, prior):
-    return run_signature(saved_model, "serving_default", images=images,
-                         target_prior=np.tile(np.float32(prior), (len(images), 1)))[
-        "probabilities"]
+    return run_signature(
+        saved_model,
+        "serving_default",
+        images=images,
+        target_prior=np.tile(np.float32(prior), (len(images), 1)),
+    )["probabilities"]
 
 
-def test_cli_prints_top_k_for_images_and_arrays(server_url, saved_model, input_files,
-                                                digits_split):
+def test_cli_prints_top_k_for_images_and_arrays(server_url, saved_model, input_files, digits_split):
     paths, images = input_files
-    result = run_cli("--url", server_url, "--model-name", "lade", "--prior", "source",
-                     "--top-k", "3", "--json", *paths)
+    result = run_cli(
+        "--url",
+        server_url,
+        "--model-name",
+        "lade",
+        "--prior",
+        "source",
+        "--top-k",
+        "3",
+        "--json",
+        *paths,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [row["input"] for row in rows] == paths[:3] + [f"{paths[3]}[0]", f"{paths[3]}[1]"]
     counts = np.asarray(digits_split["counts"], np.float64)
     expected = expected_probabilities(saved_model, images, counts / counts.sum())
     for row, probabilities in zip(rows, expected):
-        assert [entry["class_id"] for entry in row["top_k"]] == [c for c, _ in top_k(
-            probabilities[None], 3)[0]]
+        assert [entry["class_id"] for entry in row["top_k"]] == [
+            c for c, _ in top_k(probabilities[None], 3)[0]
+        ]
         best = row["top_k"][0]
         assert best["class_name"] == CLASS_NAMES[best["class_id"]]
         assert best["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
 
 
-def test_cli_estimated_prior_sends_the_batch_to_estimate_prior(server_url, saved_model,
-                                                               input_files):
+def test_cli_estimated_prior_sends_the_batch_to_estimate_prior(
+    server_url, saved_model, input_files
+):
     paths, images = input_files
     expected = run_signature(saved_model, "estimate_prior", images=images)
     result = run_cli("--url", server_url, "--prior", "estimate", "--top-k", "2", "--json", *paths)
@@ -76,10 +96,10 @@ def test_cli_estimated_prior_sends_the_batch_to_estimate_prior(server_url, saved
     rows = document["predictions"]
     assert [row["input"] for row in rows] == paths[:3] + [f"{paths[3]}[0]", f"{paths[3]}[1]"]
     for row, probabilities in zip(rows, expected["probabilities"]):
-        assert [entry["class_id"] for entry in row["top_k"]] == [c for c, _ in top_k(
-            probabilities[None], 2)[0]]
-        assert row["top_k"][0]["probability"] == pytest.approx(float(probabilities.max()),
-                                                               abs=1e-6)
+        assert [entry["class_id"] for entry in row["top_k"]] == [
+            c for c, _ in top_k(probabilities[None], 2)[0]
+        ]
+        assert row["top_k"][0]["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
     text = run_cli("--url", server_url, "--prior", "estimate", "--top-k", "1", *paths)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.strip().splitlines()
@@ -92,12 +112,14 @@ def test_cli_one_hot_prior_file_and_label(server_url, input_files, tmp_path):
     paths, _ = input_files
     prior_file = tmp_path / "prior.json"
     prior_file.write_text(json.dumps({"target_prior": np.eye(10)[7].tolist()}))
-    result = run_cli("--url", server_url, "--label", "stable", "--prior", str(prior_file),
-                     "--top-k", "1", *paths)
+    result = run_cli(
+        "--url", server_url, "--label", "stable", "--prior", str(prior_file), "--top-k", "1", *paths
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 5 and all(line.split(": ")[1].startswith("seven (7) 1.0000")
-                                   for line in lines)
+    assert len(lines) == 5 and all(
+        line.split(": ")[1].startswith("seven (7) 1.0000") for line in lines
+    )
 
 
 def test_cli_reports_bad_priors_and_server_errors(server_url, input_files):
@@ -116,24 +138,29 @@ def test_library_calls(server_url, saved_model, export_base, digits_split, tmp_p
     metadata = read_serving_metadata(export_base / "1")
     source = resolve_prior("source", client)
     np.testing.assert_allclose(source, metadata["source_prior"], rtol=1e-6)
-    np.testing.assert_allclose(resolve_prior("source", client, metadata_file=str(
-        export_base / "1")), metadata["source_prior"])
+    np.testing.assert_allclose(
+        resolve_prior("source", client, metadata_file=str(export_base / "1")),
+        metadata["source_prior"],
+    )
     np.testing.assert_allclose(resolve_prior("uniform", client), np.full(10, 0.1))
-    np.testing.assert_allclose(resolve_prior("[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]", client)[[0, 9]],
-                               [1, 1])
+    np.testing.assert_allclose(
+        resolve_prior("[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]", client)[[0, 9]], [1, 1]
+    )
     for bad in ("[1, -1, 0, 0, 0, 0, 0, 0, 0, 1]", "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "abc"):
         with pytest.raises(ValueError):
             resolve_prior(bad, client)
     images = digits_split["test_x"][:5]
     prior = np.linspace(1, 2, 10)
     outputs = client.predict_images(images, prior)
-    np.testing.assert_array_equal(outputs["probabilities"],
-                                  expected_probabilities(saved_model, images, prior))
+    np.testing.assert_array_equal(
+        outputs["probabilities"], expected_probabilities(saved_model, images, prior)
+    )
     buffer = io.BytesIO()
     Image.fromarray(images[0, ..., 0].astype(np.uint8), mode="L").save(buffer, format="PNG")
     encoded = client.predict_encoded([buffer.getvalue()], prior)  # batch 1: same up to rounding
-    np.testing.assert_allclose(encoded["probabilities"][0], outputs["probabilities"][0],
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        encoded["probabilities"][0], outputs["probabilities"][0], rtol=1e-4, atol=1e-7
+    )
     estimated = client.estimate_prior(images)
     served = run_signature(saved_model, "estimate_prior", images=images)
     np.testing.assert_allclose(estimated["target_prior"], served["target_prior"][0], atol=1e-6)

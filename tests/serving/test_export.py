@@ -1,4 +1,5 @@
 """lade_tf.export: the serving SavedModel against NumPy references of DESIGN sections 1, 6 and 7."""
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,9 @@ def check_against_reference(outputs, reference):
     finite = np.isfinite(reference)
     np.testing.assert_allclose(outputs["logits"][finite], reference[finite], rtol=1e-5, atol=1e-4)
     assert np.all(outputs["logits"][~finite] <= -1e8)
-    np.testing.assert_allclose(outputs["probabilities"], softmax(np.where(finite, reference, -1e9)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        outputs["probabilities"], softmax(np.where(finite, reference, -1e9)), atol=1e-6
+    )
     assert np.all(outputs["probabilities"][~finite] == 0.0)
     np.testing.assert_array_equal(outputs["class_ids"], reference.argmax(axis=1))
 
@@ -56,14 +58,19 @@ def test_signatures_have_the_contract_inputs_and_outputs(saved_model):
     assert set(signatures) == set(SIGNATURE_NAMES)
     specs = {name: fn.structured_input_signature[1] for name, fn in signatures.items()}
     assert {k: (v.dtype, v.shape.as_list()) for k, v in specs["serving_default"].items()} == {
-        "images": (tf.float32, [None, 8, 8, 1]), "target_prior": (tf.float32, [None, 10])}
+        "images": (tf.float32, [None, 8, 8, 1]),
+        "target_prior": (tf.float32, [None, 10]),
+    }
     assert set(specs["predict_uniform"]) == {"images"}
     assert specs["predict_encoded"]["image_bytes"].dtype == tf.string
     assert set(specs["estimate_prior"]) == {"images"}
     for name in ("serving_default", "predict_uniform", "predict_encoded"):
         outputs = signatures[name].structured_outputs
         assert {k: v.dtype for k, v in outputs.items()} == {
-            "probabilities": tf.float32, "logits": tf.float32, "class_ids": tf.int64}
+            "probabilities": tf.float32,
+            "logits": tf.float32,
+            "class_ids": tf.int64,
+        }
 
 
 def test_serving_default_is_pc_softmax(saved_model, trained_model, digits_split):
@@ -73,20 +80,27 @@ def test_serving_default_is_pc_softmax(saved_model, trained_model, digits_split)
     priors[::4, 3] = 0.0  # zero entries: probability exactly 0
     priors[1] *= 7.0  # unnormalised rows are normalised
     outputs = run_signature(saved_model, "serving_default", images=images, target_prior=priors)
-    reference = reference_adjusted(raw_logits(trained_model, images), digits_split["counts"],
-                                   "ce", priors)
+    reference = reference_adjusted(
+        raw_logits(trained_model, images), digits_split["counts"], "ce", priors
+    )
     check_against_reference(outputs, reference)
 
 
 def test_lade_trained_model_uses_f_plus_log_prior(tmp_path, trained_model, digits_split):
-    path = export_serving_model(trained_model, tmp_path / "1", class_counts=digits_split["counts"],
-                                train_loss="lade", alpha=0.1)
+    path = export_serving_model(
+        trained_model,
+        tmp_path / "1",
+        class_counts=digits_split["counts"],
+        train_loss="lade",
+        alpha=0.1,
+    )
     loaded = tf.saved_model.load(path)
     images = digits_split["test_x"][:16]
     prior = np.tile(np.linspace(1.0, 3.0, 10, dtype=np.float32), (16, 1))
     outputs = run_signature(loaded, "serving_default", images=images, target_prior=prior)
-    reference = reference_adjusted(raw_logits(trained_model, images), digits_split["counts"],
-                                   "lade", prior)
+    reference = reference_adjusted(
+        raw_logits(trained_model, images), digits_split["counts"], "lade", prior
+    )
     check_against_reference(outputs, reference)
     assert read_serving_metadata(path)["alpha"] == 0.1
 
@@ -130,8 +144,9 @@ def numpy_map_em(posterior, reference, centre, strength):
     prior = reference.copy()
     for _ in range(EM_MAX_ITERATIONS):
         weighted = posterior * (prior / reference)
-        updated = ((weighted / weighted.sum(axis=1, keepdims=True)).sum(axis=0)
-                   + strength * centre) / (len(posterior) + strength)
+        updated = (
+            (weighted / weighted.sum(axis=1, keepdims=True)).sum(axis=0) + strength * centre
+        ) / (len(posterior) + strength)
         change = np.abs(updated - prior).max()
         prior = updated
         if change < EM_TOLERANCE:
@@ -143,19 +158,22 @@ def test_estimate_prior_is_em_on_the_source_posterior(saved_model, trained_model
     """The default export: uncalibrated EM under the default Dirichlet prior centred on p_s."""
     labels = digits_split["test_y"]
     # A tail-heavy target sample: class c keeps 2 (c + 1) of its test images.
-    keep = np.concatenate([np.flatnonzero(labels == c)[:2 * (c + 1)] for c in range(10)])
+    keep = np.concatenate([np.flatnonzero(labels == c)[: 2 * (c + 1)] for c in range(10)])
     images = digits_split["test_x"][keep]
     counts = np.asarray(digits_split["counts"], np.float64)
     source = counts / counts.sum()
-    expected = numpy_map_em(softmax(raw_logits(trained_model, images)), source, source,
-                            DEFAULT_PRIOR_STRENGTH)  # CE: p_s(y|x) = softmax(f)
+    expected = numpy_map_em(
+        softmax(raw_logits(trained_model, images)), source, source, DEFAULT_PRIOR_STRENGTH
+    )  # CE: p_s(y|x) = softmax(f)
     outputs = run_signature(saved_model, "estimate_prior", images=images)
     assert outputs["target_prior"].shape == (len(images), 10)
-    np.testing.assert_allclose(outputs["target_prior"], np.tile(expected, (len(images), 1)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["target_prior"], np.tile(expected, (len(images), 1)), atol=1e-5
+    )
     assert expected[5:].sum() > source[5:].sum()  # moved towards the tail-heavy truth
-    reference = reference_adjusted(raw_logits(trained_model, images), counts, "ce",
-                                   outputs["target_prior"][0])
+    reference = reference_adjusted(
+        raw_logits(trained_model, images), counts, "ce", outputs["target_prior"][0]
+    )
     check_against_reference(outputs, np.broadcast_to(reference, outputs["logits"].shape))
     # One image: about the source prior, not a one-hot collapse (L1 <= 2 / (1 + strength)).
     one = run_signature(saved_model, "estimate_prior", images=images[-1:])["target_prior"][0]
@@ -186,12 +204,21 @@ def calibrated_exports(tmp_path_factory, trained_model, digits_split):
     shifted = keras.Model(inputs, trained_model(inputs) - np.float32(2.0 * log_source))
     root = tmp_path_factory.mktemp("calibrated")
     exports = {}
-    for name, model, loss, tau in (("ce", trained_model, "ce", 1.0),
-                                   ("logit_adjusted", shifted, "logit_adjusted", 2.0)):
-        estimator = TargetPriorEstimator(counts, loss, tau=tau).fit(raw_logits(model, val_images),
-                                                                    val_labels)
-        path = export_serving_model(model, root / name, class_counts=counts, train_loss=loss,
-                                    tau=tau, prior_estimator=estimator)
+    for name, model, loss, tau in (
+        ("ce", trained_model, "ce", 1.0),
+        ("logit_adjusted", shifted, "logit_adjusted", 2.0),
+    ):
+        estimator = TargetPriorEstimator(counts, loss, tau=tau).fit(
+            raw_logits(model, val_images), val_labels
+        )
+        path = export_serving_model(
+            model,
+            root / name,
+            class_counts=counts,
+            train_loss=loss,
+            tau=tau,
+            prior_estimator=estimator,
+        )
         exports[name] = (model, estimator, tf.saved_model.load(path), path)
     return exports
 
@@ -206,15 +233,15 @@ def test_calibrated_estimate_prior_graph_equals_numpy(calibrated_exports, digits
         images = target[np.sort(rng.choice(len(target), size, replace=False))]
         served = run_signature(loaded, "estimate_prior", images=images)["target_prior"]
         expected = estimator.estimate(raw_logits(model, images))
-        np.testing.assert_allclose(served, np.tile(expected, (size, 1)), atol=1e-5,
-                                   err_msg=f"batch of {size}")
+        np.testing.assert_allclose(
+            served, np.tile(expected, (size, 1)), atol=1e-5, err_msg=f"batch of {size}"
+        )
     metadata = read_serving_metadata(path)
     assert metadata["prior_estimation"] == json.loads(json.dumps(estimator.to_config()))
     assert metadata["tau"] == (2.0 if name == "logit_adjusted" else None)
 
 
-def test_calibrated_estimate_prior_against_an_independent_formula(calibrated_exports,
-                                                                   digits_split):
+def test_calibrated_estimate_prior_against_an_independent_formula(calibrated_exports, digits_split):
     """BCTS-calibrated posteriors for the balanced val prior, z = (f - log p_s + log p_u) / T + b,
     then MAP-EM with p_u as the reference and p_s as the Dirichlet centre, written out here."""
     model, estimator, loaded, _ = calibrated_exports["ce"]
@@ -222,8 +249,9 @@ def test_calibrated_estimate_prior_against_an_independent_formula(calibrated_exp
     _, _, target = calibration_split(digits_split)
     counts = np.asarray(digits_split["counts"], np.float64)
     source, uniform = counts / counts.sum(), np.full(10, 0.1)
-    scores = (raw_logits(model, target) - np.log(source) + np.log(uniform)) / \
-        calibration["temperature"] + np.asarray(calibration["bias"])
+    scores = (raw_logits(model, target) - np.log(source) + np.log(uniform)) / calibration[
+        "temperature"
+    ] + np.asarray(calibration["bias"])
     expected = numpy_map_em(softmax(scores), uniform, source, DEFAULT_PRIOR_STRENGTH)
     served = run_signature(loaded, "estimate_prior", images=target)["target_prior"][0]
     np.testing.assert_allclose(served, expected, atol=1e-5)
@@ -234,8 +262,9 @@ def test_logit_adjusted_export_applies_tau(calibrated_exports, digits_split):
     images = digits_split["test_x"][:16]
     prior = np.tile(np.linspace(3.0, 1.0, 10, dtype=np.float32), (16, 1))
     outputs = run_signature(loaded, "serving_default", images=images, target_prior=prior)
-    reference = reference_adjusted(raw_logits(model, images), digits_split["counts"],
-                                   "logit_adjusted", prior, tau=2.0)
+    reference = reference_adjusted(
+        raw_logits(model, images), digits_split["counts"], "logit_adjusted", prior, tau=2.0
+    )
     check_against_reference(outputs, reference)
     # The same posteriors as the CE model it was made from, through PC Softmax.
     _, _, ce_loaded, _ = calibrated_exports["ce"]
@@ -243,14 +272,18 @@ def test_logit_adjusted_export_applies_tau(calibrated_exports, digits_split):
     np.testing.assert_allclose(outputs["probabilities"], ce_outputs["probabilities"], atol=1e-5)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("other_loss", r"prior_estimator is for .*'lade'"),
-    ("unfitted", "is not fitted"),
-    ("bbse", "expected 'em'"),
-    ("tau_for_ce", "tau = 2.0 with train_loss = 'ce'"),
-])
-def test_export_rejects_a_mismatched_estimator(tmp_path, trained_model, digits_split, case,
-                                               message):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("other_loss", r"prior_estimator is for .*'lade'"),
+        ("unfitted", "is not fitted"),
+        ("bbse", "expected 'em'"),
+        ("tau_for_ce", "tau = 2.0 with train_loss = 'ce'"),
+    ],
+)
+def test_export_rejects_a_mismatched_estimator(
+    tmp_path, trained_model, digits_split, case, message
+):
     counts = digits_split["counts"]
     arguments = {"class_counts": counts, "train_loss": "ce"}
     if case == "other_loss":
@@ -258,8 +291,9 @@ def test_export_rejects_a_mismatched_estimator(tmp_path, trained_model, digits_s
     elif case == "unfitted":
         arguments["prior_estimator"] = TargetPriorEstimator(counts, "ce")
     elif case == "bbse":
-        arguments["prior_estimator"] = TargetPriorEstimator(counts, "ce", method="bbse",
-                                                            calibration="none")
+        arguments["prior_estimator"] = TargetPriorEstimator(
+            counts, "ce", method="bbse", calibration="none"
+        )
     else:
         arguments["tau"] = 2.0
     with pytest.raises(ValueError, match=message):
@@ -285,24 +319,34 @@ def test_class_info_and_metadata_asset(saved_model, export_base, digits_split):
     estimation = metadata["prior_estimation"]
     assert estimation["calibration"] == {"method": "none", "temperature": 1.0, "bias": None}
     assert estimation["prior_strength"] == DEFAULT_PRIOR_STRENGTH
-    assert (estimation["tolerance"], estimation["max_iterations"]) == (EM_TOLERANCE,
-                                                                        EM_MAX_ITERATIONS)
+    assert (estimation["tolerance"], estimation["max_iterations"]) == (
+        EM_TOLERANCE,
+        EM_MAX_ITERATIONS,
+    )
     assert metadata["input_shape"] == [8, 8, 1]
     assert metadata["signatures"]["serving_default"]["inputs"] == ["images", "target_prior"]
     assert metadata["dataset"].startswith("sklearn digits")
 
 
-@pytest.mark.parametrize("prior, message", [
-    ([-0.1] + [0.1] * 9, "negative"), ([float("nan")] + [0.1] * 9, "NaN or infinite"),
-    ([0.0] * 10, "sums to 0")])
+@pytest.mark.parametrize(
+    "prior, message",
+    [
+        ([-0.1] + [0.1] * 9, "negative"),
+        ([float("nan")] + [0.1] * 9, "NaN or infinite"),
+        ([0.0] * 10, "sums to 0"),
+    ],
+)
 def test_invalid_prior_fails_in_graph(saved_model, digits_split, prior, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        run_signature(saved_model, "serving_default", images=digits_split["test_x"][:2],
-                      target_prior=np.tile(np.asarray(prior, np.float32), (2, 1)))
+        run_signature(
+            saved_model,
+            "serving_default",
+            images=digits_split["test_x"][:2],
+            target_prior=np.tile(np.asarray(prior, np.float32), (2, 1)),
+        )
 
 
-def test_export_is_atomic_and_refuses_a_non_empty_directory(tmp_path, trained_model,
-                                                            digits_split):
+def test_export_is_atomic_and_refuses_a_non_empty_directory(tmp_path, trained_model, digits_split):
     counts = digits_split["counts"]
     base = tmp_path / "base"
     (base / "2").mkdir(parents=True)  # an empty target directory is fine
@@ -311,17 +355,25 @@ def test_export_is_atomic_and_refuses_a_non_empty_directory(tmp_path, trained_mo
     with pytest.raises(ValueError, match="not empty"):
         export_serving_model(trained_model, base / "2", class_counts=counts, train_loss="ce")
     with pytest.raises(ValueError, match="reserved"):
-        export_serving_model(trained_model, base / "3", class_counts=counts, train_loss="ce",
-                             metadata={"class_names": []})
+        export_serving_model(
+            trained_model,
+            base / "3",
+            class_counts=counts,
+            train_loss="ce",
+            metadata={"class_names": []},
+        )
     assert sorted(os.listdir(base)) == ["2"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"class_names": ["a", "b"]}, "class_names has 2 entries"),
-    ({"class_counts": [10] * 9}, r"expected \(batch, 9\)"),
-    ({"class_counts": [10] * 9 + [0]}, r"class_counts\[9\]"),
-    ({"train_loss": "focal"}, "train_loss"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_names": ["a", "b"]}, "class_names has 2 entries"),
+        ({"class_counts": [10] * 9}, r"expected \(batch, 9\)"),
+        ({"class_counts": [10] * 9 + [0]}, r"class_counts\[9\]"),
+        ({"train_loss": "focal"}, "train_loss"),
+    ],
+)
 def test_export_rejects_bad_arguments(tmp_path, trained_model, digits_split, kwargs, message):
     arguments = {"class_counts": digits_split["counts"], "train_loss": "ce", **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -338,10 +390,16 @@ def test_saved_model_loads_without_this_package(export_base, digits_split):
         f"m = tf.saved_model.load({str(export_base / '1')!r})\n"
         "out = m.signatures['predict_uniform'](images=tf.zeros([2, 8, 8, 1]))\n"
         "print(json.dumps({'lade': [k for k in sys.modules if k.startswith('lade_tf')],"
-        " 'shape': out['probabilities'].shape.as_list()}))\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=380,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        " 'shape': out['probabilities'].shape.as_list()}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"lade": [], "shape": [2, 10]}
@@ -356,13 +414,14 @@ def test_trainer_fits_the_served_estimator_on_the_val_split(trained_model, digit
     val_images, val_labels, _ = calibration_split(digits_split)
     batches = tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(32)
     fitted = prior_estimator(trained_model, batches, counts, "ce", 1.0)
-    expected = TargetPriorEstimator(counts, "ce").fit(raw_logits(trained_model, val_images),
-                                                      val_labels)
+    expected = TargetPriorEstimator(counts, "ce").fit(
+        raw_logits(trained_model, val_images), val_labels
+    )
     assert fitted.calibrator.method == "bcts"
-    assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature,
-                                                          rel=1e-6)
+    assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature, rel=1e-6)
     np.testing.assert_allclose(fitted.calibrator.bias, expected.calibrator.bias, atol=1e-6)
     assert prior_estimator(trained_model, None, counts, "ce", 1.0).calibrator.method == "none"
-    partial = tf.data.Dataset.from_tensor_slices((val_images[val_labels != 9],
-                                                  val_labels[val_labels != 9])).batch(32)
+    partial = tf.data.Dataset.from_tensor_slices(
+        (val_images[val_labels != 9], val_labels[val_labels != 9])
+    ).batch(32)
     assert prior_estimator(trained_model, partial, counts, "ce", 1.0).calibrator.method == "none"

@@ -2,6 +2,7 @@
 
 Expected strings are the ones tensorflow_serving/util/json_tensor.cc produces and its tests check.
 """
+
 from __future__ import annotations
 
 import base64
@@ -10,13 +11,22 @@ import json
 import numpy as np
 import pytest
 
-from serving.json_tensor import (COLUMNAR, ROW, TensorSpec, parse_json, predict_inputs,
-                                 predict_response, signature_name_of)
+from serving.json_tensor import (
+    COLUMNAR,
+    ROW,
+    TensorSpec,
+    parse_json,
+    predict_inputs,
+    predict_response,
+    signature_name_of,
+)
 from serving.status import ServingError
 from tests.conftest import import_or_skip
 
-TWO_INPUTS = {"images": TensorSpec("float32", (None, 2, 2)),
-              "target_prior": TensorSpec("float32", (None, 3))}
+TWO_INPUTS = {
+    "images": TensorSpec("float32", (None, 2, 2)),
+    "target_prior": TensorSpec("float32", (None, 3)),
+}
 ONE_INPUT = {"x": TensorSpec("float32", (None,))}
 BYTES_INPUT = {"image_bytes": TensorSpec("string", (None,))}
 
@@ -39,9 +49,15 @@ IMAGE = [[1, 2], [3, 4.5]]
 
 
 def test_row_format_with_named_inputs_batches_on_axis_0():
-    tensors, request_format = parse({"instances": [{"images": IMAGE, "target_prior": [1, 0, 0]},
-                                                   {"images": IMAGE, "target_prior": [0, 1, 0]}]},
-                                    TWO_INPUTS)
+    tensors, request_format = parse(
+        {
+            "instances": [
+                {"images": IMAGE, "target_prior": [1, 0, 0]},
+                {"images": IMAGE, "target_prior": [0, 1, 0]},
+            ]
+        },
+        TWO_INPUTS,
+    )
     assert request_format == ROW
     assert tensors["images"].dtype == np.float32 and tensors["images"].shape == (2, 2, 2)
     np.testing.assert_array_equal(tensors["target_prior"], [[1, 0, 0], [0, 1, 0]])
@@ -54,8 +70,10 @@ def test_row_format_plain_list_for_a_single_input():
 
 
 def test_columnar_format_and_b64_strings():
-    tensors, request_format = parse({"inputs": {"images": [IMAGE], "target_prior": [[1, 2, 3]],
-                                                "ignored_extra_key": 1}}, TWO_INPUTS)
+    tensors, request_format = parse(
+        {"inputs": {"images": [IMAGE], "target_prior": [[1, 2, 3]], "ignored_extra_key": 1}},
+        TWO_INPUTS,
+    )
     assert request_format == COLUMNAR and tensors["images"].shape == (1, 2, 2)
     payload = {"inputs": [{"b64": base64.b64encode(b"\x89PNG\x00").decode()}, "plain"]}
     tensors, _ = parse(payload, BYTES_INPUT)
@@ -70,50 +88,133 @@ def test_nan_and_infinity_tokens_are_accepted():
     assert np.isnan(tensors["x"][0]) and tensors["x"][1] == np.inf and tensors["x"][2] == -np.inf
 
 
-@pytest.mark.parametrize("payload, specs, code, message", [
-    (b"", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: The document is empty"),
-    (b"instances = [1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: "),
-    (b"[1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "Is not object"),
-    ({"signature_name": 100}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "'signature_name' key must be a string value."),
-    ({"foo": 1}, TWO_INPUTS, "INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key"),
-    ({"instances": [], }, TWO_INPUTS, "INVALID_ARGUMENT", "No values in 'instances' array"),
-    ({"instances": {"x": 1}}, ONE_INPUT, "INVALID_ARGUMENT",
-     "Excepting 'instances' to be an list/array"),
-    ({"instances": [1], "inputs": [1]}, ONE_INPUT, "INVALID_ARGUMENT",
-     "expecting only one of 'inputs' or 'instances' keys to exist"),
-    ({"instances": ["x", "y"]}, ONE_INPUT, "INVALID_ARGUMENT", "not of expected type: float"),
-    ({"instances": [True]}, ONE_INPUT, "INVALID_ARGUMENT", "Type: True is not of expected type"),
-    ({"instances": [1e39]}, ONE_INPUT, "INVALID_ARGUMENT",
-     "to float without loss of precision"),
-    ({"instances": [IMAGE]}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "instances is a plain list, but expecting list of objects"),
-    ({"instances": [{"images": IMAGE}]}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "keys must be equal to: images,target_prior"),
-    ({"instances": [{"images": IMAGE, "target_prior": [1, 1, 1], "x": 1}]}, TWO_INPUTS,
-     "INVALID_ARGUMENT", "does not have named input: x"),
-    ({"instances": [{"images": IMAGE, "target_prior": [1, 1, 1]},
-                    {"images": [[1, 2]], "target_prior": [1, 1, 1]}]}, TWO_INPUTS,
-     "INVALID_ARGUMENT", "Expecting tensor size: 4 but got: 2"),
-    ({"instances": [[1, 2], [3]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting "
-     "tensor size: 2 but got: 1"),
-    ({"inputs": [[1, 2], [3]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
-     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
-    ({"inputs": [[1, [2]]]}, {"x": TensorSpec("float32", (None, 2))}, "INVALID_ARGUMENT",
-     "Encountered list at unexpected level: 2 expected < 2"),
-    ({"inputs": {"images": [IMAGE]}}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "Missing named input: target_prior in 'inputs' object."),
-    ({"inputs": [IMAGE]}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "inputs is a plain value/list, but expecting an object"),
-    ({"inputs": {"images": [IMAGE], "target_prior": [[1, 1]]}}, TWO_INPUTS, "INVALID_ARGUMENT",
-     "input tensor 'target_prior' has shape [1,2], but the signature expects [-1,3]"),
-    ({"inputs": [{"b64": "not base64!"}]}, BYTES_INPUT, "INVALID_ARGUMENT",
-     "Unable to base64 decode"),
-    ({"inputs": [{"b64": "YWJj", "extra": 1}]}, BYTES_INPUT, "INVALID_ARGUMENT",
-     "not formatted correctly for base64 data"),
-    ({"inputs": [1]}, BYTES_INPUT, "INVALID_ARGUMENT", "is not of expected type: string"),
-])
+@pytest.mark.parametrize(
+    "payload, specs, code, message",
+    [
+        (b"", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: The document is empty"),
+        (b"instances = [1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "JSON Parse error: "),
+        (b"[1, 2]", TWO_INPUTS, "INVALID_ARGUMENT", "Is not object"),
+        (
+            {"signature_name": 100},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "'signature_name' key must be a string value.",
+        ),
+        ({"foo": 1}, TWO_INPUTS, "INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key"),
+        (
+            {
+                "instances": [],
+            },
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "No values in 'instances' array",
+        ),
+        (
+            {"instances": {"x": 1}},
+            ONE_INPUT,
+            "INVALID_ARGUMENT",
+            "Excepting 'instances' to be an list/array",
+        ),
+        (
+            {"instances": [1], "inputs": [1]},
+            ONE_INPUT,
+            "INVALID_ARGUMENT",
+            "expecting only one of 'inputs' or 'instances' keys to exist",
+        ),
+        ({"instances": ["x", "y"]}, ONE_INPUT, "INVALID_ARGUMENT", "not of expected type: float"),
+        (
+            {"instances": [True]},
+            ONE_INPUT,
+            "INVALID_ARGUMENT",
+            "Type: True is not of expected type",
+        ),
+        (
+            {"instances": [1e39]},
+            ONE_INPUT,
+            "INVALID_ARGUMENT",
+            "to float without loss of precision",
+        ),
+        (
+            {"instances": [IMAGE]},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "instances is a plain list, but expecting list of objects",
+        ),
+        (
+            {"instances": [{"images": IMAGE}]},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "keys must be equal to: images,target_prior",
+        ),
+        (
+            {"instances": [{"images": IMAGE, "target_prior": [1, 1, 1], "x": 1}]},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "does not have named input: x",
+        ),
+        (
+            {
+                "instances": [
+                    {"images": IMAGE, "target_prior": [1, 1, 1]},
+                    {"images": [[1, 2]], "target_prior": [1, 1, 1]},
+                ]
+            },
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "Expecting tensor size: 4 but got: 2",
+        ),
+        (
+            {"instances": [[1, 2], [3]]},
+            {"x": TensorSpec("float32", (None, 2))},
+            "INVALID_ARGUMENT",
+            "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting "
+            "tensor size: 2 but got: 1",
+        ),
+        (
+            {"inputs": [[1, 2], [3]]},
+            {"x": TensorSpec("float32", (None, 2))},
+            "INVALID_ARGUMENT",
+            "Encountered list at unexpected size: 1 at level: 1 expected size: 2",
+        ),
+        (
+            {"inputs": [[1, [2]]]},
+            {"x": TensorSpec("float32", (None, 2))},
+            "INVALID_ARGUMENT",
+            "Encountered list at unexpected level: 2 expected < 2",
+        ),
+        (
+            {"inputs": {"images": [IMAGE]}},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "Missing named input: target_prior in 'inputs' object.",
+        ),
+        (
+            {"inputs": [IMAGE]},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "inputs is a plain value/list, but expecting an object",
+        ),
+        (
+            {"inputs": {"images": [IMAGE], "target_prior": [[1, 1]]}},
+            TWO_INPUTS,
+            "INVALID_ARGUMENT",
+            "input tensor 'target_prior' has shape [1,2], but the signature expects [-1,3]",
+        ),
+        (
+            {"inputs": [{"b64": "not base64!"}]},
+            BYTES_INPUT,
+            "INVALID_ARGUMENT",
+            "Unable to base64 decode",
+        ),
+        (
+            {"inputs": [{"b64": "YWJj", "extra": 1}]},
+            BYTES_INPUT,
+            "INVALID_ARGUMENT",
+            "not formatted correctly for base64 data",
+        ),
+        ({"inputs": [1]}, BYTES_INPUT, "INVALID_ARGUMENT", "is not of expected type: string"),
+    ],
+)
 def test_bad_requests_get_tf_serving_errors(payload, specs, code, message):
     error = error_of(payload, specs)
     assert error.code == code and error.http_status == 400
@@ -123,18 +224,27 @@ def test_bad_requests_get_tf_serving_errors(payload, specs, code, message):
 def test_row_response_single_and_several_outputs():
     single = json.loads(predict_response({"y": np.float32([[0.2, 1.0], [3.5, 4]])}, ROW))
     assert single == {"predictions": [[0.2, 1.0], [3.5, 4.0]]}
-    several = json.loads(predict_response(
-        {"class_ids": np.int64([3, 1]), "probabilities": np.float32([[0.25, 0.75], [1, 0]])}, ROW))
-    assert several == {"predictions": [{"class_ids": 3, "probabilities": [0.25, 0.75]},
-                                       {"class_ids": 1, "probabilities": [1.0, 0.0]}]}
+    several = json.loads(
+        predict_response(
+            {"class_ids": np.int64([3, 1]), "probabilities": np.float32([[0.25, 0.75], [1, 0]])},
+            ROW,
+        )
+    )
+    assert several == {
+        "predictions": [
+            {"class_ids": 3, "probabilities": [0.25, 0.75]},
+            {"class_ids": 1, "probabilities": [1.0, 0.0]},
+        ]
+    }
 
 
 def test_columnar_response_single_and_several_outputs():
     assert json.loads(predict_response({"y": np.float32([3.5, 4.0])}, COLUMNAR)) == {
-        "outputs": [3.5, 4.0]}
-    assert json.loads(predict_response(
-        {"a": np.int64([1, 2]), "b": np.float32(0.5)}, COLUMNAR)) == {
-        "outputs": {"a": [1, 2], "b": 0.5}}
+        "outputs": [3.5, 4.0]
+    }
+    assert json.loads(
+        predict_response({"a": np.int64([1, 2]), "b": np.float32(0.5)}, COLUMNAR)
+    ) == {"outputs": {"a": [1, 2], "b": 0.5}}
 
 
 def test_floats_read_back_exactly_and_special_values_are_tokens():
@@ -146,9 +256,12 @@ def test_floats_read_back_exactly_and_special_values_are_tokens():
 
 
 def test_bytes_outputs_are_b64_and_strings_are_text():
-    body = json.loads(predict_response(
-        {"image_bytes": np.array([b"\x00\xff"], object), "names": np.array([b"zero"], object)},
-        COLUMNAR))
+    body = json.loads(
+        predict_response(
+            {"image_bytes": np.array([b"\x00\xff"], object), "names": np.array([b"zero"], object)},
+            COLUMNAR,
+        )
+    )
     assert body["outputs"]["image_bytes"] == [{"b64": base64.b64encode(b"\x00\xff").decode()}]
     assert body["outputs"]["names"] == ["zero"]
 
@@ -192,10 +305,17 @@ def test_without_orjson_the_standard_parser_gives_the_same_tensors_and_errors(mo
     orjson = import_or_skip("orjson", "the REST server's fast JSON parser (requirements.txt)")
     assert json_tensor.orjson is orjson
     # Strict JSON, so orjson itself parses it; numbers where two parsers could disagree.
-    body = json.dumps({"instances": [
-        {"images": [[0.1, 1e-45], [3.4028234663852886e38, -0.0]], "target_prior": [1, 16777215, 2]},
-        {"images": [[1 / 3, 2.5e-38], [123456.789, 7]], "target_prior": [0.5, 0.25, 0.25]}],
-    }).encode()
+    body = json.dumps(
+        {
+            "instances": [
+                {
+                    "images": [[0.1, 1e-45], [3.4028234663852886e38, -0.0]],
+                    "target_prior": [1, 16777215, 2],
+                },
+                {"images": [[1 / 3, 2.5e-38], [123456.789, 7]], "target_prior": [0.5, 0.25, 0.25]},
+            ],
+        }
+    ).encode()
     counting = CountingParser(orjson)
     monkeypatch.setattr(json_tensor, "orjson", counting)
     with_orjson, _ = parse(body, TWO_INPUTS)

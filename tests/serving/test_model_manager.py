@@ -1,4 +1,5 @@
 """serving.model_manager: model configs, version policies, loading, status and metadata JSON."""
+
 from __future__ import annotations
 
 import logging
@@ -7,21 +8,34 @@ import shutil
 import numpy as np
 import pytest
 
-from serving.model_manager import (ModelConfig, ModelManager, base_path_problem,
-                                   parse_model_config, read_model_config_file)
+from serving.model_manager import (
+    ModelConfig,
+    ModelManager,
+    base_path_problem,
+    parse_model_config,
+    read_model_config_file,
+)
 from serving.status import ServingError
 from tests.serving.serving_support import REPO_ROOT
 
 
 def available(version: str) -> dict:
-    return {"version": version, "state": "AVAILABLE",
-            "status": {"error_code": "OK", "error_message": ""}}
+    return {
+        "version": version,
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
 
 
 def test_shipped_models_config_parses():
     (config,) = read_model_config_file(str(REPO_ROOT / "serving" / "models.config"))
-    assert config == ModelConfig(name="lade", base_path="/models/lade", policy="latest",
-                                 num_versions=2, labels={"stable": 1, "canary": 2})
+    assert config == ModelConfig(
+        name="lade",
+        base_path="/models/lade",
+        policy="latest",
+        num_versions=2,
+        labels={"stable": 1, "canary": 2},
+    )
 
 
 def test_model_config_policies_and_errors():
@@ -33,12 +47,18 @@ def test_model_config_policies_and_errors():
         }""")
     assert [(c.policy, c.versions) for c in configs] == [("all", ()), ("specific", (1, 3))]
     for text, message in [
-            ('model_config_list { config { name: "a" } }', "expected both name and base_path"),
-            ('model_config_list { config { name: "a" base_path: "/a" model_platform: "onnx" } }',
-             "not supported"),
-            ('model_config_list { config { name: "a" base_path: "/a" } '
-             'config { name: "a" base_path: "/b" } }', "duplicate"),
-            ("model_config_list { config { nmae: 'a' } }", "not a text ModelServerConfig")]:
+        ('model_config_list { config { name: "a" } }', "expected both name and base_path"),
+        (
+            'model_config_list { config { name: "a" base_path: "/a" model_platform: "onnx" } }',
+            "not supported",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/a" } '
+            'config { name: "a" base_path: "/b" } }',
+            "duplicate",
+        ),
+        ("model_config_list { config { nmae: 'a' } }", "not a text ModelServerConfig"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_model_config(text)
 
@@ -46,9 +66,11 @@ def test_model_config_policies_and_errors():
 def test_config_files_that_cannot_be_read_are_value_errors(tmp_path):
     binary = tmp_path / "binary.config"
     binary.write_bytes(b"model_config_list { \xff }")
-    for path, message in [(tmp_path / "missing.config", r"cannot be read \(No such file"),
-                          (tmp_path, r"cannot be read \(Is a directory\)"),
-                          (binary, r"is not UTF-8 text \(byte 20\)")]:
+    for path, message in [
+        (tmp_path / "missing.config", r"cannot be read \(No such file"),
+        (tmp_path, r"cannot be read \(Is a directory\)"),
+        (binary, r"is not UTF-8 text \(byte 20\)"),
+    ]:
         with pytest.raises(ValueError, match=message):
             read_model_config_file(str(path))
 
@@ -61,7 +83,8 @@ def test_base_path_problems(tmp_path):
     assert base_path_problem(str(tmp_path / "file")).startswith("is not a directory; expected")
     assert base_path_problem(str(tmp_path / "file" / "1")).startswith("has a file where")
     assert base_path_problem(str(tmp_path / "link")).startswith(
-        f"is a symbolic link to {str(tmp_path / 'gone')!r}, which does not exist")
+        f"is a symbolic link to {str(tmp_path / 'gone')!r}, which does not exist"
+    )
 
 
 @pytest.fixture()
@@ -94,9 +117,12 @@ def test_latest_policy_serves_the_highest_version(two_versions):
 
 
 def test_all_and_specific_policies(two_versions):
-    manager = ModelManager([ModelConfig("all", str(two_versions), policy="all"),
-                            ModelConfig("one", str(two_versions), policy="specific",
-                                        versions=(1,))])
+    manager = ModelManager(
+        [
+            ModelConfig("all", str(two_versions), policy="all"),
+            ModelConfig("one", str(two_versions), policy="specific", versions=(1,)),
+        ]
+    )
     manager.poll()
     assert sorted(manager.models["all"].available) == [1, 2]
     assert manager.status_json("all")["model_version_status"] == [available("2"), available("1")]
@@ -113,8 +139,7 @@ def test_new_version_replaces_old_and_a_broken_one_keeps_it_serving(two_versions
     assert manager.resolve("m").version == 2  # still serving
     status = {s["version"]: s for s in manager.status_json("m")["model_version_status"]}
     assert status["3"]["state"] == "END" and status["3"]["status"]["error_code"] != "OK"
-    assert "Loading servable: {name: m version: 3} failed" in status["3"]["status"][
-        "error_message"]
+    assert "Loading servable: {name: m version: 3} failed" in status["3"]["status"]["error_message"]
     shutil.rmtree(broken)
     shutil.copytree(two_versions / "1", broken)  # files changed: the load is retried
     manager.poll()
@@ -132,18 +157,20 @@ def test_metadata_is_tf_serving_signature_def_json(two_versions):
     assert signature["method_name"] == "tensorflow/serving/predict"
     images = signature["inputs"]["images"]
     assert images["dtype"] == "DT_FLOAT"
-    assert images["tensor_shape"] == {"dim": [{"size": size, "name": ""} for size in
-                                              ("-1", "8", "8", "1")], "unknown_rank": False}
+    assert images["tensor_shape"] == {
+        "dim": [{"size": size, "name": ""} for size in ("-1", "8", "8", "1")],
+        "unknown_rank": False,
+    }
     assert images["name"].endswith(":0")
     assert signature["outputs"]["class_ids"]["dtype"] == "DT_INT64"
     loaded = manager.resolve("m")
-    outputs = loaded.signature("").run({"images": np.zeros((2, 8, 8, 1), np.float32),
-                                        "target_prior": np.ones((2, 10), np.float32)})
+    outputs = loaded.signature("").run(
+        {"images": np.zeros((2, 8, 8, 1), np.float32), "target_prior": np.ones((2, 10), np.float32)}
+    )
     assert outputs["probabilities"].shape == (2, 10)
 
 
-def test_a_base_path_turned_into_a_file_is_logged_once_and_serving_continues(two_versions,
-                                                                             caplog):
+def test_a_base_path_turned_into_a_file_is_logged_once_and_serving_continues(two_versions, caplog):
     manager = ModelManager([ModelConfig("m", str(two_versions))])
     manager.poll()
     shutil.rmtree(two_versions)
@@ -152,15 +179,17 @@ def test_a_base_path_turned_into_a_file_is_logged_once_and_serving_continues(two
         for _ in range(3):
             manager.poll()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors == [f"model m: base path {str(two_versions)!r} is not a directory; expected a "
-                      "directory of numbered SavedModel versions (1/, 2/, ...); serving continues "
-                      "with the loaded versions"]
+    assert errors == [
+        f"model m: base path {str(two_versions)!r} is not a directory; expected a "
+        "directory of numbered SavedModel versions (1/, 2/, ...); serving continues "
+        "with the loaded versions"
+    ]
     assert manager.resolve("m").version == 2
 
 
-def test_poll_new_only_loads_models_a_reconfigure_added_and_leaves_the_others(two_versions,
-                                                                              export_base,
-                                                                              tmp_path):
+def test_poll_new_only_loads_models_a_reconfigure_added_and_leaves_the_others(
+    two_versions, export_base, tmp_path
+):
     base = tmp_path / "once"
     shutil.copytree(export_base / "1", base / "1")
     manager = ModelManager([ModelConfig("once", str(base))])

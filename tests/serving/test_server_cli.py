@@ -5,6 +5,7 @@ with exit status 2 and no traceback; all are found before TensorFlow is imported
 seconds. The poll intervals' 0 ("exactly once", as in TF Serving) is checked in process (no poll
 task is started) and with real servers (a version pushed later is not loaded).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,18 +30,25 @@ PROCESS_SECONDS = 120
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("server_cli")
-    paths = {"root": root, "models": root / "models", "file": root / "a_file",
-             "dangling": root / "dangling", "bad_config": root / "bad.config",
-             "bad_entry_config": root / "bad_entry.config", "file_config": root / "file.config",
-             "bad_batching": root / "bad_batching.config",
-             "unparsable_batching": root / "unparsable_batching.config"}
+    paths = {
+        "root": root,
+        "models": root / "models",
+        "file": root / "a_file",
+        "dangling": root / "dangling",
+        "bad_config": root / "bad.config",
+        "bad_entry_config": root / "bad_entry.config",
+        "file_config": root / "file.config",
+        "bad_batching": root / "bad_batching.config",
+        "unparsable_batching": root / "unparsable_batching.config",
+    }
     paths["models"].mkdir()
     paths["file"].write_text("not a directory")
     paths["dangling"].symlink_to(root / "deleted")
     paths["bad_config"].write_text('model_config_list { config { nmae: "a" } }\n')
     paths["bad_entry_config"].write_text('model_config_list { config { name: "a" } }\n')
     paths["file_config"].write_text(
-        f'model_config_list {{ config {{ name: "lade" base_path: "{paths["file"]}" }} }}\n')
+        f'model_config_list {{ config {{ name: "lade" base_path: "{paths["file"]}" }} }}\n'
+    )
     paths["bad_batching"].write_text("max_batch_size { value: 0 }\n")
     paths["unparsable_batching"].write_text("max_batch_size: 8\n")
     return paths
@@ -57,8 +65,14 @@ def busy_port():
 
 def start(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "serving.server", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=PROCESS_SECONDS)
+    return subprocess.run(
+        [sys.executable, "-m", "serving.server", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_SECONDS,
+    )
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -70,67 +84,92 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 
 CASES = {
-    "missing_config_file": (["--model-config-file", "{root}/missing.config"],
-                            "error: --model-config-file {root}/missing.config: cannot be read "
-                            "(No such file or directory)"),
-    "config_file_is_a_directory": (["--model-config-file", "{models}"],
-                                   "error: --model-config-file {models}: cannot be read "
-                                   "(Is a directory)"),
-    "malformed_config_file": (["--model-config-file", "{bad_config}"],
-                              "error: --model-config-file {bad_config}: model config is not a "
-                              "text ModelServerConfig: 1:30 : Message type "
-                              '"tensorflow.serving.ModelConfig" has no field named "nmae".'),
-    "config_entry_without_base_path": (["--model-config-file", "{bad_entry_config}"],
-                                       "model config entry 'name: \"a\"': expected both name and "
-                                       "base_path"),
-    "config_base_path_is_a_file": (["--model-config-file", "{file_config}"],
-                                   "error: --model-config-file {file_config}: model 'lade': "
-                                   "base_path '{file}' is not a directory; expected a directory "
-                                   "of numbered SavedModel versions (1/, 2/, ...)"),
-    "base_path_is_a_file": (["--model-base-path", "{file}"],
-                            "error: --model-base-path {file} is not a directory; expected a "
-                            "directory of numbered SavedModel versions (1/, 2/, ...)"),
-    "base_path_is_a_dangling_link": (["--model-base-path", "{dangling}"],
-                                     "error: --model-base-path {dangling} is a symbolic link to "
-                                     "'{root}/deleted', which does not exist"),
-    "base_path_under_a_file": (["--model-base-path", "{file}/1"],
-                               "error: --model-base-path {file}/1 has a file where a parent "
-                               "directory should be"),
-    "missing_batching_file": (["--model-base-path", "{models}", "--batching-parameters-file",
-                               "{root}/missing.config"],
-                              "error: --batching-parameters-file {root}/missing.config: cannot be "
-                              "read (No such file or directory)"),
-    "bad_batching_value": (["--model-base-path", "{models}", "--batching-parameters-file",
-                            "{bad_batching}"],
-                           "error: --batching-parameters-file {bad_batching}: batching parameter "
-                           "max_batch_size = 0: expected >= 1"),
-    "malformed_batching_file": (["--model-base-path", "{models}", "--batching-parameters-file",
-                                 "{unparsable_batching}"],
-                                "batching parameters are not a text BatchingParameters: 1:"),
-    "zero_threads": (["--model-base-path", "{models}", "--rest-api-num-threads", "0"],
-                     "error: argument --rest-api-num-threads/--rest_api_num_threads: '0': "
-                     "expected an integer >= 1 (see python -m serving.server --help)"),
-    "negative_poll_interval": (["--model-base-path", "{models}", "--file_system_poll_wait_seconds",
-                                "-1"],
-                               "error: argument --file-system-poll-wait-seconds/"
-                               "--file_system_poll_wait_seconds: '-1': expected a finite number "
-                               "of seconds >= 0 (0: poll once); a negative value makes TF Serving "
-                               "disable polling and wait for a model at start-up, which this "
-                               "server does not support (see python -m serving.server --help)"),
-    "non_finite_poll_interval": (["--model-base-path", "{models}",
-                                  "--file-system-poll-wait-seconds", "nan"],
-                                 "--file_system_poll_wait_seconds: 'nan': expected a finite number "
-                                 "of seconds >= 0 (0: poll once) (see"),
-    "negative_config_poll_interval": (["--model-base-path", "{models}",
-                                       "--model_config_file_poll_wait_seconds", "-1"],
-                                      "'-1': expected a finite number of seconds >= 0 (0: read "
-                                      "the file once); TF Serving reserves negative values for "
-                                      "testing, which this server does not support"),
-    "port_out_of_range": (["--model-base-path", "{models}", "--port", "70000"],
-                          "error: argument --port: '70000': expected an integer from 0 to 65535"),
+    "missing_config_file": (
+        ["--model-config-file", "{root}/missing.config"],
+        "error: --model-config-file {root}/missing.config: cannot be read "
+        "(No such file or directory)",
+    ),
+    "config_file_is_a_directory": (
+        ["--model-config-file", "{models}"],
+        "error: --model-config-file {models}: cannot be read (Is a directory)",
+    ),
+    "malformed_config_file": (
+        ["--model-config-file", "{bad_config}"],
+        "error: --model-config-file {bad_config}: model config is not a "
+        "text ModelServerConfig: 1:30 : Message type "
+        '"tensorflow.serving.ModelConfig" has no field named "nmae".',
+    ),
+    "config_entry_without_base_path": (
+        ["--model-config-file", "{bad_entry_config}"],
+        "model config entry 'name: \"a\"': expected both name and base_path",
+    ),
+    "config_base_path_is_a_file": (
+        ["--model-config-file", "{file_config}"],
+        "error: --model-config-file {file_config}: model 'lade': "
+        "base_path '{file}' is not a directory; expected a directory "
+        "of numbered SavedModel versions (1/, 2/, ...)",
+    ),
+    "base_path_is_a_file": (
+        ["--model-base-path", "{file}"],
+        "error: --model-base-path {file} is not a directory; expected a "
+        "directory of numbered SavedModel versions (1/, 2/, ...)",
+    ),
+    "base_path_is_a_dangling_link": (
+        ["--model-base-path", "{dangling}"],
+        "error: --model-base-path {dangling} is a symbolic link to "
+        "'{root}/deleted', which does not exist",
+    ),
+    "base_path_under_a_file": (
+        ["--model-base-path", "{file}/1"],
+        "error: --model-base-path {file}/1 has a file where a parent directory should be",
+    ),
+    "missing_batching_file": (
+        ["--model-base-path", "{models}", "--batching-parameters-file", "{root}/missing.config"],
+        "error: --batching-parameters-file {root}/missing.config: cannot be "
+        "read (No such file or directory)",
+    ),
+    "bad_batching_value": (
+        ["--model-base-path", "{models}", "--batching-parameters-file", "{bad_batching}"],
+        "error: --batching-parameters-file {bad_batching}: batching parameter "
+        "max_batch_size = 0: expected >= 1",
+    ),
+    "malformed_batching_file": (
+        ["--model-base-path", "{models}", "--batching-parameters-file", "{unparsable_batching}"],
+        "batching parameters are not a text BatchingParameters: 1:",
+    ),
+    "zero_threads": (
+        ["--model-base-path", "{models}", "--rest-api-num-threads", "0"],
+        "error: argument --rest-api-num-threads/--rest_api_num_threads: '0': "
+        "expected an integer >= 1 (see python -m serving.server --help)",
+    ),
+    "negative_poll_interval": (
+        ["--model-base-path", "{models}", "--file_system_poll_wait_seconds", "-1"],
+        "error: argument --file-system-poll-wait-seconds/"
+        "--file_system_poll_wait_seconds: '-1': expected a finite number "
+        "of seconds >= 0 (0: poll once); a negative value makes TF Serving "
+        "disable polling and wait for a model at start-up, which this "
+        "server does not support (see python -m serving.server --help)",
+    ),
+    "non_finite_poll_interval": (
+        ["--model-base-path", "{models}", "--file-system-poll-wait-seconds", "nan"],
+        "--file_system_poll_wait_seconds: 'nan': expected a finite number "
+        "of seconds >= 0 (0: poll once) (see",
+    ),
+    "negative_config_poll_interval": (
+        ["--model-base-path", "{models}", "--model_config_file_poll_wait_seconds", "-1"],
+        "'-1': expected a finite number of seconds >= 0 (0: read "
+        "the file once); TF Serving reserves negative values for "
+        "testing, which this server does not support",
+    ),
+    "port_out_of_range": (
+        ["--model-base-path", "{models}", "--port", "70000"],
+        "error: argument --port: '70000': expected an integer from 0 to 65535",
+    ),
     "no_model": ([], "error: give --model-base-path (and --model-name) or --model-config-file"),
-    "unknown_host": (["--model-base-path", "{models}", "--host", "no-such-host.invalid"],
-                     "error: --host no-such-host.invalid: not an address to listen on"),
+    "unknown_host": (
+        ["--model-base-path", "{models}", "--host", "no-such-host.invalid"],
+        "error: --host no-such-host.invalid: not an address to listen on",
+    ),
 }
 
 
@@ -155,23 +194,33 @@ def test_bad_flag_or_file_is_one_error_line_with_exit_status_2(results, case):
 
 def test_a_port_in_use_is_reported_before_the_models_load(files, busy_port):
     line = error_line(start("--model-base-path", str(files["models"]), "--port", str(busy_port)))
-    assert line == (f"error: --port {busy_port}: 127.0.0.1:{busy_port} is already in use; stop "
-                    "what listens there or choose another port (0: any free port)")
+    assert line == (
+        f"error: --port {busy_port}: 127.0.0.1:{busy_port} is already in use; stop "
+        "what listens there or choose another port (0: any free port)"
+    )
 
 
 def test_help_states_what_the_poll_intervals_and_their_0_mean(monkeypatch):
     monkeypatch.setenv("COLUMNS", "2000")  # no wrapping (argparse also breaks after hyphens)
     text = " ".join(build_parser().format_help().split())
-    assert ("--file-system-poll-wait-seconds FILE_SYSTEM_POLL_WAIT_SECONDS, "
-            "--file_system_poll_wait_seconds FILE_SYSTEM_POLL_WAIT_SECONDS seconds between polls "
-            "of the model base paths for new versions (default 1; 0: poll exactly once, loading "
-            "the versions there at start-up, and never again; negative values, TF Serving's 'no "
-            "polling, wait for a model at start-up', are not supported)") in text
-    assert ("--model_config_file_poll_wait_seconds MODEL_CONFIG_FILE_POLL_WAIT_SECONDS seconds "
-            "between re-reads of --model-config-file (default 0: the file is read exactly once, "
-            "at start-up, and never re-read); a model a re-read adds is loaded at once") in text
-    assert build_parser().parse_args(["--file_system_poll_wait_seconds", "0"]) \
-        .file_system_poll_wait_seconds == 0
+    assert (
+        "--file-system-poll-wait-seconds FILE_SYSTEM_POLL_WAIT_SECONDS, "
+        "--file_system_poll_wait_seconds FILE_SYSTEM_POLL_WAIT_SECONDS seconds between polls "
+        "of the model base paths for new versions (default 1; 0: poll exactly once, loading "
+        "the versions there at start-up, and never again; negative values, TF Serving's 'no "
+        "polling, wait for a model at start-up', are not supported)"
+    ) in text
+    assert (
+        "--model_config_file_poll_wait_seconds MODEL_CONFIG_FILE_POLL_WAIT_SECONDS seconds "
+        "between re-reads of --model-config-file (default 0: the file is read exactly once, "
+        "at start-up, and never re-read); a model a re-read adds is loaded at once"
+    ) in text
+    assert (
+        build_parser()
+        .parse_args(["--file_system_poll_wait_seconds", "0"])
+        .file_system_poll_wait_seconds
+        == 0
+    )
 
 
 class RecordingManager:
@@ -219,23 +268,34 @@ def config_file(tmp_path) -> str:
 
 
 def test_poll_intervals_of_0_start_no_poll_task_and_never_poll(config_file):
-    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0,
-                                             model_config_file=config_file,
-                                             model_config_file_poll_wait_seconds=0), 1.0)
+    calls, tasks = run_app_for(
+        ServerOptions(
+            file_system_poll_wait_seconds=0,
+            model_config_file=config_file,
+            model_config_file_poll_wait_seconds=0,
+        ),
+        1.0,
+    )
     assert (calls, tasks) == ([], 0)
 
 
 def test_a_positive_file_system_poll_interval_polls_again_and_again(config_file):
-    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0.1,
-                                             model_config_file=config_file), 1.0)
+    calls, tasks = run_app_for(
+        ServerOptions(file_system_poll_wait_seconds=0.1, model_config_file=config_file), 1.0
+    )
     assert tasks == 1
     assert set(calls) == {"poll"} and len(calls) >= 3  # the config file is never re-read
 
 
 def test_the_config_file_is_re_read_while_the_file_system_poll_is_off(config_file):
-    calls, tasks = run_app_for(ServerOptions(file_system_poll_wait_seconds=0,
-                                             model_config_file=config_file,
-                                             model_config_file_poll_wait_seconds=0.1), 1.0)
+    calls, tasks = run_app_for(
+        ServerOptions(
+            file_system_poll_wait_seconds=0,
+            model_config_file=config_file,
+            model_config_file_poll_wait_seconds=0.1,
+        ),
+        1.0,
+    )
     assert tasks == 1
     assert len(calls) >= 6 and calls[:2] == ["reconfigure", "poll new models"]
     assert set(calls) == {"reconfigure", "poll new models"}  # only added models are polled
@@ -249,8 +309,9 @@ def model_states(url: str, name: str) -> dict[str, str]:
 
 
 def write_config(path: Path, bases: dict[str, Path]) -> None:
-    entries = "".join(f'  config {{ name: "{name}" base_path: "{base}" }}\n'
-                      for name, base in bases.items())
+    entries = "".join(
+        f'  config {{ name: "{name}" base_path: "{base}" }}\n' for name, base in bases.items()
+    )
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(f"model_config_list {{\n{entries}}}\n")
     staged.replace(path)  # a re-read never sees half a file
@@ -258,8 +319,7 @@ def write_config(path: Path, bases: dict[str, Path]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_poll_wait_0_serves_the_start_up_version_and_never_loads_a_later_one(tmp_path,
-                                                                             export_base):
+def test_poll_wait_0_serves_the_start_up_version_and_never_loads_a_later_one(tmp_path, export_base):
     """Two servers, started together: poll 0 ("once") and, as the control, poll 0.5.
 
     Version 2 is pushed to both. Once the control serves it (so the copy is loadable and the
@@ -272,11 +332,28 @@ def test_poll_wait_0_serves_the_start_up_version_and_never_loads_a_later_one(tmp
         shutil.copytree(export_base / "1", base / "1")
     config = tmp_path / "models.config"
     write_config(config, {"once": bases["once"]})
-    once = ServerProcess(["--model-config-file", str(config), "--file_system_poll_wait_seconds",
-                          "0", "--model-config-file-poll-wait-seconds", "0.5"],
-                         tmp_path / "once.log")
-    polled = ServerProcess(["--model-base-path", str(bases["polled"]), "--model-name", "polled",
-                            "--file-system-poll-wait-seconds", "0.5"], tmp_path / "polled.log")
+    once = ServerProcess(
+        [
+            "--model-config-file",
+            str(config),
+            "--file_system_poll_wait_seconds",
+            "0",
+            "--model-config-file-poll-wait-seconds",
+            "0.5",
+        ],
+        tmp_path / "once.log",
+    )
+    polled = ServerProcess(
+        [
+            "--model-base-path",
+            str(bases["polled"]),
+            "--model-name",
+            "polled",
+            "--file-system-poll-wait-seconds",
+            "0.5",
+        ],
+        tmp_path / "polled.log",
+    )
     try:
         once_url, polled_url = once.url, polled.url
         assert model_states(once_url, "once") == {"1": "AVAILABLE"}
@@ -286,11 +363,15 @@ def test_poll_wait_0_serves_the_start_up_version_and_never_loads_a_later_one(tmp
             (bases[name] / ".2.tmp").rename(bases[name] / "2")  # appears whole, as pushes should
         write_config(config, {name: bases[name] for name in ("once", "added")})
         deadline = time.monotonic() + 120
-        while not (model_states(polled_url, "polled") == {"2": "AVAILABLE", "1": "END"}
-                   and model_states(once_url, "added") == {"1": "AVAILABLE"}):
-            assert time.monotonic() < deadline, (model_states(polled_url, "polled"),
-                                                 model_states(once_url, "added"),
-                                                 once.log_text()[-3000:])
+        while not (
+            model_states(polled_url, "polled") == {"2": "AVAILABLE", "1": "END"}
+            and model_states(once_url, "added") == {"1": "AVAILABLE"}
+        ):
+            assert time.monotonic() < deadline, (
+                model_states(polled_url, "polled"),
+                model_states(once_url, "added"),
+                once.log_text()[-3000:],
+            )
             time.sleep(0.25)
         time.sleep(2.0)
         assert model_states(once_url, "once") == {"1": "AVAILABLE"}
