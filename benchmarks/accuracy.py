@@ -58,7 +58,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-DEFAULT_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+DEFAULT_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.xz"
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "accuracy"
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "lade-tf-bench"
 BUDGETS = ("smoke", "cpu", "gpu")

@@ -104,6 +104,8 @@ def test_smoke_budget_writes_every_method_and_the_figure2_check(tmp_path):
         str(output),
         "--work-dir",
         str(tmp_path / "work"),
+        "--tarball",
+        str(CIFAR10_TARBALL),
     ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1450)
     assert done.returncode == 0, done.stderr[-3000:]
