@@ -141,7 +141,7 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     for by_dist in report["methods"].values():
         assert list(by_dist) == report["distributions"]
         # U keeps every test image; the shifted sets are subsamples that differ between seeds.
-        assert by_dist["U"]["std"] == 0
+        assert by_dist["U"]["std"] < 1e-12  # every seed keeps every image: std of equal means
         assert any(cell["std"] > 0 for name, cell in by_dist.items() if name != "U")
         assert all(cell["std"] < 0.1 for cell in by_dist.values()), by_dist
     class_info = json.loads(
