@@ -390,11 +390,13 @@ def test_concurrent_clients_get_their_own_answers(server_url, saved_model, digit
 
 
 def wait_for_version(url: str, model: str, version: str, seconds: float = 120.0) -> dict:
+    """The model's version states once `version` is AVAILABLE and no version is still changing
+    state (an old version passes through UNLOADING before END)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         status, body = http(f"{url}/v1/models/{model}")
         states = {s["version"]: s["state"] for s in body.get("model_version_status", [])}
-        if states.get(version) == "AVAILABLE":
+        if states.get(version) == "AVAILABLE" and "UNLOADING" not in states.values():
             return states
         time.sleep(0.25)
     raise AssertionError(f"version {version} of {model} never became AVAILABLE: {body}")
