@@ -146,7 +146,7 @@ BUDGET_SETTINGS = {
         None,
         {
             "cifar10_lt_ir100": (_ALL, (0,)),
-            "fmnist_lt_ir100": (("softmax", "pc_softmax", "lade_sample"), (0, 1, 2)),
+            "fmnist_lt_ir100": (("softmax", "pc_softmax", "lade_class"), (0, 1, 2)),
         },
         "fmnist_lt_ir100",
         10,
@@ -421,7 +421,7 @@ def run_figure2_part(budget_name: str, alpha: float, args: argparse.Namespace) -
         return
     examples = prepared_examples(dataset_name, args.work_dir, args.tarball)
     config = dataclasses.replace(
-        train_config(budget, DATASETS[dataset_name], "lade_sample", 0, alpha=alpha),
+        train_config(budget, DATASETS[dataset_name], "lade_class", 0, alpha=alpha),
         epochs=budget.figure2_epochs,
         warmup_epochs=min(budget.warmup_epochs, budget.figure2_epochs / 2),
     )
