@@ -179,7 +179,8 @@ def log(message: str) -> None:
 
 def prepared_examples(name: str, work_dir: Path, tarball: Path) -> Path:
     """The examples directory of a dataset, prepared once with `pipeline.prepare` and reused."""
-    from pipeline.prepare import PrepareConfig, prepare_examples
+    from pipeline.prepare import prepare_examples
+    from pipeline.split_plan import PrepareConfig
 
     dataset = DATASETS[name]
     output = work_dir / "data" / name

@@ -34,8 +34,8 @@ SOURCE_IMAGES = {"fashion_mnist": 70_000, "cifar10": 60_000}
 
 def _runner_flags(mode: str, workers: int) -> list[str]:
     if mode == "dask":
-        return ["--runner", "dask", "--dask-workers", str(workers)]
-    return ["--runner", "direct", "--direct-mode", mode, "--workers", str(workers)]
+        return ["--beam-runner", "dask", "--dask-workers", str(workers)]
+    return ["--beam-runner", "direct", "--beam-mode", mode, "--beam-workers", str(workers)]
 
 
 def _children_cpu_seconds() -> float:

@@ -12,7 +12,7 @@ distributions, PC Softmax + calibrated EM within 3), and checks that each served
 
 Models: trained here on the examples with `pipeline.trainer.train_and_save` (the Trainer's own
 code: same TrainConfig defaults as the default `pipeline/run.py` run, 6 epochs; every training
-flag of `pipeline.config` applies), resumed from their checkpoints and reused when finished, or
+flag of `pipeline.flags` applies), resumed from their checkpoints and reused when finished, or
 given with `--model LOSS=DIR` (a `python -m pipeline.trainer` output directory, or a Trainer's
 model_run directory). Examples: `--examples-dir` (`python -m pipeline.prepare` output, with a
 val split), else Fashion-MNIST-LT IR 100 prepared once into the work directory.
@@ -54,7 +54,8 @@ def log(message: str) -> None:
 
 def default_examples(work_dir: Path) -> Path:
     """Fashion-MNIST-LT IR 100 (20 val images per class), prepared once under work_dir."""
-    from pipeline.prepare import PrepareConfig, prepare_examples
+    from pipeline.prepare import prepare_examples
+    from pipeline.split_plan import PrepareConfig
 
     output = work_dir / "data" / "fashion_mnist_lt_ir100"
     if not (output / "class_info.json").exists():
@@ -87,7 +88,7 @@ def split_arrays(examples: Path, split: str, info: Mapping[str, Any]):
 def trained_output(loss: str, examples: Path, work_dir: Path, args: argparse.Namespace) -> Path:
     """Trains `loss` like the pipeline's Trainer (resuming, or reusing a finished identical run)
     and returns its output directory (serving_model/, model_run/, checkpoints/)."""
-    from pipeline.config import training_config_from_args
+    from pipeline.flags import training_config_from_args
     from pipeline.trainer import MODEL_FILE, TRAIN_CONFIG_FILE, train_and_save
 
     config = training_config_from_args(args, loss)
@@ -223,7 +224,7 @@ def gap_markdown(gaps: Mapping[str, Any], distributions: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.config import add_training_flags
+    from pipeline.flags import add_training_flags
 
     parser = argparse.ArgumentParser(
         prog="benchmarks/prior_estimation.py",
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prints the accuracy, error and gap tables and writes JSON, Markdown, PNG."""
-    from pipeline.config import PIPELINE_DEFAULTS, parse_args
+    from pipeline.flags import PIPELINE_DEFAULTS, parse_args
     from pipeline.shift_evaluator import (
         compute_shift_report,
         json_safe,

@@ -21,16 +21,11 @@ Runners (`beam_pipeline_args(runner=...)`):
                    TFX components that read gs:// artifacts.
 Options in `extra` come last, so they override the ones chosen here.
 
-Direct running modes, measured with benchmarks/prepare.py on this 2-core machine while other jobs
-kept the load average at 5-8 (wall s / CPU s for 70,000 Fashion-MNIST images; 60,000 CIFAR JPEGs):
-    in_memory            79 / 35;  57 / 38   everything in the calling process, one core
-    multi_processing x2  96 / 62;  89 / 62   two SDK worker processes: each pays Python + Beam
-                                             imports (10-25 s here), and every element crosses
-                                             a process boundary through gRPC
-    dask x2 (local)     117 / 112; 88 / 96   LocalCluster start plus dask's own scheduling
-On two cores the parallel modes cost about twice the CPU for at best the same wall time, so
+On two cores the parallel direct modes cost about twice the CPU of `in_memory` for at best the
+same wall time (each SDK worker process pays the Python and Beam imports, and every element crosses
+a process boundary; the README gives the measurements of `benchmarks/prepare.py`), so
 `choose_direct_mode` picks in_memory there, and multi_processing only with more than two cores and
-at least `MULTI_PROCESSING_MIN_IMAGES` images (a threshold not measured here: no such machine).
+at least `MULTI_PROCESSING_MIN_IMAGES` images.
 """
 
 from __future__ import annotations
@@ -162,24 +157,30 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_runner_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds --runner, --direct-mode, --workers, --dask-address, --dask-workers to a CLI."""
-    group = parser.add_argument_group("Beam runner")
-    group.add_argument("--runner", choices=RUNNERS, default="direct")
+def add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the Beam flags every entry point shares: --beam-runner, --beam-mode, --beam-workers,
+    --dask-address, --dask-workers and --beam-arg (read back by `runner_args_from_flags`)."""
+    group = parser.add_argument_group("Beam")
     group.add_argument(
-        "--direct-mode",
+        "--beam-runner",
+        choices=RUNNERS,
+        default="direct",
+        help="Beam runner of the Beam-based steps (default direct: Beam's FnApiRunner)",
+    )
+    group.add_argument(
+        "--beam-mode",
         choices=("auto",) + DIRECT_MODES,
-        default="auto",
-        help="direct running mode; auto: multi_processing for "
-        f">= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
+        default=None,
+        help="direct running mode; auto (the default of python -m pipeline.prepare): "
+        f"multi_processing for >= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
         "else in_memory",
     )
     group.add_argument(
-        "--workers",
+        "--beam-workers",
         type=positive_int,
         default=2,
-        help="direct_num_workers; with --runner dask and neither --dask-address "
-        "nor --dask-workers, the size of the local dask cluster",
+        help="direct_num_workers; with --beam-runner dask and neither --dask-address nor "
+        "--dask-workers, the size of the local dask cluster",
     )
     group.add_argument("--dask-address", default=None, help="dask scheduler, tcp://HOST:PORT")
     group.add_argument(
@@ -188,35 +189,52 @@ def add_runner_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="start a local dask.distributed cluster with N worker processes",
     )
+    group.add_argument(
+        "--beam-arg",
+        dest="beam_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra Beam pipeline flag, passed through verbatim (repeatable), e.g. "
+        "--beam-arg=--flink_master=host:8081",
+    )
 
 
 @contextlib.contextmanager
 def runner_args_from_flags(
     args: argparse.Namespace, num_images: int, extra: Sequence[str] = ()
 ) -> Iterator[list[str]]:
-    """Beam arguments for parsed `add_runner_flags` flags; starts (and finally stops) a local
-    dask cluster for `--runner dask` without `--dask-address`.
+    """Beam arguments for parsed `add_beam_flags` flags; starts (and finally stops) a local
+    dask cluster for `--beam-runner dask` without `--dask-address`.
+
+    Args:
+        args: parsed flags.
+        num_images: images the source lists (for `--beam-mode auto`, see `choose_direct_mode`).
+        extra: more Beam flags, after the `--beam-arg` ones.
 
     Raises:
-        ValueError: --dask-address or --dask-workers without --runner dask, or both together.
+        ValueError: --dask-address or --dask-workers without --beam-runner dask, or both together.
     """
-    if args.runner != "dask" and (args.dask_address or args.dask_workers):
-        raise ValueError("--dask-address and --dask-workers need --runner dask")
+    if args.beam_runner != "dask" and (args.dask_address or args.dask_workers):
+        raise ValueError("--dask-address and --dask-workers need --beam-runner dask")
     if args.dask_address and args.dask_workers:
         raise ValueError(
             "give --dask-address (an existing cluster) or --dask-workers (a new "
             "local cluster), not both"
         )
-    mode = choose_direct_mode(num_images) if args.direct_mode == "auto" else args.direct_mode
-    if args.runner != "dask" or args.dask_address:
+    mode = args.beam_mode or "auto"
+    if mode == "auto":
+        mode = choose_direct_mode(num_images)
+    extra = [*args.beam_args, *extra]
+    if args.beam_runner != "dask" or args.dask_address:
         yield beam_pipeline_args(
-            args.runner,
+            args.beam_runner,
             mode=mode,
-            workers=args.workers,
+            workers=args.beam_workers,
             dask_address=args.dask_address,
             extra=extra,
         )
         return
-    workers = args.dask_workers or args.workers
+    workers = args.dask_workers or args.beam_workers
     with local_dask_cluster(workers) as address:
         yield beam_pipeline_args("dask", workers=workers, dask_address=address, extra=extra)

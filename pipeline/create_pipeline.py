@@ -67,7 +67,7 @@ def create_pipeline(
     Raises:
         ValueError: no or unknown losses, `push` not among them, or `tune` without `lade`.
     """
-    from pipeline.config import LOSS_NAMES
+    from pipeline.flags import LOSS_NAMES
 
     losses = list(train_configs)
     if not losses:

@@ -20,7 +20,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 
 from lade_tf.records import SPLITS
-from pipeline.prepare import PrepareConfig, parse_image_size, prepare_examples
+from pipeline.prepare import prepare_examples
+from pipeline.split_plan import PrepareConfig, parse_image_size
 
 _Parameter = tfx.dsl.components.Parameter
 
@@ -46,7 +47,7 @@ def LongTailExampleGen(  # pylint: disable=invalid-name  (TFX component names ar
         examples: output Examples artifact with splits train, val, test.
         source: fashion_mnist, tfds:NAME, folder:PATH or idx:DIR (see `pipeline.sources`).
         imbalance_ratio, n_max, profile, val_per_class, seed, class_order, test_fraction: as in
-            `pipeline.prepare.PrepareConfig` (n_max None: the most every class can supply).
+            `pipeline.split_plan.PrepareConfig` (n_max None: the most every class can supply).
         image_size: "HxW" to resize every image; None requires one common size.
         tfds_data_dir: TFDS data directory for tfds: sources.
         beam_pipeline: provided by TFX.

@@ -8,11 +8,12 @@
 Everything goes under --output-dir (default ./lade_output): `pipeline_root/` (component outputs),
 `metadata.sqlite` (MLMD), `report/` (shift_report.json|md, shift_accuracy.png),
 `serving_model/<version>/` (the pushed SavedModel) and, for Kubeflow, `kubeflow/<name>.json`.
-A rerun with the same flags is served from TFX's cache. All flags: `--help`, and pipeline/config.py.
+A rerun with the same flags is served from TFX's cache. All flags: `--help`, and pipeline/flags.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging as python_logging
 import os
 import shutil
@@ -36,7 +37,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from absl import logging  # noqa: E402
 
-from pipeline import config  # noqa: E402
+from pipeline import flags  # noqa: E402
+from pipeline.beam_args import runner_args_from_flags  # noqa: E402
 
 METADATA_FILE = "metadata.sqlite"
 REPORT_DIR = "report"
@@ -85,8 +87,9 @@ def push_loss(args) -> str:
     return "lade" if "lade" in args.losses else args.losses[0]
 
 
-def check_local_inputs(args) -> None:
-    """Checks, before any component runs, what the pipeline reads and writes on this machine.
+def check_local_inputs(args) -> int:
+    """Checks, before any component runs, what the pipeline reads and writes on this machine;
+    returns the number of images the source lists.
 
     The output directory (and a local --pipeline-root) must be creatable, the source must be
     readable (idx files intact, a TFDS dataset prepared or downloadable, ...) and the data flags
@@ -95,13 +98,9 @@ def check_local_inputs(args) -> None:
     Raises:
         ValueError: naming the bad flag or file and what was expected.
     """
-    from pipeline.prepare import (
-        PrepareConfig,
-        check_source_config,
-        check_writable_location,
-        parse_image_size,
-    )
+    from pipeline.prepare import check_source_config, check_writable_location
     from pipeline.sources import resolve_source
+    from pipeline.split_plan import PrepareConfig, parse_image_size
 
     check_writable_location(str(args.output_dir), "--output-dir")
     if args.pipeline_root and "://" not in args.pipeline_root:
@@ -111,21 +110,16 @@ def check_local_inputs(args) -> None:
     if "image_size" in values:
         values["image_size"] = parse_image_size(values["image_size"])
     check_source_config(source, PrepareConfig(**values))
+    return source.num_images
 
 
-def build_pipeline(args):
-    """The pipeline for parsed flags (create_pipeline with paths under --output-dir)."""
-    from pipeline.beam_args import beam_pipeline_args
+def build_pipeline(args, beam_pipeline_args: Sequence[str]):
+    """The pipeline for parsed flags (create_pipeline with paths under --output-dir), its Beam
+    components run with `beam_pipeline_args` (`pipeline.beam_args.runner_args_from_flags`)."""
     from pipeline.create_pipeline import create_pipeline
 
     output_dir = args.output_dir.resolve()
-    beam_args = beam_pipeline_args(
-        args.beam_runner,
-        mode=args.beam_mode,
-        workers=args.beam_workers,
-        dask_address=args.dask_address,
-        extra=tuple(args.beam_args),
-    )
+    beam_args = list(beam_pipeline_args)
     kubeflow = args.runner == "kubeflow"
     pipeline_root = args.pipeline_root or str(output_dir / "pipeline_root")
     if kubeflow:
@@ -139,7 +133,7 @@ def build_pipeline(args):
         pipeline_name=args.pipeline_name,
         pipeline_root=pipeline_root,
         train_configs={
-            loss: config.training_config_from_args(args, loss).to_dict() for loss in args.losses
+            loss: flags.training_config_from_args(args, loss).to_dict() for loss in args.losses
         },
         example_gen_args=example_gen_args(args),
         serving_model_dir=serving_model_dir,
@@ -299,18 +293,24 @@ class _FirstLineOfLongInfo(python_logging.Filter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (2: bad input, as one `error: ...` line)."""
-    try:
-        args = config.parse_args(
-            config.build_parser(), argv, unset_defaults=config.PIPELINE_DEFAULTS
-        )
-        logging.set_verbosity(logging.INFO)
-        logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
-        if args.runner != "kubeflow":
-            check_local_inputs(args)
-        pipeline = build_pipeline(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as resources:  # a local dask cluster lives as long as the run
+        try:
+            args = flags.parse_args(
+                flags.build_parser(), argv, unset_defaults=flags.PIPELINE_DEFAULTS
+            )
+            logging.set_verbosity(logging.INFO)
+            logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
+            num_images = check_local_inputs(args) if args.runner != "kubeflow" else 0
+            pipeline_args = resources.enter_context(runner_args_from_flags(args, num_images))
+            pipeline = build_pipeline(args, pipeline_args)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return run_and_report(args, pipeline)
+
+
+def run_and_report(args, pipeline) -> int:
+    """Compiles (Kubeflow) or runs the pipeline and prints the summary; returns the exit status."""
     if args.runner == "kubeflow":
         spec = compile_kubeflow(pipeline, args)
         print(f"Kubeflow / Vertex pipeline spec: {spec}")

@@ -18,6 +18,8 @@ uncalibrated posteriors ("NAME + EM"), by EM after BCTS calibration on the valid
 import json
 import math
 import os
+import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -437,8 +439,6 @@ def ShiftEvaluator(
 def _run_shift_evaluation(
     examples, trained, report, blessing, push: str, num_seeds: int, test_per_class: int
 ) -> None:
-    import time
-
     from lade_tf.priors import subsample_by_counts
     from lade_tf.records import read_class_info
 
@@ -556,7 +556,8 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
     import lade_tf.layers  # noqa: F401  (registers the serialisable custom objects)
     import lade_tf.losses  # noqa: F401
     import lade_tf.models  # noqa: F401
-    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE, TRAIN_CONFIG_FILE
+    from lade_tf.records import CLASS_INFO_FILE
+    from pipeline.trainer import MODEL_FILE, TRAIN_CONFIG_FILE
 
     model_path = os.path.join(model_run.uri, MODEL_FILE)
     if not tf.io.gfile.exists(model_path):
@@ -641,8 +642,6 @@ def _check_serving_model(
 
 def _write_report_artifact(shift_report: Mapping[str, Any], uri: str, notes: Sequence[str]) -> None:
     """write_report into the artifact URI, through a local folder: the URI may be gs://."""
-    import tempfile
-
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as local:

@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
+from lade_tf.records import CLASS_INFO_FILE
+
 if TYPE_CHECKING:
     from tfx.components.trainer.fn_args_utils import FnArgs
 
@@ -39,7 +41,6 @@ EVAL_BATCH_SIZE = 256
 CUSTOM_CONFIG_KEYS = ("train_config", "checkpoint_dir")
 MODEL_FILE = "model.keras"
 TRAIN_CONFIG_FILE = "train_config.json"
-CLASS_INFO_FILE = "class_info.json"
 
 
 def examples_dir_from_files(file_patterns: Sequence[str]) -> str:
@@ -288,7 +289,7 @@ def run_fn(fn_args: "FnArgs") -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m pipeline.trainer`: train one loss on a prepared examples directory."""
-    from pipeline.config import (
+    from pipeline.flags import (
         LOSS_NAMES,
         add_training_flags,
         parse_args,

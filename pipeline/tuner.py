@@ -11,7 +11,7 @@ or Hyperband (whose trials get their epoch budget from Hyperband and train from 
   "tuner": {"tuner": "random", "max_trials": 8, "tune_lambda": False, "trial_epochs": None,
   "results_dir": None}})` (the options may also sit at the top level of custom_config). TFX writes
   the best hyper-parameters (read by `pipeline.trainer.run_fn`) and `tuner_results.json`.
-- CLI: `python -m pipeline.tune --examples-dir DIR [--tuner random --max-trials N] [training
+- CLI: `python -m pipeline.tuner --examples-dir DIR [--tuner random --max-trials N] [training
   flags]` prints the trial table and the best alpha.
 Both write the trial table as `trials.json` and `trials.md` to the results directory.
 KerasTuner's distributed mode (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT) works unchanged.
@@ -299,8 +299,8 @@ def tuner_fn(fn_args: "FnArgs") -> "TunerFnResult":
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """`python -m pipeline.tune`: tune alpha on a prepared examples directory; prints the table."""
-    from pipeline.config import (
+    """`python -m pipeline.tuner`: tune alpha on a prepared examples directory; prints the table."""
+    from pipeline.flags import (
         add_training_flags,
         add_tuner_flags,
         parse_args,
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
 
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tune",
+        prog="python -m pipeline.tuner",
         description="Search LADE's alpha (and lambda) with KerasTuner; each trial is scored by "
         "the mean accuracy over the 11 label-shifted versions of the val split.",
     )
@@ -357,3 +357,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         file=sys.stderr,
     )
     return rows
+
+
+if __name__ == "__main__":
+    main()

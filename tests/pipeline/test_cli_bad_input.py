@@ -26,7 +26,7 @@ from PIL import Image
 
 from tests.conftest import REPO_ROOT, require_or_skip
 
-pytestmark = [pytest.mark.tfx, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PREPARE = [sys.executable, "-m", "pipeline.prepare"]
 RUN = [sys.executable, "pipeline/run.py"]
@@ -128,7 +128,7 @@ def runs(digits, tmp_path_factory) -> dict:
         + ["--source", f"idx:{corrupt}", "--output-dir", str(out["corrupt_idx"])],
         "negative_dask_workers": PREPARE
         + [
-            "--runner",
+            "--beam-runner",
             "dask",
             "--dask-workers",
             "-1",
@@ -143,7 +143,7 @@ def runs(digits, tmp_path_factory) -> dict:
             "2",
             "--val-per-class",
             "2",
-            "--direct-mode",
+            "--beam-mode",
             "in_memory",
             "--output-dir",
             str(out["unreadable_images"]),

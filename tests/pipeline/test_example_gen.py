@@ -10,17 +10,15 @@ import os
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.tfx
+from tests.pipeline.tfx_support import run_local_pipeline
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_folder, tmp_path):
     from tfx import v1 as tfx
-    from tfx.orchestration import metadata
 
     from lade_tf.records import read_class_info
-    from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
     example_gen = LongTailExampleGen(
@@ -31,23 +29,12 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
     validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
-    metadata_path = str(tmp_path / "metadata.sqlite")
-    pipeline = tfx.dsl.Pipeline(
-        pipeline_name="long_tail_example_gen_test",
-        pipeline_root=str(tmp_path / "root"),
-        components=[example_gen, statistics_gen, schema_gen, validator],
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            metadata_path
-        ),
-        beam_pipeline_args=beam_pipeline_args("in_memory"),
+    artifacts = run_local_pipeline(
+        "long_tail_example_gen_test",
+        [example_gen, statistics_gen, schema_gen, validator],
+        tmp_path,
     )
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
-        executions = store.store.get_executions()
-        assert len(executions) == 4
-        assert all(e.last_known_state == e.COMPLETE for e in executions)
-        [examples] = store.store.get_artifacts_by_type("Examples")
+    [examples] = artifacts["Examples"]
     assert json.loads(examples.properties["split_names"].string_value) == ["train", "val", "test"]
     assert json.loads(examples.custom_properties["class_names"].string_value) == [
         f"digit_{d}" for d in range(10)
@@ -70,9 +57,8 @@ def test_long_tail_example_gen_feeds_statistics_schema_and_validator(digits_fold
 
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
-        [anomalies] = store.store.get_artifacts_by_type("ExampleAnomalies")
-        [statistics] = store.store.get_artifacts_by_type("ExampleStatistics")
+    [anomalies] = artifacts["ExampleAnomalies"]
+    [statistics] = artifacts["ExampleStatistics"]
     for split in ("train", "val", "test"):
         anomalies_file = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
         with open(anomalies_file, "rb") as f:

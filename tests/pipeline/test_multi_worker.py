@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.tfx, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # 96 examples = 3 global batches per epoch; plain SGD at a constant rate, no augmentation.
@@ -65,7 +65,8 @@ WEIGHT_RTOL = 1e-4
 def digits_examples_dir(digits_folder, tmp_path_factory) -> Path:
     """Long-tailed digits (IR 10, n_max 100, 10 val per class) written by pipeline.prepare."""
     from pipeline.beam_args import beam_pipeline_args
-    from pipeline.prepare import PrepareConfig, prepare_examples
+    from pipeline.prepare import prepare_examples
+    from pipeline.split_plan import PrepareConfig
 
     root = digits_folder
     output = tmp_path_factory.mktemp("examples") / "digits"

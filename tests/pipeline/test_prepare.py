@@ -21,9 +21,9 @@ from PIL import Image
 from lade_tf.priors import long_tail_counts
 from lade_tf.records import parse_dataset, read_class_info, split_file_pattern
 from pipeline.beam_args import beam_pipeline_args
-from pipeline.prepare import ImageSummary, PrepareConfig, main, plan_splits, prepare_examples
+from pipeline.prepare import main, prepare_examples
+from pipeline.split_plan import ImageSummary, PrepareConfig, plan_splits
 
-pytestmark = pytest.mark.tfx
 IN_MEMORY = beam_pipeline_args("in_memory")
 DIGITS_CONFIG = PrepareConfig(imbalance_ratio=10.0, n_max=100, val_per_class=5, seed=7)
 
@@ -339,9 +339,9 @@ def test_cli_on_a_two_worker_dask_cluster_gives_the_direct_runner_splits(
             "100",
             "--val-per-class",
             "5",
-            "--seed",
+            "--data-seed",
             "7",
-            "--runner",
+            "--beam-runner",
             "dask",
             "--dask-workers",
             "2",
@@ -461,7 +461,7 @@ def test_mixed_grey_and_rgb_become_rgb_and_single_trees_use_a_test_fraction(digi
         (["--source", "folder:/no/such/dir"], "does not exist"),
         (["--image-size", "big"], "image_size = 'big'"),
         (["--source", "tfds:no_such_dataset_xyz"], "unknown TFDS dataset 'no_such_dataset_xyz'"),
-        (["--dask-workers", "2"], "need --runner dask"),
+        (["--dask-workers", "2"], "need --beam-runner dask"),
     ],
 )
 def test_cli_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys):

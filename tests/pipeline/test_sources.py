@@ -7,6 +7,7 @@ import gzip
 import io
 import logging
 import os
+import pickle
 import shutil
 import struct
 from pathlib import Path
@@ -26,8 +27,6 @@ from pipeline.sources import (
     read_unit,
     resolve_source,
 )
-
-pytestmark = pytest.mark.tfx
 
 
 def _save(path: Path, pixels: np.ndarray, fmt: str, **options) -> Path:
@@ -359,8 +358,6 @@ def test_an_unknown_tfds_name_is_an_error_with_suggestions():
 
 
 def test_folder_units_are_picklable_and_small(digits_tree):
-    import pickle
-
     source = resolve_source(f"folder:{digits_tree}")
     assert all(isinstance(u, FolderUnit) for u in source.units)
     assert pickle.loads(pickle.dumps(source.units)) == source.units

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.tfx
+from tests.pipeline.tfx_support import run_local_pipeline
 
 TRAIN_CONFIG = {
     "loss": "lade",
@@ -79,10 +79,8 @@ def test_trainer_component_trains_exports_and_writes_run_files(digits_folder, tm
     import keras
     import tensorflow as tf
     from tfx import v1 as tfx
-    from tfx.orchestration import metadata
 
     from lade_tf.records import parse_dataset, read_class_info
-    from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
     example_gen = LongTailExampleGen(
@@ -95,21 +93,8 @@ def test_trainer_component_trains_exports_and_writes_run_files(digits_folder, tm
         eval_args=tfx.proto.EvalArgs(splits=["val"]),
         custom_config={"train_config": TRAIN_CONFIG},
     )
-    metadata_path = str(tmp_path / "metadata.sqlite")
-    pipeline = tfx.dsl.Pipeline(
-        pipeline_name="trainer_test",
-        pipeline_root=str(tmp_path / "root"),
-        components=[example_gen, trainer],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=beam_pipeline_args("in_memory"),
-    )
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
-        assert all(e.last_known_state == e.COMPLETE for e in store.store.get_executions())
-        [examples] = store.store.get_artifacts_by_type("Examples")
-        [model] = store.store.get_artifacts_by_type("Model")
-        [model_run] = store.store.get_artifacts_by_type("ModelRun")
+    artifacts = run_local_pipeline("trainer_test", [example_gen, trainer], tmp_path)
+    [examples], [model], [model_run] = (artifacts[t] for t in ("Examples", "Model", "ModelRun"))
     run_dir = Path(model_run.uri)
     info = read_class_info(examples.uri)
 

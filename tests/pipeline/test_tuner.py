@@ -1,6 +1,6 @@
 """pipeline.tuner: KerasTuner over LADE's alpha scored under label shift on the val split.
 
-`python -m pipeline.tune` on examples written by pipeline.prepare, and a real TFX Tuner whose best
+`python -m pipeline.tuner` on examples written by pipeline.prepare, and a real TFX Tuner whose best
 alpha reaches the Trainer, both on long-tailed digits with 2 trials of 1 epoch.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.tfx
+from tests.pipeline.tfx_support import run_local_pipeline
 
 TRAINING_FLAGS = [
     "--arch",
@@ -107,7 +107,8 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
     from lade_tf.records import read_class_info
     from lade_tf.shift_eval import evaluate_under_shift
     from pipeline.beam_args import beam_pipeline_args
-    from pipeline.prepare import PrepareConfig, prepare_examples
+    from pipeline.prepare import prepare_examples
+    from pipeline.split_plan import PrepareConfig
     from pipeline.tuner import main
 
     examples = tmp_path / "examples"
@@ -165,9 +166,7 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
 @pytest.mark.timeout(600)
 def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path):
     from tfx import v1 as tfx
-    from tfx.orchestration import metadata
 
-    from pipeline.beam_args import beam_pipeline_args
     from pipeline.example_gen import LongTailExampleGen
 
     train_config = {
@@ -206,21 +205,10 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
         custom_config={"train_config": train_config},
         **splits,
     )
-    metadata_path = str(tmp_path / "metadata.sqlite")
-    pipeline = tfx.dsl.Pipeline(
-        pipeline_name="tuner_test",
-        pipeline_root=str(tmp_path / "root"),
-        components=[example_gen, tuner, trainer],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=beam_pipeline_args("in_memory"),
+    artifacts = run_local_pipeline("tuner_test", [example_gen, tuner, trainer], tmp_path)
+    [best_hp], [results], [model_run] = (
+        artifacts[t] for t in ("HyperParameters", "TunerResults", "ModelRun")
     )
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-
-    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as store:
-        assert all(e.last_known_state == e.COMPLETE for e in store.store.get_executions())
-        [best_hp] = store.store.get_artifacts_by_type("HyperParameters")
-        [results] = store.store.get_artifacts_by_type("TunerResults")
-        [model_run] = store.store.get_artifacts_by_type("ModelRun")
     best = json.loads((Path(best_hp.uri) / "best_hyperparameters.txt").read_text())["values"]
     table = json.loads((Path(results.uri) / "tuner_results.json").read_text())
     trials = json.loads((tmp_path / "trials" / "trials.json").read_text())

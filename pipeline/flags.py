@@ -20,12 +20,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lade_tf.losses import LOSS_NAMES
-from lade_tf.training import STRATEGIES, TrainConfig
+from lade_tf.losses import IMPORTANCE_VARIANTS, LADER_CLASS_SETS, LOSS_NAMES
+from lade_tf.priors import PROFILES
+from lade_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
+from pipeline import beam_args
 from pipeline.beam_args import positive_int as _positive_int
+from pipeline.split_plan import CLASS_ORDERS
+from pipeline.tuner import TUNERS
 
 RUNNERS = ("local", "beam", "kubeflow")
-TUNERS = ("random", "bayesian", "hyperband")
 
 #: What `--quick` sets for flags not given explicitly: a smoke test of the whole pipeline (a few
 #: epochs on a subset of the training data, in-process Beam, 200 test images per class).
@@ -78,9 +81,19 @@ def parse_losses(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every action of a parser. argparse has no public way to list them (its own help and
+    parsing read `_actions`), and reading a YAML file of flag settings needs each flag's type."""
+    return list(parser._actions)
+
+
+def _has_flag(parser: argparse.ArgumentParser, option: str) -> bool:
+    return any(option in action.option_strings for action in _parser_actions(parser))
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     """Adds `--config FILE.yaml` (applied by `parse_args`) unless the parser already has it."""
-    if any("--config" in action.option_strings for action in parser._actions):
+    if _has_flag(parser, "--config"):
         return
     parser.add_argument(
         "--config",
@@ -114,13 +127,13 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--importance",
-        choices=("sample", "class"),
+        choices=IMPORTANCE_VARIANTS,
         default=None,
         help="LADE importance weights: sample (paper) or class (reference code)",
     )
     group.add_argument(
         "--lader-classes",
-        choices=("all", "present"),
+        choices=LADER_CLASS_SETS,
         default=None,
         help="LADE: classes summed in LADER (all, or those present in the batch)",
     )
@@ -134,7 +147,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--epochs", type=_positive_int, default=None)
     group.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
-    group.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     group.add_argument(
         "--learning-rate",
         "--lr",
@@ -145,7 +158,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--schedule",
-        choices=("cosine", "step", "constant"),
+        choices=SCHEDULES,
         default=None,
         help="learning-rate decay after the linear warm-up",
     )
@@ -180,7 +193,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="train on at most this many examples (default: all)",
     )
-    if not any("--quick" in action.option_strings for action in parser._actions):
+    if not _has_flag(parser, "--quick"):
         group.add_argument(
             "--quick",
             action="store_true",
@@ -204,9 +217,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         default=100.0,
         help="IR = n_max / n_min of the long-tailed training set",
     )
-    group.add_argument(
-        "--profile", choices=("exp", "step"), default="exp", help="long-tail profile"
-    )
+    group.add_argument("--profile", choices=PROFILES, default="exp", help="long-tail profile")
     group.add_argument(
         "--val-per-class",
         type=int,
@@ -223,7 +234,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-seed", type=int, default=0, help="seed of the subsampling")
     group.add_argument(
         "--class-order",
-        choices=("label", "random"),
+        choices=CLASS_ORDERS,
         default="label",
         help="which classes are the head: label order, or a seeded permutation",
     )
@@ -320,33 +331,6 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         help="test images per class for the shift evaluation (default: all)",
     )
     group.add_argument(
-        "--beam-runner",
-        default="direct",
-        help="Beam runner for Beam-based components: direct | in_memory | fnapi | "
-        "dask | flink | spark | dataflow",
-    )
-    group.add_argument(
-        "--beam-mode",
-        default=None,
-        choices=("multi_processing", "multi_threading", "in_memory"),
-        help="DirectRunner running mode (default: multi_processing)",
-    )
-    group.add_argument(
-        "--beam-workers", type=_positive_int, default=2, help="Beam worker processes (DirectRunner)"
-    )
-    group.add_argument(
-        "--dask-address", default=None, help="scheduler address for --beam-runner=dask"
-    )
-    group.add_argument(
-        "--beam-arg",
-        dest="beam_args",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra Beam pipeline flag, passed through verbatim "
-        "(repeatable), e.g. --beam-arg=--flink_master=host:8081",
-    )
-    group.add_argument(
         "--kubeflow-image",
         default="gcr.io/tfx-oss-public/tfx:1.16.0",
         help="container image of the compiled Kubeflow/Vertex pipeline (must have "
@@ -369,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ExampleValidator -> [Tuner] -> Trainer per loss -> ShiftEvaluator -> Pusher.",
     )
     add_pipeline_flags(parser)
+    beam_args.add_beam_flags(parser)
     add_data_flags(parser)
     add_training_flags(parser)
     add_tuner_flags(parser)
@@ -391,7 +376,7 @@ def load_config_file(path: str | os.PathLike, parser: argparse.ArgumentParser) -
             f"--config {path}: expected a mapping of flag names to values, got {type(raw).__name__}"
         )
     actions = {}
-    for action in parser._actions:
+    for action in _parser_actions(parser):
         if action.dest in ("help", "config"):
             continue
         actions[action.dest] = action
@@ -417,7 +402,7 @@ def _convert_config_value(path: Any, key: Any, value: Any, action: argparse.Acti
             return [str(v) for v in value] if isinstance(value, list) else [str(value)]
         if action.type is parse_losses:
             return parse_losses(value)
-        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        if action.nargs == 0:  # a switch: store_true or --flag/--no-flag
             if not isinstance(value, bool):
                 raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
             return value

@@ -1,4 +1,4 @@
-"""pipeline/config.py: one flag per TrainConfig field, YAML --config, --quick, loss options."""
+"""pipeline/flags.py: one flag per TrainConfig field, YAML --config, --quick, loss options."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from lade_tf.training import TrainConfig
-from pipeline import config
+from pipeline import flags
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return config.parse_args(config.build_parser(), list(argv))
+    return flags.parse_args(flags.build_parser(), list(argv))
 
 
 def test_every_train_config_field_has_exactly_one_flag():
-    dests = [action.dest for action in config.build_parser()._actions]
+    dests = [action.dest for action in flags.build_parser()._actions]
     for field in dataclasses.fields(TrainConfig):
         if field.name != "loss":
             assert dests.count(field.name) == 1, field.name
@@ -25,8 +25,8 @@ def test_every_train_config_field_has_exactly_one_flag():
 
 def test_unset_flags_keep_train_config_defaults():
     args = parse()
-    for loss in config.LOSS_NAMES:
-        assert config.training_config_from_args(args, loss) == TrainConfig(loss=loss)
+    for loss in flags.LOSS_NAMES:
+        assert flags.training_config_from_args(args, loss) == TrainConfig(loss=loss)
     assert args.losses == ("ce", "lade") and args.runner == "local"
     assert args.output_dir == Path("lade_output") and args.tune is False
 
@@ -59,7 +59,7 @@ def test_flags_reach_train_config():
         "--max-train-examples",
         "500",
     )
-    got = config.training_config_from_args(args, "ce")
+    got = flags.training_config_from_args(args, "ce")
     assert got == TrainConfig(
         loss="ce",
         epochs=7,
@@ -92,7 +92,7 @@ def test_loss_options_reach_only_the_loss_that_uses_them():
         "--tau",
         "2",
     )
-    lade = config.training_config_from_args(args, "lade")
+    lade = flags.training_config_from_args(args, "lade")
     assert (lade.alpha, lade.remine_lambda, lade.importance, lade.lader_classes) == (
         0.3,
         0.05,
@@ -101,19 +101,19 @@ def test_loss_options_reach_only_the_loss_that_uses_them():
     )
     assert lade.tau == TrainConfig().tau
     # The CE config must not change with --alpha, or TFX would rerun the CE Trainer.
-    assert config.training_config_from_args(args, "ce") == TrainConfig(loss="ce")
-    assert config.training_config_from_args(args, "logit_adjusted") == TrainConfig(
+    assert flags.training_config_from_args(args, "ce") == TrainConfig(loss="ce")
+    assert flags.training_config_from_args(args, "logit_adjusted") == TrainConfig(
         loss="logit_adjusted", tau=2.0
     )
 
 
 def test_quick_fills_only_unset_flags():
     args = parse("--quick")
-    for name, value in config.QUICK_SETTINGS.items():
+    for name, value in flags.QUICK_SETTINGS.items():
         assert getattr(args, name) == value
-    quick = config.training_config_from_args(args, "lade")
-    assert quick.epochs == config.QUICK_SETTINGS["epochs"]
-    assert quick.max_train_examples == config.QUICK_SETTINGS["max_train_examples"]
+    quick = flags.training_config_from_args(args, "lade")
+    assert quick.epochs == flags.QUICK_SETTINGS["epochs"]
+    assert quick.max_train_examples == flags.QUICK_SETTINGS["max_train_examples"]
     explicit = parse("--quick", "--epochs", "5", "--beam-mode", "multi_processing")
     assert explicit.epochs == 5 and explicit.beam_mode == "multi_processing"
     assert parse().beam_mode is None and parse().epochs is None
@@ -121,15 +121,15 @@ def test_quick_fills_only_unset_flags():
 
 def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path):
     def parse_pipeline(*argv: str) -> argparse.Namespace:
-        return config.parse_args(
-            config.build_parser(), list(argv), unset_defaults=config.PIPELINE_DEFAULTS
+        return flags.parse_args(
+            flags.build_parser(), list(argv), unset_defaults=flags.PIPELINE_DEFAULTS
         )
 
     # Training flags left unset take TrainConfig's defaults, the one place they are defined.
     assert parse_pipeline().epochs is None
-    assert config.training_config_from_args(parse_pipeline(), "lade").epochs == TrainConfig().epochs
-    assert parse_pipeline().beam_mode == config.PIPELINE_DEFAULTS["beam_mode"]
-    assert parse_pipeline("--quick").epochs == config.QUICK_SETTINGS["epochs"]
+    assert flags.training_config_from_args(parse_pipeline(), "lade").epochs == TrainConfig().epochs
+    assert parse_pipeline().beam_mode == flags.PIPELINE_DEFAULTS["beam_mode"]
+    assert parse_pipeline("--quick").epochs == flags.QUICK_SETTINGS["epochs"]
     assert parse_pipeline("--epochs", "3").epochs == 3
     path = tmp_path / "run.yaml"
     path.write_text("epochs: 5\n")
@@ -182,16 +182,16 @@ def test_bad_losses_flag_is_rejected(losses: str, capsys):
 
 
 def test_training_flags_on_their_own_parser(tmp_path: Path):
-    """What `python -m pipeline.tune` does: training + data + tuner flags, --config honoured."""
+    """What `python -m pipeline.tuner` does: training + data + tuner flags, --config honoured."""
     parser = argparse.ArgumentParser()
-    config.add_training_flags(parser)
-    config.add_data_flags(parser)
-    config.add_tuner_flags(parser)
+    flags.add_training_flags(parser)
+    flags.add_data_flags(parser)
+    flags.add_tuner_flags(parser)
     path = tmp_path / "tune.yaml"
     path.write_text("alpha: 0.2\nmax_trials: 3\ntuner: bayesian\n")
-    args = config.parse_args(parser, ["--config", str(path), "--epochs", "2"])
+    args = flags.parse_args(parser, ["--config", str(path), "--epochs", "2"])
     assert (args.max_trials, args.tuner, args.source) == (3, "bayesian", "fashion_mnist")
-    got = config.training_config_from_args(args)
+    got = flags.training_config_from_args(args)
     assert got == TrainConfig(loss="lade", alpha=0.2, epochs=2)
 
 
