@@ -16,6 +16,32 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import accuracy as bench  # noqa: E402  (a script folder, not a package)
 
 
+def test_logit_adjusted_loss_at_tau_1_is_the_balanced_softmax_loss_it_stands_in_for():
+    """The benchmark trains Balanced Softmax once for both rows: same values, same gradients."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    from lade_tf.losses import balanced_softmax_loss, logit_adjusted_loss
+
+    images, labels = load_digits(return_X_y=True)
+    counts = np.bincount(labels, minlength=10) * np.geomspace(1.0, 0.01, 10)
+    weights = np.random.default_rng(0).normal(0, 0.05, (64, 10)).astype(np.float32)
+    logits = tf.Variable(images.astype(np.float32) @ weights)
+    with tf.GradientTape(persistent=True) as tape:
+        balanced = balanced_softmax_loss(labels, logits, counts)
+        adjusted = logit_adjusted_loss(labels, logits, counts, tau=1.0)
+    np.testing.assert_array_equal(balanced.numpy(), adjusted.numpy())
+    np.testing.assert_array_equal(
+        tape.gradient(balanced, logits).numpy(), tape.gradient(adjusted, logits).numpy()
+    )
+    # Independent reference: CE(f + log p_s).
+    shifted = logits.numpy() + np.log(counts / counts.sum())
+    shifted -= shifted.max(axis=1, keepdims=True)
+    reference = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]
+    np.testing.assert_allclose(adjusted.numpy(), reference, rtol=1e-5, atol=1e-6)
+    assert "logit_adjusted" not in bench.TRAININGS
+
+
 def test_posthoc_rule_subtracts_the_log_source_prior_and_ignores_the_target():
     counts = [500, 50, 5]
     logits = np.array([[2.0, 1.0, 0.5], [0.1, 0.3, -0.2]], np.float32)
