@@ -1,4 +1,4 @@
-"""Serving benchmark: REST server vs the in-process SavedModel call on the same inputs.
+"""Serving benchmark: REST vs gRPC vs the in-process SavedModel call on the same inputs.
 
     .venv/bin/python benchmarks/serving.py              # small_cnn, 28x28x1, 10 classes
     .venv/bin/python benchmarks/serving.py --requests 400 --no-batching
@@ -6,10 +6,12 @@
 For batch sizes 1 and 32 and concurrency 1 and 8 it measures per-call latency (p50, p99) and
 throughput of (a) `loaded.signatures["serving_default"](...)` in this process, (b) the same
 signature through `serving.server` over HTTP on 127.0.0.1 (columnar JSON, one keep-alive
-connection per client thread; the time includes the client's JSON encoding and decoding), and
-(c) the server with --enable-batching. The three paths take turns, in several rounds per cell, so
-the load of a shared machine affects them alike. Prints a table with the REST/in-process overhead
-ratios, writes benchmarks/results/serving.json and benchmarks/results/serving.png.
+connection per client thread; the time includes the client's JSON encoding and decoding), (c) the
+same server's gRPC API (PredictionService/Predict through the tensorflow_serving.apis stubs, one
+channel; the time includes the client's tf.make_tensor_proto / tf.make_ndarray), and (d) both APIs
+of a server with --enable-batching. The paths take turns, in several rounds per cell, so the load
+of a shared machine affects them alike. Prints a table with the overhead ratios and a REST-vs-gRPC
+table, writes benchmarks/results/serving.json and benchmarks/results/serving.png.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,8 +121,41 @@ class RestCaller:
         return payload["outputs"]
 
 
-def start_server(base: Path, extra: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
+class GrpcCaller:
+    """Predict over gRPC with the official stubs (one channel; tensors built per call)."""
+
+    def __init__(self, target: str, model: str):
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        self.tf, self.predict_pb2, self.model = tf, predict_pb2, model
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", -1)]
+        )
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def __call__(self, item) -> dict:
+        images, priors = item
+        request = self.predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.inputs["images"].CopyFrom(self.tf.make_tensor_proto(images))
+        request.inputs["target_prior"].CopyFrom(self.tf.make_tensor_proto(priors))
+        response = self.stub.Predict(request, timeout=120)
+        return {name: self.tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the server's flags have no "any free port" value)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(base: Path, extra: list[str], log_path: Path) -> tuple[subprocess.Popen, str, str]:
+    """The server process, its REST root URL and its gRPC host:port."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    grpc_port, rest_port = free_port(), free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -130,7 +166,9 @@ def start_server(base: Path, extra: list[str], log_path: Path) -> tuple[subproce
             "--model-name",
             "bench",
             "--port",
-            "0",
+            str(grpc_port),
+            "--rest_api_port",
+            str(rest_port),
             *extra,
         ],
         cwd=REPO_ROOT,
@@ -141,8 +179,8 @@ def start_server(base: Path, extra: list[str], log_path: Path) -> tuple[subproce
     )
     for line in process.stdout:
         match = re.search(r"(http://\S+)", line)
-        if match:
-            return process, match.group(1)
+        if match:  # the REST line comes last, once both APIs answer
+            return process, match.group(1), f"127.0.0.1:{grpc_port}"
     raise RuntimeError(f"server exited; see {log_path}")
 
 
@@ -179,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         for batch in args.batch_sizes
     }
     callers = {"in-process": in_process}
-    servers = [("REST", [])]
+    servers = [("", [])]
     if args.batching:
         config = workdir / "batching.config"
         config.write_text(
@@ -187,22 +225,24 @@ def run(args: argparse.Namespace) -> dict:
             "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
         )
         servers.append(
-            ("REST+batching", ["--enable-batching", "--batching-parameters-file", str(config)])
+            ("+batching", ["--enable-batching", "--batching-parameters-file", str(config)])
         )
     processes = []
     results = []
     try:
-        for name, extra in servers:
-            process, url = start_server(base, extra, workdir / f"{name}.log")
+        for suffix, extra in servers:
+            process, url, target = start_server(base, extra, workdir / f"server{suffix}.log")
             processes.append(process)
-            callers[name] = RestCaller(url, "bench")
-            served = callers[name](inputs[args.batch_sizes[0]][0])
-            np.testing.assert_allclose(
-                np.asarray(served["probabilities"]),
-                in_process(inputs[args.batch_sizes[0]][0])["probabilities"],
-                rtol=1e-5,
-                atol=1e-7,
-            )
+            callers[f"REST{suffix}"] = RestCaller(url, "bench")
+            callers[f"gRPC{suffix}"] = GrpcCaller(target, "bench")
+            for name in (f"REST{suffix}", f"gRPC{suffix}"):
+                served = callers[name](inputs[args.batch_sizes[0]][0])
+                np.testing.assert_allclose(
+                    np.asarray(served["probabilities"]),
+                    in_process(inputs[args.batch_sizes[0]][0])["probabilities"],
+                    rtol=1e-5,
+                    atol=1e-7,
+                )
         for batch in args.batch_sizes:
             for concurrency in args.concurrency:
                 for call in callers.values():
@@ -241,7 +281,8 @@ def run(args: argparse.Namespace) -> dict:
         "model": f"small_cnn {IMAGE_SHAPE} -> {NUM_CLASSES} logits, "
         f"{model.count_params()} parameters",
         "signature": "serving_default (images, target_prior)",
-        "request_format": "columnar JSON ('inputs'), keep-alive HTTP/1.1 on 127.0.0.1",
+        "request_format": "REST: columnar JSON ('inputs'), keep-alive HTTP/1.1; gRPC: "
+        "PredictRequest TensorProtos (typed value fields in responses); both on 127.0.0.1",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -270,7 +311,46 @@ def print_table(report: dict) -> None:
             f"{r['p99_ms']:>10.2f}{r['requests_per_s']:>10.1f}{r['images_per_s']:>10.0f}"
             f"{r['p50_overhead_x']:>8.1f}{r['throughput_fraction']:>10.2f}"
         )
-    print("p50 x: REST p50 / in-process p50; thr frac: REST throughput / in-process throughput")
+    print("p50 x: path p50 / in-process p50; thr frac: path throughput / in-process throughput")
+    comparison = rest_vs_grpc(report)
+    print("\nREST vs gRPC (same server)")
+    header = (
+        f"{'server':<12}{'batch':>6}{'conc':>6}{'REST p50':>10}{'gRPC p50':>10}"
+        f"{'REST req/s':>12}{'gRPC req/s':>12}{'gRPC speed-up':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in comparison:
+        print(
+            f"{row['server']:<12}{row['batch']:>6}{row['concurrency']:>6}"
+            f"{row['rest_p50_ms']:>10.2f}{row['grpc_p50_ms']:>10.2f}"
+            f"{row['rest_requests_per_s']:>12.1f}{row['grpc_requests_per_s']:>12.1f}"
+            f"{row['grpc_p50_speedup_x']:>14.1f}x"
+        )
+
+
+def rest_vs_grpc(report: dict) -> list[dict]:
+    """One row per server and cell: REST and gRPC p50 and requests/s side by side."""
+    rows = {(r["path"], r["batch"], r["concurrency"]): r for r in report["results"]}
+    comparison = []
+    for suffix, server in (("", "plain"), ("+batching", "batching")):
+        for (path, batch, concurrency), rest in sorted(rows.items(), key=lambda i: i[0][1:]):
+            grpc_row = rows.get((f"gRPC{suffix}", batch, concurrency))
+            if path != f"REST{suffix}" or grpc_row is None:
+                continue
+            comparison.append(
+                {
+                    "server": server,
+                    "batch": batch,
+                    "concurrency": concurrency,
+                    "rest_p50_ms": rest["p50_ms"],
+                    "grpc_p50_ms": grpc_row["p50_ms"],
+                    "rest_requests_per_s": rest["requests_per_s"],
+                    "grpc_requests_per_s": grpc_row["requests_per_s"],
+                    "grpc_p50_speedup_x": rest["p50_ms"] / grpc_row["p50_ms"],
+                }
+            )
+    return comparison
 
 
 def plot(report: dict, path: Path) -> None:
@@ -336,6 +416,7 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     report = run(args)
+    report["rest_vs_grpc"] = rest_vs_grpc(report)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "serving.json").write_text(json.dumps(report, indent=2))
     plot(report, args.output_dir / "serving.png")

@@ -26,28 +26,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from lade_tf.losses import LOSS_NAMES, _counts_config
-from lade_tf.priors import source_prior
+from lade_tf.checks import check_choice, check_non_negative
+from lade_tf.losses import LOSS_NAMES, known_values
+from lade_tf.priors import class_counts_config, source_prior
 
 #: Adjusted logit given to classes whose target prior is 0.
 ZERO_PRIOR_LOGIT = -1e9
 
 
-def _check_train_loss(train_loss: str) -> None:
-    if train_loss not in LOSS_NAMES:
-        raise ValueError(f"train_loss = {train_loss!r}: expected one of {LOSS_NAMES}")
-
-
 def _check_tau(train_loss: str, tau: float) -> float:
-    if (
-        isinstance(tau, bool)
-        or not isinstance(tau, (int, float, np.floating, np.integer))
-        or not np.isfinite(tau)
-        or tau < 0
-    ):
-        raise ValueError(
-            f"tau = {tau!r}: expected a finite number >= 0 (the logit-adjusted loss's temperature)"
-        )
+    check_non_negative("tau", tau, "a finite number >= 0 (the logit-adjusted loss's temperature)")
     if train_loss != "logit_adjusted" and tau != 1.0:
         raise ValueError(
             f"tau = {tau!r} with train_loss = {train_loss!r}: tau belongs to the "
@@ -82,7 +70,7 @@ def correction_offset(
         >>> correction_offset([3, 1], "logit_adjusted", tau=2.0).round(4).tolist()
         [-0.2877, -1.3863]
     """
-    _check_train_loss(train_loss)
+    check_choice("train_loss", train_loss, LOSS_NAMES)
     tau = _check_tau(train_loss, tau)
     log_source = np.log(source_prior(class_counts))
     if train_loss == "ce":
@@ -166,24 +154,6 @@ def adjust_logits_numpy(
     return np.where(prior > 0, adjusted, ZERO_PRIOR_LOGIT)
 
 
-def _concrete_value(tensor: Any) -> np.ndarray | None:
-    """The NumPy value of `tensor` when it has one now (eager), None inside a traced graph."""
-    if not ops.is_tensor(tensor):
-        return np.asarray(tensor, dtype=np.float64)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return None if tf.is_symbolic_tensor(tensor) else tensor.numpy().astype(np.float64)
-    if backend == "jax":
-        import jax
-
-        return None if isinstance(tensor, jax.core.Tracer) else np.asarray(tensor, np.float64)
-    if backend == "torch":
-        return tensor.detach().cpu().numpy().astype(np.float64)
-    return np.asarray(tensor, dtype=np.float64)
-
-
 def _static_rank(tensor: Any) -> int | None:
     """Rank of `tensor`, or None while tracing a TensorFlow graph with an unknown-rank input."""
     try:
@@ -230,7 +200,7 @@ class PriorCorrection(keras.layers.Layer):
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.class_counts = _counts_config(class_counts)
+        self.class_counts = class_counts_config(class_counts)
         self._logit_shift = correction_offset(self.class_counts, train_loss, tau).astype(np.float32)
         self.num_classes = len(self.class_counts)
         self.train_loss = train_loss
@@ -238,8 +208,9 @@ class PriorCorrection(keras.layers.Layer):
 
     def call(self, logits: Any, target_prior: Any) -> Any:
         logits = ops.cast(logits, "float32")
-        concrete = _concrete_value(target_prior)
+        concrete = known_values(target_prior)
         if concrete is not None:
+            concrete = concrete.astype(np.float64)
             _validate_prior_values(concrete, self.num_classes)
             rows = logits.shape[0]
             if concrete.ndim == 2 and rows is not None and concrete.shape[0] != rows:
@@ -268,7 +239,7 @@ class PriorCorrection(keras.layers.Layer):
 
     def _graph_checked(self, prior: Any) -> Any:
         """`prior` behind tf.debugging assertions (graph-mode counterpart of the eager checks)."""
-        import tensorflow as tf
+        import tensorflow as tf  # only on the TensorFlow backend, where it is already loaded
 
         # Chained, so a prior breaking several rules reports the first one, as the eager check does.
         checks = [

@@ -43,7 +43,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from lade_tf.priors import source_prior
+from lade_tf.checks import check_choice, check_non_negative
+from lade_tf.priors import class_counts_config, source_prior
 
 #: Loss names understood by `make_loss` (and by the training config).
 LOSS_NAMES = ("ce", "lade", "balanced_softmax", "logit_adjusted")
@@ -57,27 +58,38 @@ def _log_source_prior(class_counts: Sequence[float]) -> np.ndarray:
     return np.log(source_prior(class_counts)).astype(np.float32)
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} = {value!r}: expected one of {allowed}")
+def _check_lader_options(remine_lambda: float, importance: str, lader_classes: str) -> None:
+    """The checks of LADER's options, shared by `lader`, `lade_loss` and `LADELoss`."""
+    check_non_negative("remine_lambda", remine_lambda)
+    check_choice("importance", importance, IMPORTANCE_VARIANTS)
+    check_choice("lader_classes", lader_classes, LADER_CLASS_SETS)
 
 
-def _check_non_negative(name: str, value: float) -> None:
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} = {value!r}: expected a finite number >= 0")
+def _check_lade_options(
+    alpha: float, remine_lambda: float, importance: str, lader_classes: str
+) -> None:
+    """`_check_lader_options` and LADE's own alpha."""
+    check_non_negative("alpha", alpha)
+    _check_lader_options(remine_lambda, importance, lader_classes)
 
 
-def _known_values(tensor: Any) -> np.ndarray | None:
-    """The values of `tensor` if they exist now (NumPy input, eager TensorFlow, concrete JAX
-    arrays), else None: inside tf.function or jax.jit they exist only when the step runs."""
+def known_values(tensor: Any) -> np.ndarray | None:
+    """The NumPy values of `tensor` if they exist now, else None.
+
+    NumPy or list inputs, eager TensorFlow tensors and concrete JAX (or torch) arrays have
+    values. A symbolic tensor inside tf.function or jax.jit has them only when the step runs,
+    so eager-only checks skip it (reading it would also cost a device-to-host copy per step).
+    """
+    if not ops.is_tensor(tensor):
+        return np.asarray(tensor)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # only on the TensorFlow backend, where it is already loaded
 
-        if not tf.executing_eagerly():
+        if tf.is_symbolic_tensor(tensor):
             return None
     elif backend == "jax":
-        import jax
+        import jax  # only on the JAX backend; TensorFlow may be absent there
 
         if isinstance(tensor, jax.core.Tracer):
             return None
@@ -86,7 +98,7 @@ def _known_values(tensor: Any) -> np.ndarray | None:
 
 def _check_label_range(labels: Any, num_classes: int) -> None:
     """ValueError naming the first label outside [0, num_classes), when the values are known."""
-    values = _known_values(labels)
+    values = known_values(labels)
     if values is None:
         return
     flat = values.reshape(-1)
@@ -123,6 +135,12 @@ def _integer_labels(y_true: Any, num_classes: int) -> Any:
     return ops.cast(y_true, "int32")
 
 
+def _checked_batch(y_true: Any, logits: Any, num_classes: int) -> tuple[Any, Any]:
+    """(int32 labels [batch], float32 logits [batch, C]), shapes and known labels checked."""
+    logits = _float32_logits(logits, num_classes)
+    return _integer_labels(y_true, num_classes), logits
+
+
 def _float32_logits(logits: Any, num_classes: int) -> Any:
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     if len(logits.shape) != 2 or logits.shape[-1] not in (None, num_classes):
@@ -152,6 +170,14 @@ def _prior_cross_entropy(labels: Any, logits: Any, log_prior_shift: np.ndarray) 
     )
 
 
+def _shifted_cross_entropy(
+    y_true: Any, logits: Any, log_prior: np.ndarray, tau: float = 1.0
+) -> Any:
+    """CE(f + tau * log p_s, y) per sample with checked labels and logits, options unchecked."""
+    labels, logits = _checked_batch(y_true, logits, log_prior.size)
+    return _prior_cross_entropy(labels, logits, (tau * log_prior).astype(np.float32))
+
+
 def balanced_softmax_loss(y_true: Any, logits: Any, class_counts: Sequence[float]) -> Any:
     """Balanced Softmax (LADE-CE) per sample: cross-entropy of the prior-shifted logits.
 
@@ -172,9 +198,7 @@ def balanced_softmax_loss(y_true: Any, logits: Any, class_counts: Sequence[float
             a label outside [0, C) where the labels are known (eager and NumPy inputs; inside
             tf.function or jax.jit nothing is checked, see the module docstring).
     """
-    log_prior = _log_source_prior(class_counts)
-    logits = _float32_logits(logits, log_prior.size)
-    return _prior_cross_entropy(_integer_labels(y_true, log_prior.size), logits, log_prior)
+    return _shifted_cross_entropy(y_true, logits, _log_source_prior(class_counts))
 
 
 def logit_adjusted_loss(
@@ -198,12 +222,8 @@ def logit_adjusted_loss(
         ValueError: bad class count (names the class), negative or non-finite tau, bad shapes,
             or a label outside [0, C) where the labels are known (eager and NumPy inputs).
     """
-    _check_non_negative("tau", tau)
-    log_prior = _log_source_prior(class_counts)
-    logits = _float32_logits(logits, log_prior.size)
-    return _prior_cross_entropy(
-        _integer_labels(y_true, log_prior.size), logits, (tau * log_prior).astype(np.float32)
-    )
+    check_non_negative("tau", tau)
+    return _shifted_cross_entropy(y_true, logits, _log_source_prior(class_counts), tau)
 
 
 def lader(
@@ -238,13 +258,9 @@ def lader(
     Returns:
         float32 scalar.
     """
-    _check_non_negative("remine_lambda", remine_lambda)
-    _check_choice("importance", importance, IMPORTANCE_VARIANTS)
-    _check_choice("lader_classes", lader_classes, LADER_CLASS_SETS)
+    _check_lader_options(remine_lambda, importance, lader_classes)
     log_prior = _log_source_prior(class_counts)
-    num_classes = log_prior.size
-    logits = _float32_logits(logits, num_classes)
-    labels = _integer_labels(y_true, num_classes)
+    labels, logits = _checked_batch(y_true, logits, log_prior.size)
     return _lader_value(labels, logits, log_prior, remine_lambda, importance, lader_classes)
 
 
@@ -316,23 +332,32 @@ def lade_loss(
             value, or a label outside [0, C) where the labels are known (eager and NumPy inputs;
             inside tf.function or jax.jit nothing is checked, see the module docstring).
     """
-    _check_non_negative("alpha", alpha)
-    _check_non_negative("remine_lambda", remine_lambda)
-    _check_choice("importance", importance, IMPORTANCE_VARIANTS)
-    _check_choice("lader_classes", lader_classes, LADER_CLASS_SETS)
-    log_prior = _log_source_prior(class_counts)
-    num_classes = log_prior.size
-    logits = _float32_logits(logits, num_classes)
-    labels = _integer_labels(y_true, num_classes)
+    _check_lade_options(alpha, remine_lambda, importance, lader_classes)
+    return _lade_value(
+        y_true,
+        logits,
+        _log_source_prior(class_counts),
+        alpha,
+        remine_lambda,
+        importance,
+        lader_classes,
+    )
+
+
+def _lade_value(
+    y_true: Any,
+    logits: Any,
+    log_prior: np.ndarray,
+    alpha: float,
+    remine_lambda: float,
+    importance: str,
+    lader_classes: str,
+) -> Any:
+    """`lade_loss` with checked labels and logits; the options are checked by the caller."""
+    labels, logits = _checked_batch(y_true, logits, log_prior.size)
     cross_entropy = _prior_cross_entropy(labels, logits, log_prior)
     regulariser = _lader_value(labels, logits, log_prior, remine_lambda, importance, lader_classes)
     return cross_entropy + alpha * regulariser
-
-
-def _counts_config(class_counts: Sequence[float]) -> list[float]:
-    """JSON-friendly copy of validated counts (ints stay ints)."""
-    source_prior(class_counts)
-    return [int(n) if float(n).is_integer() else float(n) for n in class_counts]
 
 
 @_REGISTER
@@ -360,10 +385,11 @@ class BalancedSoftmaxLoss(keras.losses.Loss):
         name: str = "balanced_softmax_loss",
     ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        self.class_counts = _counts_config(class_counts)
+        self.class_counts = class_counts_config(class_counts)
+        self._log_prior = _log_source_prior(self.class_counts)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return balanced_softmax_loss(y_true, y_pred, self.class_counts)
+        return _shifted_cross_entropy(y_true, y_pred, self._log_prior)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_counts": self.class_counts}
@@ -396,12 +422,12 @@ class LogitAdjustedLoss(keras.losses.Loss):
         name: str = "logit_adjusted_loss",
     ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        _check_non_negative("tau", tau)
-        self.class_counts = _counts_config(class_counts)
-        self.tau = float(tau)
+        self.tau = check_non_negative("tau", tau)
+        self.class_counts = class_counts_config(class_counts)
+        self._log_prior = _log_source_prior(self.class_counts)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return logit_adjusted_loss(y_true, y_pred, self.class_counts, self.tau)
+        return _shifted_cross_entropy(y_true, y_pred, self._log_prior, self.tau)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_counts": self.class_counts, "tau": self.tau}
@@ -455,25 +481,23 @@ class LADELoss(keras.losses.Loss):
         name: str = "lade_loss",
     ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        _check_non_negative("alpha", alpha)
-        _check_non_negative("remine_lambda", remine_lambda)
-        _check_choice("importance", importance, IMPORTANCE_VARIANTS)
-        _check_choice("lader_classes", lader_classes, LADER_CLASS_SETS)
-        self.class_counts = _counts_config(class_counts)
+        _check_lade_options(alpha, remine_lambda, importance, lader_classes)
+        self.class_counts = class_counts_config(class_counts)
+        self._log_prior = _log_source_prior(self.class_counts)
         self.alpha = float(alpha)
         self.remine_lambda = float(remine_lambda)
         self.importance = importance
         self.lader_classes = lader_classes
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        return lade_loss(
+        return _lade_value(
             y_true,
             y_pred,
-            self.class_counts,
-            alpha=self.alpha,
-            remine_lambda=self.remine_lambda,
-            importance=self.importance,
-            lader_classes=self.lader_classes,
+            self._log_prior,
+            self.alpha,
+            self.remine_lambda,
+            self.importance,
+            self.lader_classes,
         )
 
     def get_config(self) -> dict:

@@ -13,48 +13,18 @@ import keras
 import numpy as np
 from keras import ops
 
-#: Tolerance on row sums when checking that scores are probabilities.
-_PROBABILITY_ATOL = 1e-3
+from lade_tf.checks import check_labels, check_logits, check_probabilities
 
 
 def _labels_and_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2:
-        raise ValueError(f"scores have shape {scores.shape}: expected [N, C]")
-    if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(
-            f"labels have shape {labels.shape}: expected [{scores.shape[0]}] "
-            "integer labels, one per row of scores"
-        )
-    if labels.size == 0:
-        raise ValueError("labels are empty: a metric needs at least one example")
-    if (
-        not np.issubdtype(labels.dtype, np.integer)
-        or labels.min() < 0
-        or labels.max() >= scores.shape[1]
-    ):
-        raise ValueError(
-            f"labels must be integers in [0, {scores.shape[1]}), got dtype "
-            f"{labels.dtype}, range [{labels.min()}, {labels.max()}]"
-        )
-    return labels.astype(np.int64), scores
+    # Ranking metrics take any scores, so infinite logits (log 0) are allowed here.
+    scores = check_logits(scores, name="scores", finite=False)
+    return check_labels(labels, scores.shape[1], scores.shape[0], rows_of="scores"), scores
 
 
 def _probabilities(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    labels, probs = _labels_and_scores(labels, probs)
-    sums = probs.sum(axis=1)
-    if (
-        np.any(probs < 0)
-        or not np.all(np.isfinite(probs))
-        or np.any(np.abs(sums - 1.0) > _PROBABILITY_ATOL)
-    ):
-        bad = int(np.argmax(np.abs(sums - 1.0)))
-        raise ValueError(
-            f"probs must be probabilities (non-negative rows summing to 1); row {bad} "
-            f"sums to {sums[bad]!r}: apply softmax to logits first"
-        )
-    return labels, probs
+    probs = check_probabilities(probs)
+    return check_labels(labels, probs.shape[1], probs.shape[0], rows_of="probs"), probs
 
 
 def accuracy(labels: Any, probs_or_logits: Any) -> float:

@@ -21,11 +21,11 @@ constants the serving graph bakes in (`affine_posterior`). NumPy only.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lade_tf.checks import check_choice, check_labels, check_logits
 from lade_tf.layers import correction_offset
 from lade_tf.priors import (
     CALIBRATIONS,
@@ -35,7 +35,9 @@ from lade_tf.priors import (
     EM_TOLERANCE,
     ESTIMATION_METHODS,
     Calibrator,
+    check_prior_strength,
     estimate_target_prior,
+    softmax,
     source_prior,
 )
 
@@ -85,23 +87,12 @@ class TargetPriorEstimator:
         tol: float = EM_TOLERANCE,
         max_iter: int = EM_MAX_ITERATIONS,
     ):
-        if method not in ESTIMATION_METHODS:
-            raise ValueError(f"method = {method!r}: expected one of {ESTIMATION_METHODS}")
-        if calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration = {calibration!r}: expected one of {CALIBRATIONS}")
+        check_choice("method", method, ESTIMATION_METHODS)
+        check_choice("calibration", calibration, CALIBRATIONS)
         if prior_strength is None:
             prior_strength = DEFAULT_PRIOR_STRENGTH if method == "em" else 0.0
-        if (
-            isinstance(prior_strength, bool)
-            or not isinstance(prior_strength, (int, float, np.number))
-            or not math.isfinite(prior_strength)
-            or prior_strength < 0
-        ):
-            raise ValueError(
-                f"prior_strength = {prior_strength!r}: expected a finite "
-                "pseudo-count >= 0 (0 = plain EM)"
-            )
-        if method == "bbse" and prior_strength:
+        strength = check_prior_strength(prior_strength)
+        if method == "bbse" and strength:
             raise ValueError(
                 f"prior_strength = {prior_strength!r} with method='bbse': the "
                 "Dirichlet prior belongs to EM; use 0 or None"
@@ -121,7 +112,7 @@ class TargetPriorEstimator:
         self.tau = float(tau)
         self.method = method
         self.calibration = calibration
-        self.prior_strength = float(prior_strength)
+        self.prior_strength = strength
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self._offset = correction_offset(self.class_counts, train_loss, tau)
@@ -163,18 +154,10 @@ class TargetPriorEstimator:
             ValueError: for malformed logits or labels, a class absent from `val_labels`, or a
                 calibration that does not fit (see `lade_tf.priors.Calibrator.fit`).
         """
-        val_logits = self._checked_logits(val_logits, "val_logits")
-        labels = np.asarray(val_labels)
-        if labels.shape != (len(val_logits),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"val_labels: expected {len(val_logits)} integer labels (one per "
-                f"row of val_logits), got {labels.dtype} {labels.shape}"
-            )
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(
-                f"val_labels span {labels.min()}..{labels.max()}: expected "
-                f"0..{self.num_classes - 1}"
-            )
+        val_logits = check_logits(val_logits, self.num_classes, "val_logits")
+        labels = check_labels(
+            val_labels, self.num_classes, len(val_logits), "val_labels", rows_of="val_logits"
+        )
         counts = np.bincount(labels, minlength=self.num_classes)
         if (counts == 0).any():
             raise ValueError(
@@ -187,8 +170,8 @@ class TargetPriorEstimator:
         calibrator = Calibrator.fit(scores, labels, self.calibration)
         self.reference_prior, self.calibrator = reference, calibrator
         if self.method == "bbse":
-            self._val_probs = _softmax(calibrator.apply(scores))
-            self._val_labels = labels.astype(np.int64)
+            self._val_probs = softmax(calibrator.apply(scores))
+            self._val_labels = labels
         return self
 
     def affine_posterior(self) -> tuple[float, np.ndarray]:
@@ -207,13 +190,13 @@ class TargetPriorEstimator:
 
     def posterior_logits(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated log-posteriors z_cal [N, C] (for p_r, up to a row constant) of raw logits."""
-        logits = self._checked_logits(logits, "logits")
+        logits = check_logits(logits, self.num_classes)
         inverse_temperature, offset = self.affine_posterior()
         return logits * inverse_temperature + offset
 
     def posteriors(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated posteriors softmax(z_cal) [N, C] of raw logits, for the prior p_r."""
-        return _softmax(self.posterior_logits(logits))
+        return softmax(self.posterior_logits(logits))
 
     def estimate(self, logits: np.ndarray) -> np.ndarray:
         """The estimated target prior p_t, float64 [C] summing to 1, of a batch of raw logits.
@@ -305,28 +288,3 @@ class TargetPriorEstimator:
                 "val_labels) on the validation split first (or use calibration='none' with EM)"
             )
         return self.calibrator
-
-    def _checked_logits(self, logits: np.ndarray, name: str) -> np.ndarray:
-        logits = np.asarray(logits, dtype=np.float64)
-        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"{name} have shape {logits.shape}: expected [N, {self.num_classes}] "
-                "(one raw logit per training class)"
-            )
-        if logits.shape[0] == 0:
-            raise ValueError(
-                f"{name} is an empty batch (shape {logits.shape}): expected at least one sample"
-            )
-        finite = np.isfinite(logits).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
-            raise ValueError(
-                f"{name}[{row}] = {np.array2string(logits[row], precision=4)} has "
-                "NaN or infinite entries: expected finite logits"
-            )
-        return logits
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -16,6 +16,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lade_tf.checks import (
+    check_choice,
+    check_labels,
+    check_logits_labels,
+    check_non_negative,
+    check_probabilities,
+    shown,
+)
+
 PROFILES = ("exp", "step")
 
 #: The 11 test distributions of the shift protocol (docs/design.md section 5), forward to backward.
@@ -41,6 +50,16 @@ def source_prior(class_counts: Sequence[float]) -> np.ndarray:
                 "training count (a class absent from training has no defined prior)"
             )
     return counts / counts.sum()
+
+
+def class_counts_config(class_counts: Sequence[float]) -> list[float]:
+    """Validated class counts as a JSON-friendly list (ints stay ints), for Keras configs.
+
+    Raises:
+        ValueError: as `source_prior` for invalid counts.
+    """
+    source_prior(class_counts)
+    return [int(n) if float(n).is_integer() else float(n) for n in class_counts]
 
 
 def long_tail_counts(
@@ -175,17 +194,10 @@ def subsample_by_counts(labels: Sequence[int], counts: Sequence[int], seed: int)
         ValueError: if labels fall outside 0..C-1, a count is negative or not an integer, or a
             class has fewer examples than requested (the error names the class).
     """
-    labels = np.asarray(labels)
     counts = np.asarray(counts)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected a 1-D integer array, got {labels.dtype} {labels.shape}")
     if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
         raise ValueError(f"counts = {counts.tolist()}: expected a 1-D array of integers >= 0")
-    if labels.size and (labels.min() < 0 or labels.max() >= counts.size):
-        raise ValueError(
-            f"labels span {labels.min()}..{labels.max()}: expected "
-            f"0..{counts.size - 1} (one count per class, {counts.size} counts given)"
-        )
+    labels = check_labels(labels, counts.size)
     rng = np.random.default_rng(seed)
     chosen = []
     for c, wanted in enumerate(counts):
@@ -264,13 +276,13 @@ def estimate_target_prior(
             class absent from it.
     """
     prior = _check_prior(source_prior, "source_prior")
-    probs = _check_probs(probs, prior.size, "probs")
+    probs = _normalised_probabilities(probs, prior.size, "probs")
     if method == "em":
         if not tol > 0 or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
             raise ValueError(
                 f"tol = {tol!r}, max_iter = {max_iter!r}: expected tol > 0 and max_iter >= 1"
             )
-        strength = _check_strength(prior_strength)
+        strength = check_prior_strength(prior_strength)
         centre = prior if prior_centre is None else _check_prior(prior_centre, "prior_centre")
         if centre.size != prior.size:
             raise ValueError(
@@ -288,24 +300,19 @@ def estimate_target_prior(
             raise ValueError(
                 "method='bbse' needs val_probs and val_labels (labelled validation data)"
             )
-        val_probs = _check_probs(val_probs, prior.size, "val_probs")
-        val_labels = _check_labels(val_labels, prior.size, len(val_probs), "val_labels")
+        val_probs = _normalised_probabilities(val_probs, prior.size, "val_probs")
+        val_labels = check_labels(
+            val_labels, prior.size, len(val_probs), "val_labels", rows_of="val_probs"
+        )
         return _bbse_prior(probs, val_probs, val_labels)
     raise ValueError(f"method = {method!r}: expected one of {ESTIMATION_METHODS}")
 
 
-def _check_strength(prior_strength: float) -> float:
-    if (
-        isinstance(prior_strength, bool)
-        or not isinstance(prior_strength, (int, float, np.integer, np.floating))
-        or not math.isfinite(prior_strength)
-        or prior_strength < 0
-    ):
-        raise ValueError(
-            f"prior_strength = {prior_strength!r}: expected a finite pseudo-count "
-            ">= 0 (0 = plain EM)"
-        )
-    return float(prior_strength)
+def check_prior_strength(prior_strength: float) -> float:
+    """The Dirichlet pseudo-count of MAP-EM as a float; ValueError unless finite and >= 0."""
+    return check_non_negative(
+        "prior_strength", prior_strength, "a finite pseudo-count >= 0 (0 = plain EM)"
+    )
 
 
 def _em_prior(
@@ -391,6 +398,13 @@ def prior_estimation_error(
     return {"l1": float(np.abs(p - q).sum()), "js": jensen_shannon_divergence(p, q)}
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] scores, float64 (shifted by the row maximum for range)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:
     """Temperature T minimising the NLL of softmax(logits / T) on labelled data (Guo et al. 2017).
 
@@ -407,7 +421,7 @@ def fit_temperature(logits: np.ndarray, labels: Sequence[int]) -> float:
         ValueError: for malformed inputs, or if no positive temperature fits (the logits rank the
             true class below the others on average).
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     inverse_temperature, _ = _fit_affine_calibration(logits, labels, with_bias=False)
     return float(1.0 / inverse_temperature)
 
@@ -429,7 +443,7 @@ def fit_bcts(logits: np.ndarray, labels: Sequence[int]) -> tuple[float, np.ndarr
     Raises:
         ValueError: for malformed inputs, a class absent from `labels`, or no positive temperature.
     """
-    logits, labels = _check_logits_labels(logits, labels)
+    logits, labels = check_logits_labels(logits, labels)
     missing = np.flatnonzero(np.bincount(labels, minlength=logits.shape[1]) == 0)
     if missing.size:
         raise ValueError(
@@ -496,8 +510,7 @@ class Calibrator:
     bias: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in CALIBRATIONS:
-            raise ValueError(f"calibration = {self.method!r}: expected one of {CALIBRATIONS}")
+        check_choice("calibration", self.method, CALIBRATIONS)
         if not (
             isinstance(self.temperature, (int, float))
             and math.isfinite(self.temperature)
@@ -526,14 +539,13 @@ class Calibrator:
             ValueError: for an unknown method or what `fit_bcts` / `fit_temperature` reject (a
                 class absent from `labels` for BCTS, malformed inputs).
         """
-        if method not in CALIBRATIONS:
-            raise ValueError(f"calibration = {method!r}: expected one of {CALIBRATIONS}")
+        check_choice("calibration", method, CALIBRATIONS)
         if method == "bcts":
             temperature, bias = fit_bcts(logits, labels)
             return cls("bcts", temperature, tuple(float(b) for b in bias))
         if method == "temperature":
             return cls("temperature", fit_temperature(logits, labels))
-        _check_logits_labels(logits, labels)
+        check_logits_labels(logits, labels)
         return cls()
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
@@ -625,14 +637,10 @@ def _fit_affine_calibration(
     return a, b
 
 
-def _shown(values: np.ndarray) -> str:
-    return np.array2string(np.asarray(values), threshold=12, precision=4, separator=", ")
-
-
 def _check_prior(prior: Sequence[float], name: str) -> np.ndarray:
     prior = np.asarray(prior, dtype=np.float64)
     if prior.ndim != 1 or prior.size < 2 or not np.isfinite(prior).all() or (prior <= 0).any():
-        raise ValueError(f"{name} = {_shown(prior)}: expected >= 2 positive finite probabilities")
+        raise ValueError(f"{name} = {shown(prior)}: expected >= 2 positive finite probabilities")
     return prior / prior.sum()
 
 
@@ -645,66 +653,12 @@ def _check_distribution(values: Sequence[float], name: str) -> np.ndarray:
         or not values.sum() > 0
     ):
         raise ValueError(
-            f"{name} = {_shown(values)}: expected a 1-D distribution of finite, "
+            f"{name} = {shown(values)}: expected a 1-D distribution of finite, "
             "non-negative weights with a positive sum"
         )
     return values / values.sum()
 
 
-def _check_probs(probs: np.ndarray, num_classes: int, name: str) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != num_classes:
-        raise ValueError(
-            f"{name} has shape {probs.shape}: expected [N, {num_classes}] (one "
-            f"probability per class for each of N samples)"
-        )
-    if probs.shape[0] == 0:
-        raise ValueError(
-            f"{name} is an empty batch (shape {probs.shape}): expected at least one sample"
-        )
-    finite = np.isfinite(probs).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise ValueError(
-            f"{name}[{row}] = {_shown(probs[row])} has NaN or infinite entries: "
-            "expected finite probabilities"
-        )
-    if (probs < 0).any():
-        row = int(np.argmax((probs < 0).any(axis=1)))
-        raise ValueError(
-            f"{name}[{row}] = {_shown(probs[row])} has negative entries: expected "
-            "probabilities (not logits)"
-        )
-    sums = probs.sum(axis=1)
-    off = np.abs(sums - 1.0)
-    if off.max() > 1e-3:
-        row = int(np.argmax(off))
-        raise ValueError(
-            f"{name}[{row}] sums to {sums[row]:.6g}: expected rows that sum to 1 "
-            "(probabilities, not logits)"
-        )
-    return probs / sums[:, None]
-
-
-def _check_labels(labels: Sequence[int], num_classes: int, num: int, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{name}: expected {num} integer labels, got {labels.dtype} {labels.shape}"
-        )
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"{name} span {labels.min()}..{labels.max()}: expected 0..{num_classes - 1}"
-        )
-    return labels.astype(np.int64)
-
-
-def _check_logits_labels(
-    logits: np.ndarray, labels: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
-        raise ValueError(f"logits: expected shape [N >= 1, C >= 2], got {logits.shape}")
-    if not np.isfinite(logits).all():
-        raise ValueError("logits: expected finite values")
-    return logits, _check_labels(labels, logits.shape[1], logits.shape[0], "labels")
+def _normalised_probabilities(probs: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    probs = check_probabilities(probs, num_classes, name)
+    return probs / probs.sum(axis=1, keepdims=True)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lade_tf.checks import check_logits_labels
 from lade_tf.layers import adjust_logits_numpy
 from lade_tf.metrics import (
     accuracy,
@@ -32,6 +33,7 @@ from lade_tf.priors import (
     SHIFT_NAMES,
     prior_estimation_error,
     shifted_test_counts,
+    softmax,
     subsample_by_counts,
 )
 
@@ -95,7 +97,7 @@ def evaluate_under_shift(
         ValueError: for inconsistent shapes or options, a class with fewer than `per_class`
             examples, or anything the priors, layers and metrics modules reject.
     """
-    logits, labels = _checked_logits_labels(logits, labels, train_counts)
+    logits, labels = check_logits_labels(logits, labels, len(train_counts))
     if not len(seeds):
         raise ValueError("seeds is empty: expected at least one subsampling seed")
     available = np.bincount(labels, minlength=logits.shape[1])
@@ -175,7 +177,7 @@ def uniform_summary(
         {"accuracy", "balanced_accuracy", "many", "medium", "few", "ece", "nll", "brier"} as
         Python floats; a shot group without classes is NaN.
     """
-    logits, labels = _checked_logits_labels(logits, labels, train_counts)
+    logits, labels = check_logits_labels(logits, labels, len(train_counts))
     num_classes = logits.shape[1]
     rule = _prediction_rule(
         logits,
@@ -190,7 +192,7 @@ def uniform_summary(
         prior_strength,
     )
     adjusted, _ = rule(np.arange(len(labels)), np.full(num_classes, 1.0 / num_classes))
-    probs = _softmax(adjusted)
+    probs = softmax(adjusted)
     shots = shot_accuracy(labels, adjusted, train_counts, many_threshold, few_threshold)
     return {
         "accuracy": accuracy(labels, adjusted),
@@ -261,7 +263,6 @@ def _prediction_rule(
             )
         )
     if val_logits is not None:
-        val_logits, val_labels = _checked_logits_labels(val_logits, val_labels, train_counts)
         estimator.fit(val_logits, val_labels)
 
     def predict(rows: np.ndarray, known_prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,32 +272,3 @@ def _prediction_rule(
         ), estimated
 
     return predict
-
-
-def _checked_logits_labels(
-    logits: np.ndarray, labels: Sequence[int], train_counts: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels)
-    num_classes = len(train_counts)
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(
-            f"logits have shape {logits.shape}: expected [N, {num_classes}] "
-            "(one column per training class)"
-        )
-    if not np.isfinite(logits).all():
-        raise ValueError("logits contain NaN or infinite values")
-    if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels: expected {logits.shape[0]} integer labels, got {labels.dtype} {labels.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels span {labels.min()}..{labels.max()}: expected 0..{num_classes - 1}"
-        )
-    return logits, labels.astype(np.int64)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)

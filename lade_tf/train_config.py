@@ -14,7 +14,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from lade_tf.losses import LOSS_NAMES, LOSS_OPTIONS
+from lade_tf.checks import check_choice, check_non_negative
+from lade_tf.losses import IMPORTANCE_VARIANTS, LADER_CLASS_SETS, LOSS_NAMES, LOSS_OPTIONS
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -79,12 +80,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (
             ("loss", LOSS_NAMES),
+            ("importance", IMPORTANCE_VARIANTS),
+            ("lader_classes", LADER_CLASS_SETS),
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("strategy", STRATEGIES),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r}: expected one of {allowed}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,9 +105,8 @@ class TrainConfig:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} = {value!r}: expected a finite number > 0")
         for name in ("alpha", "remine_lambda", "tau", "warmup_epochs", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} = {value!r}: expected a finite number >= 0")
+            # Plain Python numbers only, so that `to_dict` stays JSON-safe.
+            check_non_negative(name, getattr(self, name), types=(int, float))
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise ValueError(f"momentum = {self.momentum!r}: expected a number in [0, 1)")
         for name in ("mixed_precision", "xla", "augment"):
@@ -128,6 +129,41 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; known keys: {sorted(fields)}")
         return cls(**dict(values))
+
+    def with_hyperparameters(
+        self, hyperparameters: Mapping[str, Any] | None, *, tuner_epochs: bool = False
+    ) -> TrainConfig:
+        """The config with a KerasTuner search's values for its fields.
+
+        Every value whose name is a TrainConfig field ("alpha", "remine_lambda", ...) replaces
+        that field, whatever the loss: a loss that has no such option (alpha for "ce") ignores
+        it, as it ignores the field's default. KerasTuner's own "tuner/..." entries are skipped,
+        except that `tuner_epochs=True` takes `epochs` from Hyperband's "tuner/epochs" (a
+        trial's epoch budget).
+
+        Args:
+            hyperparameters: the values by name (`keras_tuner.HyperParameters.values`), or a
+                `HyperParameters.get_config()` dict {"space": [...], "values": {...}} (the TFX
+                Trainer's `fn_args.hyperparameters`), or None.
+            tuner_epochs: set `epochs` from "tuner/epochs" when present (a tuner's trial);
+                False keeps the config's epochs (the final training after a search).
+
+        Returns:
+            self when `hyperparameters` is None or empty, else a new, checked config.
+
+        Raises:
+            ValueError: for a value the field does not accept (as the constructor).
+        """
+        if not hyperparameters:
+            return self
+        values = hyperparameters
+        if "space" in hyperparameters and "values" in hyperparameters:
+            values = hyperparameters["values"]
+        fields = {f.name for f in dataclasses.fields(self)}
+        updates = {name: value for name, value in values.items() if name in fields}
+        if tuner_epochs and "tuner/epochs" in values:
+            updates["epochs"] = int(values["tuner/epochs"])
+        return dataclasses.replace(self, **updates)
 
     def loss_options(self) -> dict[str, Any]:
         """The options `lade_tf.losses.make_loss` takes for this config's loss."""

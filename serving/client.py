@@ -1,8 +1,8 @@
-"""Client for a served LADE model, through TF Serving's standard REST API only.
+"""Client for a served LADE model, through TF Serving's standard REST or gRPC API only.
 
 Works against `serving.server` and against real TF Serving. As a library:
 
-    client = ServingClient("http://127.0.0.1:8501", "lade")
+    client = ServingClient("http://127.0.0.1:8501", "lade")  # or GrpcServingClient("host:8500")
     prior = resolve_prior("source", client)         # or "uniform", [..], "prior.json"
     outputs = client.predict_images(images, prior)  # images float [B, H, W, C] 0..255
     estimated = client.estimate_prior(images)       # p_t unknown: estimated from the batch
@@ -13,6 +13,10 @@ prior for all of them):
 
     python -m serving.client --url http://127.0.0.1:8501 --model-name lade \
         --prior uniform --top-k 3 digit.png batch.npy
+    python -m serving.client --grpc 127.0.0.1:8500 --model-name lade --prior source digit.png
+
+`--grpc` sends the same requests (status, metadata, Predict with the target prior input,
+`estimate_prior`) over TF Serving's gRPC PredictionService instead of REST.
 
 With `--prior estimate` the target prior is unknown: all inputs go, as one batch of raw pixels, to
 the `estimate_prior` signature (image files are decoded here with Pillow and resized to the model's
@@ -192,6 +196,155 @@ class ServingClient:
         result = _as_arrays(outputs)
         result["target_prior"] = np.asarray(outputs["target_prior"], np.float64)[0]
         return result
+
+
+class GrpcServingClient(ServingClient):
+    """The same client over TF Serving's gRPC API (tensorflow_serving.apis stubs).
+
+    Args:
+        target: "host:port" of the gRPC server, e.g. "127.0.0.1:8500".
+        model_name, version, label, timeout: as for ServingClient.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:8500",
+        model_name: str = "lade",
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 30.0,
+    ):
+        super().__init__(
+            "grpc://" + target, model_name, version=version, label=label, timeout=timeout
+        )
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.target = target
+        self.version = version
+        self.label = label
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", -1)]
+        )
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._dtypes: dict[str, dict[str, Any]] = {}
+
+    def _spec(self, spec, signature_name: str | None = None) -> None:
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label is not None:
+            spec.version_label = self.label
+        if signature_name:
+            spec.signature_name = signature_name
+
+    def _rpc(self, method, request):
+        import grpc
+
+        from serving.status import HTTP_STATUS
+
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code().name
+            raise ServingRequestError(
+                HTTP_STATUS.get(code, 500), f"{code}: {error.details()}"
+            ) from None
+
+    def status(self) -> dict:
+        """GetModelStatus, as the JSON the REST API returns."""
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        response = self._rpc(self._models.GetModelStatus, request)
+        return json_format.MessageToDict(
+            response, including_default_value_fields=True, preserving_proto_field_name=True
+        )
+
+    def metadata(self) -> dict:
+        """GetModelMetadata (signature_def), as the JSON the REST API returns."""
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request.model_spec)
+        request.metadata_field.append("signature_def")
+        response = self._rpc(self._predictions.GetModelMetadata, request)
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_defs)
+        options = {"including_default_value_fields": True, "preserving_proto_field_name": True}
+        self._dtypes = {
+            name: {key: info.dtype for key, info in signature.inputs.items()}
+            for name, signature in signature_defs.signature_def.items()
+        }
+        return {
+            "model_spec": json_format.MessageToDict(response.model_spec, **options),
+            "metadata": {"signature_def": json_format.MessageToDict(signature_defs, **options)},
+        }
+
+    def predict(
+        self, inputs: dict | Any, *, signature_name: str | None = None, row_format: bool = False
+    ) -> Any:
+        """Predict over gRPC; returns the outputs as NumPy arrays (strings decoded as text).
+
+        `inputs` maps input names to arrays or nested lists ({"b64": ...} leaves are bytes).
+        """
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        if row_format:
+            raise ValueError("row format is a REST notion; gRPC requests are columnar tensors")
+        name = signature_name or "serving_default"
+        if name not in self._dtypes:
+            self.metadata()
+        if name not in self._dtypes:
+            raise ValueError(f"signature {name!r} not served; served: {sorted(self._dtypes)}")
+        if not isinstance(inputs, dict):
+            (only,) = self._dtypes[name]
+            inputs = {only: inputs}
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature_name)
+        for key, value in inputs.items():
+            dtype = tf.dtypes.as_dtype(self._dtypes[name].get(key, tf.float32.as_datatype_enum))
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(_tensor_value(value, dtype), dtype))
+        response = self._rpc(self._predictions.Predict, request)
+        outputs = {}
+        for key, proto in response.outputs.items():
+            array = tf.make_ndarray(proto)
+            if array.dtype == object:
+                array = np.vectorize(
+                    lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v,
+                    otypes=[object],
+                )(array)
+            outputs[key] = array
+        return outputs
+
+    def predict_images(self, images: np.ndarray, target_prior: Sequence[float]) -> dict:
+        """As ServingClient.predict_images, sending the arrays as tensors."""
+        images = np.asarray(images, dtype=np.float32)
+        prior = np.tile(np.asarray(target_prior, dtype=np.float32), (len(images), 1))
+        return _as_arrays(self.predict({"images": images, "target_prior": prior}))
+
+
+def _tensor_value(value: Any, dtype) -> Any:
+    """A request value as make_tensor_proto takes it ({"b64": ...} leaves -> bytes)."""
+    if dtype.name != "string":
+        return np.asarray(value, dtype=dtype.as_numpy_dtype)
+
+    def leaf(item):
+        if isinstance(item, dict) and "b64" in item:
+            return base64.b64decode(item["b64"])
+        if isinstance(item, str):
+            return item.encode("utf-8")
+        if isinstance(item, list):
+            return [leaf(part) for part in item]
+        return item
+
+    return leaf(value)
 
 
 def _as_arrays(outputs: dict) -> dict:
@@ -378,7 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or .npy arrays")
-    parser.add_argument("--url", default="http://127.0.0.1:8501", help="server root URL")
+    parser.add_argument("--url", default="http://127.0.0.1:8501", help="server root URL (REST)")
+    parser.add_argument(
+        "--grpc",
+        nargs="?",
+        const="127.0.0.1:8500",
+        metavar="HOST:PORT",
+        help="use TF Serving's gRPC API at HOST:PORT (default 127.0.0.1:8500) instead of REST",
+    )
     parser.add_argument("--model-name", default="lade")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--version", type=int, help="model version (default: latest)")
@@ -399,8 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
-    client = ServingClient(
-        args.url, args.model_name, version=args.version, label=args.label, timeout=args.timeout
+    kind, target = (GrpcServingClient, args.grpc) if args.grpc else (ServingClient, args.url)
+    client = kind(
+        target, args.model_name, version=args.version, label=args.label, timeout=args.timeout
     )
     estimated = None
     try:

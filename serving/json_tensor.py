@@ -6,7 +6,9 @@ one entry per batch row, objects keyed by input name when the signature has seve
 `{"b64": "..."}`. A row request is answered with `predictions` (a list; a list of objects when
 there are several outputs), a columnar one with `outputs` (a value, or an object of output name ->
 tensor). Floats are written with the shortest text that reads back as the same float32/float64,
-NaN/Infinity as bare tokens, outputs whose name ends in `_bytes` as `{"b64": ...}`.
+NaN/Infinity as bare tokens, outputs whose name ends in `_bytes` as `{"b64": ...}`. As in TF
+Serving 2.18, any number sent to a float input is cast, and int8 / int16 / uint8 inputs take an
+int32 and keep its low bits.
 """
 
 from __future__ import annotations
@@ -47,22 +49,22 @@ _DTYPE_STRINGS = {
     "bool": "bool",
     "string": "string",
 }
+# The JSON integers each integer dtype accepts, as rapidjson's IsInt / IsUint / IsInt64 /
+# IsUint64 decide in TF Serving; int8, int16 and uint8 take any int32 and keep its low bits
+# (TF Serving fills the TensorProto's int_val, which is truncated to the dtype).
 _INT_RANGES = {
-    "int8": (-(2**7), 2**7 - 1),
-    "int16": (-(2**15), 2**15 - 1),
+    "int8": (-(2**31), 2**31 - 1),
+    "int16": (-(2**31), 2**31 - 1),
+    "uint8": (-(2**31), 2**31 - 1),
     "int32": (-(2**31), 2**31 - 1),
-    "uint8": (0, 2**8 - 1),
-    "uint16": (0, 2**16 - 1),
-    "int64": (-(2**63), 2**63 - 1),
     "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
     "uint64": (0, 2**64 - 1),
 }
-# Largest integer a float type holds exactly, and its largest finite value (IsLosslessDecimal).
-_FLOAT_LIMITS = {
-    "float32": (2**24 - 1, float(np.finfo(np.float32).max)),
-    "float64": (2**53 - 1, float(np.finfo(np.float64).max)),
-    "float16": (2**11 - 1, float(np.finfo(np.float16).max)),
-}
+_TRUNCATED = ("int8", "int16", "uint8")
+#: Float dtypes a JSON number is cast to (rapidjson GetFloat / GetDouble: a static_cast, so a
+#: value beyond float32's range becomes +-inf). TF Serving has no JSON conversion to half.
+_FLOATS = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -184,20 +186,11 @@ def _scalar(value: Any, dtype: str) -> Any:
         raise _type_error(value, dtype)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(value, dtype)
-    if dtype in _FLOAT_LIMITS:
-        max_int, max_value = _FLOAT_LIMITS[dtype]
-        lossy = (
-            (abs(value) > max_int)
-            if isinstance(value, int)
-            else (math.isfinite(value) and abs(value) > max_value)
-        )
-        if lossy:
-            target = {"float32": "float", "float64": "double", "float16": "half"}[dtype]
-            raise invalid_argument(
-                f"Cannot convert JSON value: {_value_text(value)} to "
-                f"{target} without loss of precision."
-            )
-        return value
+    if dtype in _FLOATS:
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float64: rapidjson reads it as +-inf too
+            return math.copysign(math.inf, value)
     if dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
         if not isinstance(value, int) or not low <= value <= high:
@@ -243,8 +236,15 @@ def _collect(value: Any, level: int, shape: list[int], dtype: str, out: list) ->
         _collect(item, level + 1, shape, dtype, out)
 
 
-def _numpy_dtype(dtype: str):
-    return object if dtype == "string" else np.dtype(dtype)
+def _leaf_array(leaves: list, dtype: str) -> np.ndarray:
+    """The flat array of checked JSON leaves (`_scalar` values) of a numeric or bool dtype."""
+    if dtype == "bool":
+        return np.array(leaves, dtype=bool)
+    if dtype in _FLOATS:
+        return _as_dtype(np.array(leaves, dtype=np.float64), dtype)
+    if dtype in ("uint64",):
+        return np.array(leaves, dtype=np.uint64)
+    return _as_dtype(np.array(leaves, dtype=np.int64), dtype)
 
 
 def _fast_array(value: Any, dtype: str) -> np.ndarray | None:
@@ -253,28 +253,29 @@ def _fast_array(value: Any, dtype: str) -> np.ndarray | None:
     Only for numeric dtypes, and only called when the request body has no `true`/`false`
     token (NumPy would silently turn booleans into numbers).
     """
-    if dtype not in _FLOAT_LIMITS and dtype not in _INT_RANGES:
+    if dtype not in _FLOATS and dtype not in _INT_RANGES:
         return None
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError):
         return None  # ragged or odd: the exact path finds and names the problem
-    if dtype in _FLOAT_LIMITS:
-        max_int, max_value = _FLOAT_LIMITS[dtype]
-        if array.dtype.kind == "i":
-            if array.size and np.abs(array).max() > max_int:
-                return None
-        elif array.dtype.kind == "f":
-            finite = array[np.isfinite(array)]
-            if finite.size and np.abs(finite).max() > max_value:
-                return None
-        else:
+    if dtype in _FLOATS:
+        if array.dtype.kind not in "if":
             return None
     else:
         low, high = _INT_RANGES[dtype]
         if array.dtype.kind != "i" or (array.size and (array.min() < low or array.max() > high)):
             return None
-    return array.astype(np.dtype(dtype), copy=False)
+    return _as_dtype(array, dtype)
+
+
+def _as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
+    """`array` cast to `dtype` as C++'s static_cast does: floats overflow to +-inf, and the
+    int32 values of int8 / int16 / uint8 inputs keep their low bits."""
+    with np.errstate(over="ignore"):
+        if dtype in _TRUNCATED:
+            return array.astype(np.int64, copy=False).astype(np.dtype(dtype))
+        return array.astype(np.dtype(dtype), copy=False)
 
 
 def _to_array(value: Any, dtype: str, fast: bool) -> np.ndarray:
@@ -290,7 +291,7 @@ def _to_array(value: Any, dtype: str, fast: bool) -> np.ndarray:
         array = np.empty(len(leaves), dtype=object)
         array[:] = leaves
         return array.reshape(shape)
-    return np.array(leaves, dtype=_numpy_dtype(dtype)).reshape(shape)
+    return _leaf_array(leaves, dtype).reshape(shape)
 
 
 def _shape_text(shape) -> str:
@@ -376,7 +377,7 @@ def _rows_from_instances(
             array = np.empty(sum(len(r) for r in flat), dtype=object)
             array[:] = [leaf for r in flat for leaf in r]
         else:
-            array = np.array([leaf for r in flat for leaf in r], dtype=_numpy_dtype(dtype))
+            array = _leaf_array([leaf for r in flat for leaf in r], dtype)
         tensors[name] = array.reshape(shape)
     return tensors
 
@@ -521,8 +522,6 @@ def _predict_inputs(
         tensors, request_format = _columns_from_inputs(document["inputs"], specs, fast), COLUMNAR
     else:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
-    for name, tensor in tensors.items():
-        check_shape(name, tensor, specs[name])
     return tensors, request_format
 
 

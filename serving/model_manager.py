@@ -8,15 +8,14 @@ leaves the previous one serving). Version labels come from the model config. Sta
 are rendered as the JSON of TF Serving's GetModelStatusResponse and GetModelMetadataResponse
 protos.
 
-Config files and base paths are checked without TensorFlow, which is imported (a matter of
-seconds) only when the first version loads, so a bad flag or file is reported at once.
+Local config files and base paths are checked without TensorFlow, which is imported (a matter of
+seconds) only when the first version loads, so a bad flag or file is reported at once. Paths with
+a scheme (gs://, s3://, ram://, ...) go through tf.io.gfile (`serving.storage`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
@@ -28,9 +27,17 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.json_tensor import TensorSpec, snippet
 from serving.status import ServingError, from_tensorflow_error, invalid_argument
+from serving.storage import (
+    base_path_problem,  # noqa: F401 - part of this module's interface (server.py)
+    join,
+    numbered_subdirectories,
+    read_bytes,
+    read_text_file,
+    tree_stamp,
+)
 
 if TYPE_CHECKING:
-    from tensorflow_serving.apis import get_model_metadata_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 log = logging.getLogger("serving")
 
@@ -93,21 +100,6 @@ def parse_model_config(text: str) -> list[ModelConfig]:
     return configs
 
 
-def read_text_file(path: str) -> str:
-    """The UTF-8 text of a config file.
-
-    Raises:
-        ValueError: the file is missing, unreadable, a directory or not UTF-8 (names the cause).
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ValueError(f"cannot be read ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"is not UTF-8 text (byte {error.start})") from None
-
-
 def read_model_config_file(path: str) -> list[ModelConfig]:
     """`parse_model_config` of a file (TF Serving's --model_config_file).
 
@@ -115,33 +107,6 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
         ValueError: the file cannot be read (see `read_text_file`) or is not a valid config.
     """
     return parse_model_config(read_text_file(path))
-
-
-def base_path_problem(path: str) -> str | None:
-    """Why `path` cannot be a model base path, or None.
-
-    A path that does not exist yet is fine (versions may be pushed later, and are picked up by
-    the poll); a file, a dangling symbolic link or a directory that cannot be listed is not.
-    """
-    expected = "expected a directory of numbered SavedModel versions (1/, 2/, ...)"
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist; {expected}"
-        return None
-    except NotADirectoryError:
-        return f"has a file where a parent directory should be; {expected}"
-    except OSError as error:
-        return f"cannot be read ({error.strerror or error}); {expected}"
-    if not stat.S_ISDIR(info.st_mode):
-        return f"is not a directory; {expected}"
-    try:
-        with os.scandir(path):
-            pass
-    except OSError as error:
-        return f"cannot be read ({error.strerror or error}); {expected}"
-    return None
 
 
 @dataclass
@@ -201,8 +166,7 @@ class LoadedVersion:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         saved_model = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as handle:
-            saved_model.ParseFromString(handle.read())
+        saved_model.ParseFromString(read_bytes(join(path, "saved_model.pb")))
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for meta_graph in saved_model.meta_graphs:
             if _SERVE_TAG in meta_graph.meta_info_def.tags:
@@ -225,39 +189,6 @@ class VersionState:
     state: str  # START | LOADING | AVAILABLE | UNLOADING | END
     error_code: str = "OK"
     error_message: str = ""
-
-
-def _versions_on_disk(base_path: str) -> dict[int, str]:
-    """Numeric sub-directories of `base_path` (hidden staging directories are not numeric).
-
-    Raises:
-        ValueError: the base path is not a directory that can be listed (see base_path_problem).
-    """
-    problem = base_path_problem(base_path)
-    if problem is not None:
-        raise ValueError(f"base path {base_path!r} {problem}")
-    try:
-        entries = list(os.scandir(base_path))
-    except FileNotFoundError:
-        return {}
-    versions = {}
-    for entry in entries:
-        if entry.name.isdigit() and entry.is_dir():
-            versions[int(entry.name)] = entry.path
-    return versions
-
-
-def _tree_stamp(path: str) -> tuple:
-    """Changes whenever files under `path` are added, removed or rewritten."""
-    stamp = []
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                info = os.stat(os.path.join(root, name))
-            except FileNotFoundError:
-                continue
-            stamp.append((root, name, info.st_size, info.st_mtime_ns))
-    return tuple(sorted(stamp))
 
 
 class ModelVersions:
@@ -288,7 +219,7 @@ class ModelVersions:
         """
         self.polled = True
         try:
-            on_disk = _versions_on_disk(self.config.base_path)
+            on_disk = numbered_subdirectories(self.config.base_path)
         except ValueError as error:
             self._report_path_problem(str(error))
             return
@@ -302,7 +233,7 @@ class ModelVersions:
         aspired = self.aspired(on_disk)
         for version in sorted(aspired - set(self.available), reverse=True):
             path = on_disk[version]
-            stamp = _tree_stamp(path)
+            stamp = tree_stamp(path)
             if self._failed.get(version) == stamp:
                 continue  # retried only once its files change
             self.states[version] = VersionState("LOADING")
@@ -424,16 +355,19 @@ class ModelManager:
             )
         return available[version]
 
-    def status_json(self, name: str, version: int | None = None, label: str | None = None) -> dict:
-        """GetModelStatusResponse as TF Serving's REST API renders it.
+    def status_proto(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatusResponse, as TF Serving's GetModelStatusImpl builds it.
+
+        A version label is ignored, as in TF Serving: status by label lists every version.
 
         Raises:
             ServingError: NOT_FOUND for an unknown model or version.
         """
         from tensorflow_serving.apis import get_model_status_pb2, status_pb2
 
-        if label is not None:
-            version = self._label_version(name, label)
+        del label  # TF Serving answers a label with the status of all versions
         model = self.models.get(name)
         states = dict(model.states) if model is not None else {}
         error_codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
@@ -453,9 +387,32 @@ class ModelManager:
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
             entry.status.error_code = error_codes.values_by_name[state.error_code].number
             entry.status.error_message = state.error_message
+        return response
+
+    def status_json(self, name: str, version: int | None = None, label: str | None = None) -> dict:
+        """`status_proto` as TF Serving's REST API renders it."""
         return json_format.MessageToDict(
-            response, including_default_value_fields=True, preserving_proto_field_name=True
+            self.status_proto(name, version, label),
+            including_default_value_fields=True,
+            preserving_proto_field_name=True,
         )
+
+    def metadata_proto(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadataResponse with the signature_def metadata field (TF Serving's one).
+
+        Raises:
+            ServingError: as `resolve`.
+        """
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        loaded = self.resolve(name, version, label)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = loaded.version
+        response.metadata["signature_def"].Pack(loaded.signature_def_map)
+        return response
 
     def metadata_json(
         self, name: str, version: int | None = None, label: str | None = None
@@ -471,3 +428,7 @@ class ModelManager:
                 "signature_def": json_format.MessageToDict(loaded.signature_def_map, **options)
             },
         }
+
+    def loaded_versions(self) -> dict[str, int]:
+        """Model name -> number of versions loaded (AVAILABLE) now."""
+        return {name: len(model.available) for name, model in list(self.models.items())}

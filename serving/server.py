@@ -1,17 +1,24 @@
-"""A TF-Serving-compatible REST server for SavedModels, for machines without TF Serving.
+"""A TF-Serving-compatible model server for SavedModels: REST and gRPC, for machines without
+TF Serving.
 
-    python -m serving.server --model-base-path DIR --model-name NAME --port 8501
-    python -m serving.server --model-config-file serving/models.config --port 8501 \
-        --enable-batching --batching-parameters-file serving/batching.config
+    python -m serving.server --model-base-path DIR --model-name NAME \
+        --port 8500 --rest_api_port 8501
+    python -m serving.server --model-config-file serving/models.config \
+        --enable-batching --batching-parameters-file serving/batching.config \
+        --monitoring_config_file serving/monitoring.config
 
-Speaks TF Serving's REST API (tensorflow_serving/g3doc/api_rest.md):
-`POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict`, `GET /v1/models/{name}[/versions/{v}|
-/labels/{l}]` (model status) and `GET .../metadata` (signature defs), with TF Serving's request and
-response JSON, `{"error": ...}` bodies and HTTP codes. Serves the highest loaded version and polls
-the base paths for new versions (no restart; --file-system-poll-wait-seconds 0 loads what is
-there at start-up and never polls again, as in TF Serving). Built on aiohttp; inference runs in a
-thread pool, never on the event loop. Binds 127.0.0.1 unless --host says otherwise. TF Serving's
-underscore flag spellings (--model_base_path, --rest_api_port, ...) are accepted too.
+Speaks TF Serving's REST API (tensorflow_serving/g3doc/api_rest.md) on --rest_api_port (default
+8501; 0: off): `POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict`, `GET
+/v1/models/{name}[/versions/{v}|/labels/{l}]` (model status) and `GET .../metadata` (signature
+defs), with TF Serving's request and response JSON, `{"error": ...}` bodies and HTTP codes; and
+its gRPC API on --port (default 8500): tensorflow.serving.PredictionService (Predict,
+GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest). Both share one
+inference path (serving/inference.py). Serves the highest loaded version and polls the base paths
+(local, or any TensorFlow file system: gs://, s3://, ...) for new versions (no restart;
+--file-system-poll-wait-seconds 0 loads what is there at start-up and never polls again, as in TF
+Serving). Built on aiohttp and grpc.aio on one event loop; inference runs in a thread pool, never
+on the event loop. Binds 127.0.0.1 unless --host says otherwise. Every TF Serving flag is accepted
+in its underscore spelling (see serving/flags.py for those with nothing to do here).
 """
 
 from __future__ import annotations
@@ -21,36 +28,39 @@ import asyncio
 import errno
 import json
 import logging
-import math
 import os
 import re
 import signal
 import socket
 import sys
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, NoReturn, TypeVar
+from typing import Callable, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from serving import json_tensor
-from serving.batching import (
-    BATCH_LEVEL_SIGNATURES,
-    Batcher,
-    BatchingOptions,
-    batchable,
-    read_batching_parameters_file,
-)
+from serving.batching import BatchingOptions, read_batching_parameters_file
+from serving.flags import StartupError, check_flags, parse_channel_arguments
+from serving.flags import build_parser as _build_parser
+from serving.inference import InferenceCore
 from serving.model_manager import (
-    LoadedVersion,
     ModelConfig,
     ModelManager,
     base_path_problem,
     read_model_config_file,
 )
+from serving.monitoring import (
+    Metrics,
+    MonitoringOptions,
+    RequestRecord,
+    access_log,
+    log_access,
+    read_monitoring_config_file,
+)
 from serving.status import ServingError, invalid_argument
+from serving.storage import is_remote
 
 log = logging.getLogger("serving")
 
@@ -67,7 +77,19 @@ _STATUS_PATH = re.compile(
 )
 _INT64_MAX = 2**63 - 1
 _JSON = "application/json"
+# TF Serving's AddCORSHeaders (http_rest_api_util.cc).
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
 _T = TypeVar("_T")
+VERSION = "lade-serving 0.2 (TF Serving 2.18 APIs)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags (see serving/flags.py)."""
+    return _build_parser(__doc__)
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,9 @@ class ServerOptions:
     """Everything the server needs besides the models."""
 
     host: str = "127.0.0.1"
-    port: int = 8501
+    port: int = 8500  # gRPC; 0: no TCP port (grpc_socket_path only)
+    rest_api_port: int = 8501  # 0: REST off
+    grpc_socket_path: str = ""
     max_request_bytes: int = 64 * 2**20
     num_threads: int = max(4, os.cpu_count() or 1)
     timeout_seconds: float = 30.0
@@ -83,6 +107,10 @@ class ServerOptions:
     model_config_file: str | None = None
     model_config_file_poll_wait_seconds: float = 0.0  # 0: the file is never re-read
     batching: BatchingOptions | None = None
+    monitoring: MonitoringOptions = MonitoringOptions()
+    enable_cors_support: bool = False
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    serialize_as_tensor_content: bool = False
 
 
 def _json_response(payload: bytes, status: int = 200) -> web.Response:
@@ -105,7 +133,8 @@ def _parse_version(text: str | None) -> int | None:
 
 
 class ServingApp:
-    """The REST handlers over a ModelManager, plus the file-system and config-file polls.
+    """The REST handlers over the shared InferenceCore, plus the file-system and config-file
+    polls.
 
     Each poll is a task only when its interval is > 0; with 0 (TF Serving's "exactly once"),
     the start-up load in `serve` was the one poll and no task, thread or loop is started.
@@ -114,10 +143,15 @@ class ServingApp:
     def __init__(self, manager: ModelManager, options: ServerOptions):
         self.manager = manager
         self.options = options
-        self.executor = ThreadPoolExecutor(options.num_threads, thread_name_prefix="rest")
+        self.core = InferenceCore(
+            manager, options.num_threads, options.timeout_seconds, options.batching
+        )
+        self.metrics = (
+            Metrics(manager.loaded_versions)
+            if options.monitoring.prometheus_path is not None
+            else None
+        )
         self._poll_executor = ThreadPoolExecutor(1, thread_name_prefix="model-poll")
-        self._batchers: weakref.WeakKeyDictionary[LoadedVersion, dict] = weakref.WeakKeyDictionary()
-        self._batch_threads: asyncio.Semaphore | None = None
         self._pollers: list[asyncio.Task] = []
 
     def application(self) -> web.Application:
@@ -128,9 +162,8 @@ class ServingApp:
         app.on_cleanup.append(self._stop)
         return app
 
-    async def _start(self, app: web.Application) -> None:
-        if self.options.batching is not None:
-            self._batch_threads = asyncio.Semaphore(self.options.batching.num_batch_threads)
+    async def _start(self, app: web.Application | None = None) -> None:
+        self.core.start()
         file_system_wait = self.options.file_system_poll_wait_seconds
         if file_system_wait > 0:
             self._pollers.append(asyncio.create_task(self._poll_file_system(file_system_wait)))
@@ -143,10 +176,10 @@ class ServingApp:
         if self.options.model_config_file and config_wait > 0:
             self._pollers.append(asyncio.create_task(self._poll_model_config_file(config_wait)))
 
-    async def _stop(self, app: web.Application) -> None:
+    async def _stop(self, app: web.Application | None = None) -> None:
         for poller in self._pollers:
             poller.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.core.shutdown()
         self._poll_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _poll_file_system(self, wait: float) -> None:
@@ -181,27 +214,79 @@ class ServingApp:
                 "--model-config-file %s: %s; keeping the models of the previous config", path, error
             )
             return
+        self._apply_configs(configs)
+
+    def _apply_configs(self, configs: list[ModelConfig]) -> None:
         self.manager.reconfigure(configs)
         self.manager.poll(new_only=True)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """Routes one request like TF Serving's RestApiRequestDispatcher."""
+    async def reload(self, configs: list[ModelConfig]) -> None:
+        """Serves `configs` from now on (gRPC HandleReloadConfigRequest), in the poll thread."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._poll_executor, self._apply_configs, configs
+        )
+
+    def batching_stats(self) -> dict[tuple[str, int, str], dict[str, int]]:
+        """See InferenceCore.batching_stats."""
+        return self.core.batching_stats()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Routes one request like TF Serving's RestApiRequestDispatcher; counts and logs it."""
         path = request.rel_url.raw_path
+        version = request.version
+        record = RequestRecord(
+            "REST",
+            "",
+            request.remote or "-",
+            f"{request.method} {request.rel_url.raw_path_qs} HTTP/{version.major}.{version.minor}",
+        )
+        response = await self._respond(request, path, record)
+        if self.options.enable_cors_support:
+            response.headers.update(_CORS_HEADERS)
+        record.http_status = response.status
+        body = getattr(response, "body", None)
+        record.response_bytes = len(body) if isinstance(body, (bytes, bytearray)) else 0
+        if record.api:
+            if self.metrics is not None:
+                self.metrics.observe(record)
+        log_access(record)
+        return response
+
+    async def _respond(
+        self, request: web.Request, path: str, record: RequestRecord
+    ) -> web.StreamResponse:
+        metrics_path = self.options.monitoring.prometheus_path
+        if self.metrics is not None and path == metrics_path and request.method == "GET":
+            payload, content_type = self.metrics.exposition()
+            response = web.Response(body=payload)
+            response.headers["Content-Type"] = content_type
+            return response
+        if request.method == "OPTIONS":
+            if re.search(r"https?://", request.headers.get("Origin", "")):
+                return web.Response(status=200)
+            return _error_response(
+                ServingError("FAILED_PRECONDITION", "Origin header is missing in CORS preflight")
+            )
         if not _API_PATH.fullmatch(path):
             return _json_response(
                 json_tensor.error_body(f"Not Found: {json_tensor.snippet(path)}"), 404
             )
         try:
-            return await self._dispatch(request, path)
+            return await self._dispatch(request, path, record)
         except ServingError as error:
+            record.status = error.code
             return _error_response(error)
         except web.HTTPRequestEntityTooLarge:
+            record.status = "RESOURCE_EXHAUSTED"
             return self._too_large(request.content_length)
         except Exception as error:  # noqa: BLE001 - still a JSON error body, like TF Serving
             log.exception("request %s %s failed", request.method, path)
+            record.status = "INTERNAL"
             return _error_response(ServingError("INTERNAL", f"{type(error).__name__}: {error}"))
 
-    async def _dispatch(self, request: web.Request, path: str) -> web.Response:
+    async def _dispatch(
+        self, request: web.Request, path: str, record: RequestRecord
+    ) -> web.Response:
         malformed = invalid_argument(
             f"Malformed request: {request.method} {json_tensor.snippet(path)}"
         )
@@ -210,32 +295,35 @@ class ServingApp:
             if match is None:
                 raise malformed
             name, version_text, label, method = match.groups()
+            method = method.lower()
+            record.api, record.model = method, unquote(name)
             version = _parse_version(version_text)
-            name = unquote(name)
             label = None if label is None else unquote(label)
             size = request.content_length
             if size is not None and size > self.options.max_request_bytes:
+                record.status = "RESOURCE_EXHAUSTED"
                 return self._too_large(size)
             body = await request.read()
-            if method.lower() == "predict":
-                return await self._predict(body, name, version, label)
-            return await self._run(
-                self._classify_or_regress, body, name, version, label, method.lower()
+            if method == "predict":
+                return await self._predict(body, record.model, version, label, record)
+            return await self.core.run(
+                self._classify_or_regress, body, record.model, version, label, method
             )
         if request.method == "GET":
             match = _STATUS_PATH.fullmatch(path)
             if match is None:
                 raise malformed
             name, version_text, label, metadata = match.groups()
+            record.api = "GetModelMetadata" if metadata else "GetModelStatus"
             if not name:
                 raise invalid_argument("Missing model name in request.")
             version = _parse_version(version_text)
-            name = unquote(name)
+            record.model, record.version = unquote(name), version
             label = None if label is None else unquote(label)
             if metadata:
-                document = self.manager.metadata_json(name, version, label)
+                document = self.manager.metadata_json(record.model, version, label)
             else:
-                document = self.manager.status_json(name, version, label)
+                document = self.manager.status_json(record.model, version, label)
             return _json_response(json.dumps(document, indent=1).encode("utf-8"))
         raise malformed
 
@@ -248,76 +336,23 @@ class ServingApp:
         )
         return _json_response(json_tensor.error_body(message), 413)
 
-    async def _run(self, function: Callable, *args):
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.executor, function, *args), self.options.timeout_seconds
-            )
-        except asyncio.TimeoutError:
-            raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
-
     def _prepare(self, body: bytes, name: str, version: int | None, label: str | None):
         document = json_tensor.parse_json(body)
         signature_name = json_tensor.signature_name_of(document)
-        loaded = self.manager.resolve(name, version, label)
-        signature = loaded.signature(signature_name)
+        loaded, signature = self.core.resolve(name, version, label, signature_name)
         tensors, request_format = json_tensor.predict_inputs(document, body, signature.inputs)
         return loaded, signature, tensors, request_format
 
-    def _predict_blocking(
-        self, body: bytes, name: str, version: int | None, label: str | None
-    ) -> web.Response:
-        _, signature, tensors, request_format = self._prepare(body, name, version, label)
-        outputs = signature.run(tensors)
-        return _json_response(json_tensor.predict_response(outputs, request_format))
-
     async def _predict(
-        self, body: bytes, name: str, version: int | None, label: str | None
+        self, body: bytes, name: str, version: int | None, label: str | None, record
     ) -> web.Response:
-        if self.options.batching is None:
-            return await self._run(self._predict_blocking, body, name, version, label)
-        loaded, signature, tensors, request_format = await self._run(
+        loaded, signature, tensors, request_format = await self.core.run(
             self._prepare, body, name, version, label
         )
-        if not batchable(signature.name):  # its outputs depend on the whole batch: run alone
-            outputs = await self._run(signature.run, tensors)
-        else:
-            batcher = self._batcher(loaded, signature, tensors)
-            try:
-                outputs = await asyncio.wait_for(
-                    batcher.submit(tensors), self.options.timeout_seconds
-                )
-            except asyncio.TimeoutError:
-                raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
-        payload = await self._run(json_tensor.predict_response, outputs, request_format)
+        record.version, record.signature = loaded.version, signature.name
+        outputs = await self.core.predict(loaded, signature, tensors)
+        payload = await self.core.run(json_tensor.predict_response, outputs, request_format)
         return _json_response(payload)
-
-    def _batcher(self, loaded: LoadedVersion, signature, tensors) -> Batcher:
-        shapes = tuple(sorted((name, tensor.shape[1:]) for name, tensor in tensors.items()))
-        per_version = self._batchers.setdefault(loaded, {})
-        key = (signature.name, shapes)
-        if key not in per_version:
-            per_version[key] = Batcher(
-                signature.run, self.options.batching, self.executor, self._batch_threads
-            )
-        return per_version[key]
-
-    def batching_stats(self) -> dict[tuple[str, int, str], dict[str, int]]:
-        """{(model, version, signature): {"requests": n, "batches": m}} of the live batchers.
-
-        requests > batches means requests were merged; a signature never batched is absent.
-        """
-        stats: dict[tuple[str, int, str], dict[str, int]] = {}
-        for loaded, per_version in list(self._batchers.items()):
-            for (signature_name, _), batcher in per_version.items():
-                entry = stats.setdefault(
-                    (loaded.model_name, loaded.version, signature_name),
-                    {"requests": 0, "batches": 0},
-                )
-                entry["requests"] += batcher.requests
-                entry["batches"] += batcher.batches
-        return stats
 
     def _classify_or_regress(
         self, body: bytes, name: str, version: int | None, label: str | None, method: str
@@ -345,10 +380,6 @@ class ServingApp:
         )
 
 
-class StartupError(Exception):
-    """A bad flag, file or port found while starting: `main` prints `error: <message>`, exits 2."""
-
-
 def _read_flag_file(flag: str, path: str, read: Callable[[str], _T]) -> _T:
     """`read(path)`; its ValueError becomes a StartupError naming the flag and the file."""
     try:
@@ -374,9 +405,10 @@ def model_configs_from_args(args: argparse.Namespace) -> list[ModelConfig]:
             for c in configs
         ]
     elif args.model_base_path:
-        configs = [
-            ModelConfig(name=args.model_name, base_path=os.path.abspath(args.model_base_path))
-        ]
+        base_path = args.model_base_path
+        if not is_remote(base_path):
+            base_path = os.path.abspath(base_path)
+        configs = [ModelConfig(name=args.model_name, base_path=base_path)]
         sources = [f"--model-base-path {args.model_base_path}"]
     else:
         raise StartupError("give --model-base-path (and --model-name) or --model-config-file")
@@ -402,16 +434,47 @@ def batching_from_args(args: argparse.Namespace) -> BatchingOptions | None:
     return BatchingOptions() if args.enable_batching else None
 
 
-def _bind_error(host: str, port: int, error: OSError) -> str:
-    if error.errno == errno.EADDRINUSE:
-        return (
-            f"--port {port}: {host}:{port} is already in use; stop what listens there or "
-            "choose another port (0: any free port)"
+def monitoring_from_args(args: argparse.Namespace) -> MonitoringOptions:
+    """Monitoring options from --monitoring_config_file (default: no metrics endpoint).
+
+    Raises:
+        StartupError: the file cannot be read or parsed, or asks for metrics with REST off.
+    """
+    if not args.monitoring_config_file:
+        return MonitoringOptions()
+    options = _read_flag_file(
+        "--monitoring_config_file", args.monitoring_config_file, read_monitoring_config_file
+    )
+    if options.prometheus_path is not None and args.rest_api_port == 0:
+        raise StartupError(
+            f"--monitoring_config_file {args.monitoring_config_file}: Prometheus metrics are "
+            "served on the REST port, but --rest_api_port is 0 (off); give it a port"
         )
-    return f"--host {host} --port {port}: cannot listen there ({error.strerror or error})"
+    return options
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def channel_arguments_from_args(args: argparse.Namespace) -> tuple[tuple[str, int | str], ...]:
+    """--grpc_channel_arguments as (name, value) pairs.
+
+    Raises:
+        StartupError: an entry is not name=value.
+    """
+    try:
+        return tuple(parse_channel_arguments(args.grpc_channel_arguments))
+    except ValueError as error:
+        raise StartupError(f"--grpc_channel_arguments {args.grpc_channel_arguments}: {error}")
+
+
+def _bind_error(flag: str, host: str, port: int, error: OSError | None) -> str:
+    if error is None or error.errno == errno.EADDRINUSE:
+        return (
+            f"{flag} {port}: {host}:{port} is already in use; stop what listens there or "
+            "choose another port"
+        )
+    return f"--host {host} {flag} {port}: cannot listen there ({error.strerror or error})"
+
+
+def bind_socket(host: str, port: int, flag: str = "--rest_api_port") -> socket.socket:
     """A socket bound to host:port but not listening yet, so that a port in use is reported
     before the models load, and connections are refused (not left waiting) until they have.
 
@@ -432,136 +495,104 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as error:
         sock.close()
-        raise StartupError(_bind_error(host, port, error)) from None
+        raise StartupError(_bind_error(flag, host, port, error)) from None
     return sock
 
 
-def _integer_flag(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer from `minimum` to `maximum` (None: no upper bound)."""
-    expected = (
-        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    )
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
-
-    return parse
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds >= 0.
+@dataclass
+class RunningServer:
+    """A started server: its app, its addresses and the start-up lines (see `start_server`)."""
+
+    app: ServingApp
+    grpc_server: object
+    runner: web.AppRunner | None
+    grpc_address: str | None
+    rest_url: str | None
+    lines: list[str]
+
+    async def stop(self) -> None:
+        """Stops both front ends (gRPC gets a second to finish its calls), then the polls."""
+        await self.grpc_server.stop(grace=1.0)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.app._stop()
+
+
+async def start_server(
+    manager: ModelManager, options: ServerOptions, sock: socket.socket | None = None
+) -> RunningServer:
+    """Binds the ports, loads the models, then starts answering REST and gRPC requests.
 
     Args:
-        zero: what 0 means, for the error message.
-        negative: what TF Serving does with a negative value (a clause), rejected here.
+        manager: the models to serve.
+        options: host, ports and the rest.
+        sock: the REST socket from `bind_socket` (default: bound here when REST is on).
+
+    Raises:
+        StartupError: a port is in use or cannot be listened on.
     """
-    expected = f"a finite number of seconds >= 0 (0: {zero})"
+    from serving.grpc_server import build_grpc_server
 
-    def parse(text: str) -> float:
+    if sock is None and options.rest_api_port:
+        sock = bind_socket(options.host, options.rest_api_port)
+    app = ServingApp(manager, options)
+    grpc_server = build_grpc_server(
+        app.core,
+        app.metrics,
+        app.reload,
+        max_request_bytes=options.max_request_bytes,
+        channel_arguments=list(options.grpc_channel_arguments),
+        as_tensor_content=options.serialize_as_tensor_content,
+    )
+    lines, grpc_address = [], None
+    if options.port:
+        grpc_address = _grpc_address(options.host, options.port)
         try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value < 0:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {expected}; {negative}, which this server does not support"
+            bound = grpc_server.add_insecure_port(grpc_address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise StartupError(_bind_error("--port", options.host, options.port, None))
+        lines.append(f"Running gRPC ModelServer at {grpc_address} ...")
+    if options.grpc_socket_path:
+        try:
+            bound = grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise StartupError(
+                f"--grpc_socket_path {options.grpc_socket_path}: cannot listen there"
             )
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value + 0.0  # -0.0 is 0
-
-    return parse
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one `error: ...` line, like the server's other start-up errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags (TF Serving's underscore spellings are aliases)."""
-    parser = _ArgumentParser(
-        prog="python -m serving.server",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-    def flag(name: str, **kwargs) -> None:
-        spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
-        parser.add_argument(*spellings, **kwargs)
-
-    port = _integer_flag(0, 65535)
-    flag(
-        "port",
-        type=port,
-        default=8501,
-        help="REST port (0: any free port; TF Serving's --rest_api_port is an alias)",
-    )
-    parser.add_argument("--rest_api_port", dest="port", type=port, help=argparse.SUPPRESS)
-    flag(
-        "host",
-        default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server to the network)",
-    )
-    flag("model-name", default="default", help="model name in request paths")
-    flag("model-base-path", help="directory holding numbered SavedModel versions")
-    flag(
-        "model-config-file",
-        help="text-proto ModelServerConfig (several models, version policies, version labels)",
-    )
-    flag(
-        "model-config-file-poll-wait-seconds",
-        default=0.0,
-        type=_seconds_flag("read the file once", "TF Serving reserves negative values for testing"),
-        help="seconds between re-reads of --model-config-file (default 0: the file is read "
-        "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
-        "once",
-    )
-    flag(
-        "file-system-poll-wait-seconds",
-        default=1.0,
-        type=_seconds_flag(
-            "poll once",
-            "a negative value makes TF Serving disable polling and wait for a model at start-up",
-        ),
-        help="seconds between polls of the model base paths for new versions (default 1; 0: "
-        "poll exactly once, loading the versions there at start-up, and never again; "
-        "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
-        "supported)",
-    )
-    flag(
-        "enable-batching",
-        action="store_true",
-        help="batch concurrent requests of the same model version and signature, except for "
-        f"{', '.join(sorted(BATCH_LEVEL_SIGNATURES))}, whose outputs depend on the whole "
-        "batch and which therefore always runs alone (TF Serving's --enable_batching would "
-        "merge it)",
-    )
-    flag("batching-parameters-file", help="text-proto BatchingParameters (implies batching)")
-    flag(
-        "max-request-bytes",
-        type=_integer_flag(1),
-        default=64 * 2**20,
-        help="larger request bodies get HTTP 413",
-    )
-    flag(
-        "rest-api-num-threads",
-        type=_integer_flag(1),
-        default=max(4, os.cpu_count() or 1),
-        help="threads running requests",
-    )
-    flag(
-        "rest-api-timeout-in-ms", type=_integer_flag(1), default=30000, help="per-request deadline"
-    )
-    return parser
+        lines.append(f"Running gRPC ModelServer at unix:{options.grpc_socket_path} ...")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, manager.poll)  # initial load, before accepting requests
+    await app._start()
+    await grpc_server.start()
+    runner, rest_url = None, None
+    if sock is not None:
+        application = app.application()
+        application.on_startup.clear()  # started above, for both front ends
+        application.on_cleanup.clear()
+        runner = web.AppRunner(application, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except OSError as error:
+            await runner.cleanup()
+            await grpc_server.stop(None)
+            raise StartupError(
+                _bind_error("--rest_api_port", options.host, options.rest_api_port, error)
+            ) from None
+        host, port = sock.getsockname()[:2]
+        rest_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        lines.append(
+            f"Exporting HTTP/REST API at {rest_url} (models: {', '.join(sorted(manager.models))})"
+        )
+    return RunningServer(app, grpc_server, runner, grpc_address, rest_url, lines)
 
 
 async def serve(
@@ -570,71 +601,97 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
 ) -> None:
-    """Loads the models, then serves until SIGINT/SIGTERM.
+    """`start_server`, then serves until SIGINT/SIGTERM.
 
     Args:
-        manager: the models to serve.
-        options: host, port and the rest.
-        ready: called with the start-up line once requests are answered (default: print it).
-        sock: a socket from `bind_socket` (default: bound here to options.host/port).
+        manager, options, sock: as for `start_server`.
+        ready: called with the start-up lines once requests are answered (default: print them).
 
     Raises:
-        StartupError: the port is in use or cannot be listened on.
+        StartupError: a port is in use or cannot be listened on.
     """
-    if sock is None:
-        sock = bind_socket(options.host, options.port)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, manager.poll)  # initial load, before accepting requests
-    app = ServingApp(manager, options)
-    runner = web.AppRunner(app.application(), access_log=None)
-    await runner.setup()
+    server = await start_server(manager, options, sock)
     try:
-        await web.SockSite(runner, sock).start()
-    except OSError as error:
-        await runner.cleanup()
-        raise StartupError(_bind_error(options.host, options.port, error)) from None
-    host, port = sock.getsockname()[:2]
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    (ready or (lambda text: print(text, flush=True)))(
-        f"Exporting HTTP/REST API at {url} (models: {', '.join(sorted(manager.models))})"
-    )
-    stop = asyncio.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signal_number, stop.set)
-    try:
+        (ready or (lambda text: print(text, flush=True)))("\n".join(server.lines))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m serving.server`; returns the exit status (2: bad input).
-
-    Flags, files, base paths and the port are checked before TensorFlow is imported, so a bad
-    one is reported at once, as one `error: ...` line.
-    """
-    args = build_parser().parse_args(argv)
+def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # Common Log Format lines as they are
+    access_log.addHandler(handler)
+    access_log.propagate = False
+
+
+def _set_tensorflow_threads(args: argparse.Namespace) -> None:
+    """TF Serving's parallelism flags (0: TensorFlow's default), before any op runs."""
+    import tensorflow as tf
+
+    intra = args.tensorflow_intra_op_parallelism or args.tensorflow_session_parallelism
+    inter = args.tensorflow_inter_op_parallelism or args.tensorflow_session_parallelism
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    """ServerOptions from parsed flags (files are read and checked here).
+
+    Raises:
+        StartupError: a bad flag value or file.
+    """
+    check_flags(args)
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port,
+        grpc_socket_path=args.grpc_socket_path,
+        max_request_bytes=args.max_request_bytes,
+        num_threads=args.rest_api_num_threads,
+        timeout_seconds=args.rest_api_timeout_in_ms / 1e3,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        batching=batching_from_args(args),
+        monitoring=monitoring_from_args(args),
+        enable_cors_support=args.rest_api_enable_cors_support,
+        grpc_channel_arguments=channel_arguments_from_args(args),
+        serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m serving.server`; returns the exit status (2: bad input).
+
+    Flags, local files, base paths and both ports are checked before TensorFlow is imported, so
+    a bad one is reported at once, as one `error: ...` line.
+    """
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"TensorFlow ModelServer: {VERSION}")
+        return 0
+    _configure_logging()
     try:
+        options = options_from_args(args)
         configs = model_configs_from_args(args)
-        options = ServerOptions(
-            host=args.host,
-            port=args.port,
-            max_request_bytes=args.max_request_bytes,
-            num_threads=args.rest_api_num_threads,
-            timeout_seconds=args.rest_api_timeout_in_ms / 1e3,
-            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-            model_config_file=args.model_config_file,
-            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-            batching=batching_from_args(args),
-        )
-        sock = bind_socket(options.host, options.port)
+        if options.port:  # reported now, not after the models load; bound for real in `serve`
+            bind_socket(options.host, options.port, "--port").close()
+        sock = bind_socket(options.host, options.rest_api_port) if options.rest_api_port else None
         import tensorflow  # noqa: F401 - in the main thread, once everything above is checked
 
+        _set_tensorflow_threads(args)
         asyncio.run(serve(ModelManager(configs), options, sock=sock))
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -80,3 +80,10 @@ def from_tensorflow_error(error: Exception) -> ServingError:
     if isinstance(code, int) and code in _CODE_NAMES and code != 0:
         return ServingError(_CODE_NAMES[code], message)
     return ServingError("INTERNAL", f"{type(error).__name__}: {message}")
+
+
+def grpc_status_code(code: str):
+    """The `grpc.StatusCode` of a canonical code name (the codes are the same in gRPC)."""
+    import grpc
+
+    return grpc.StatusCode[code]

@@ -320,8 +320,8 @@ def test_estimate_target_prior_errors():
             r"probs\[1\] = \[nan, 0.5, 0.5\] has NaN or infinite entries",
         ),
         (np.array([[1.5, -0.5, 0.0]]), r"probs\[0\] = .* has negative entries"),
-        (np.full((4, 2), 0.5), r"probs has shape \(4, 2\): expected \[N, 3\]"),
-        (np.full(3, 1 / 3), r"probs has shape \(3,\): expected \[N, 3\]"),
+        (np.full((4, 2), 0.5), r"probs have shape \(4, 2\): expected \[N, 3\]"),
+        (np.full(3, 1 / 3), r"probs have shape \(3,\): expected \[N, 3\]"),
         (np.zeros((0, 3)), r"probs is an empty batch \(shape \(0, 3\)\)"),
     ],
 )

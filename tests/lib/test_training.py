@@ -113,6 +113,34 @@ def test_config_rejects_bad_values_naming_them(field, value):
         TrainConfig(**{field: value})
 
 
+def test_hyperparameters_replace_fields_and_tuner_epochs_only_when_asked():
+    config = TrainConfig(loss="lade", alpha=0.1, epochs=5)
+    values = {"alpha": 0.37, "remine_lambda": 0.02, "tuner/epochs": 3, "tuner/round": 0}
+    tuned = config.with_hyperparameters(values)
+    assert (tuned.alpha, tuned.remine_lambda, tuned.epochs) == (0.37, 0.02, 5)
+    assert tuned == TrainConfig(loss="lade", alpha=0.37, remine_lambda=0.02, epochs=5)
+    trial = config.with_hyperparameters(values, tuner_epochs=True)
+    assert (trial.alpha, trial.epochs) == (0.37, 3)
+    # A HyperParameters.get_config() dict, as the TFX Trainer receives it.
+    space = [{"class_name": "Float", "config": {"name": "alpha"}}]
+    assert config.with_hyperparameters({"space": space, "values": values}) == tuned
+    assert config.with_hyperparameters(None) is config
+    assert config.with_hyperparameters({}) is config
+    # Fields a loss does not use are set all the same (and ignored by that loss).
+    assert TrainConfig(loss="ce").with_hyperparameters({"alpha": 0.5}).alpha == 0.5
+    with pytest.raises(ValueError, match="alpha = -1.0"):
+        config.with_hyperparameters({"alpha": -1.0})
+
+
+def test_config_checks_the_lade_options_where_it_is_made():
+    with pytest.raises(ValueError, match="importance = 'paper'"):
+        TrainConfig(loss="lade", importance="paper")
+    with pytest.raises(ValueError, match="lader_classes = 'some'"):
+        TrainConfig.from_dict({"loss": "lade", "lader_classes": "some"})
+    with pytest.raises(ValueError, match="tau = True"):
+        TrainConfig(loss="logit_adjusted", tau=True)
+
+
 def test_loss_options_follow_the_loss():
     assert TrainConfig(loss="ce").loss_options() == {}
     assert TrainConfig(loss="lade", alpha=0.5).loss_options() == {

@@ -112,7 +112,15 @@ model_config_list {{
         "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000 }\n"
         "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
     )
-    return {"root": root, "config": config, "batching": batching, "reload_base": reload_base}
+    monitoring = root / "monitoring.config"
+    monitoring.write_text("prometheus_config {\n  enable: true\n}\n")
+    return {
+        "root": root,
+        "config": config,
+        "batching": batching,
+        "monitoring": monitoring,
+        "reload_base": reload_base,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +135,9 @@ def servers(server_dirs, export_base):
             "0.5",
             "--max-request-bytes",
             str(MAX_REQUEST_BYTES),
+            "--monitoring_config_file",
+            str(server_dirs["monitoring"]),
+            "--rest_api_enable_cors_support",
         ],
         root / "server.log",
     )
@@ -151,6 +162,13 @@ def servers(server_dirs, export_base):
 def server_url(servers) -> str:
     """Root URL of the plain server (models "lade" and "reload")."""
     return servers["plain"].url
+
+
+@pytest.fixture(scope="session")
+def grpc_target(servers) -> str:
+    """host:port of the plain server's gRPC API (once it answers requests)."""
+    servers["plain"].url  # noqa: B018 - waits for the start-up line
+    return servers["plain"].grpc_target
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SERVER_START_SECONDS = 300  # TensorFlow's import alone can take a minute on a busy 2-core box
 MAX_REQUEST_BYTES = 1_000_000
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now (the server binds it a moment later; TF Serving's
+    --port and --rest_api_port have no "any free port" value)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_signature(loaded, name: str, **inputs) -> dict[str, np.ndarray]:
@@ -53,14 +62,19 @@ def http(
 
 
 class ServerProcess:
-    """`python -m serving.server ...` as a child process, on 127.0.0.1 and a free port."""
+    """`python -m serving.server ...` as a child process on 127.0.0.1, its gRPC and REST APIs
+    on free ports (`grpc_target`, `url`)."""
 
-    def __init__(self, args: list[str], log_path: Path):
+    def __init__(self, args: list[str], log_path: Path, rest: bool = True):
         self.log_path = log_path
         self._log = open(log_path, "w", encoding="utf-8")
+        self.grpc_target = f"127.0.0.1:{free_port()}"
+        ports = ["--port", self.grpc_target.rsplit(":", 1)[1]]
+        ports += ["--rest_api_port", str(free_port()) if rest else "0"]
+        self._ready_pattern = r"(http://\S+)" if rest else r"gRPC ModelServer at (\S+)"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--port", "0", *args],
+            [sys.executable, "-m", "serving.server", *ports, *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -68,12 +82,14 @@ class ServerProcess:
             text=True,
         )
         self._url: str | None = None
+        self.stdout_lines: list[str] = []
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     def _read_stdout(self) -> None:
         for line in self.process.stdout:
-            match = re.search(r"(http://\S+)", line)
+            self.stdout_lines.append(line.rstrip("\n"))
+            match = re.search(self._ready_pattern, line)
             if match and not self._ready.is_set():
                 self._url = match.group(1)
                 self._ready.set()
@@ -99,3 +115,36 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+class InProcessServer:
+    """`serving.server.start_server` in this process (REST and gRPC on free ports of 127.0.0.1),
+    its event loop in a thread: for file systems that live in this process, such as ram://."""
+
+    def __init__(self, manager, options, timeout: float = 120.0):
+        import asyncio
+        import dataclasses
+
+        from serving.server import start_server
+
+        self.timeout = timeout
+        options = dataclasses.replace(
+            options, host="127.0.0.1", port=free_port(), rest_api_port=free_port()
+        )
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = self._call(start_server(manager, options))
+        self.url = self.server.rest_url
+        self.grpc_target = self.server.grpc_address
+
+    def _call(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(self.timeout)
+
+    def stop(self) -> None:
+        self._call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(self.timeout)
+        self.loop.close()

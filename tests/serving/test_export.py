@@ -418,8 +418,11 @@ def test_trainer_fits_the_served_estimator_on_the_val_split(trained_model, digit
         raw_logits(trained_model, val_images), val_labels
     )
     assert fitted.calibrator.method == "bcts"
-    assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature, rel=1e-6)
-    np.testing.assert_allclose(fitted.calibrator.bias, expected.calibrator.bias, atol=1e-6)
+    # The trainer predicts in batches of 32, the reference in one batch: oneDNN's kernels differ
+    # with the batch size in the last bits, and the BCTS fit carries that into its parameters
+    # (bias differences up to 2.4e-6 measured on one AMD EPYC host, under 1e-6 on another).
+    assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature, rel=1e-5)
+    np.testing.assert_allclose(fitted.calibrator.bias, expected.calibrator.bias, atol=2e-5)
     assert prior_estimator(trained_model, None, counts, "ce", 1.0).calibrator.method == "none"
     partial = tf.data.Dataset.from_tensor_slices(
         (val_images[val_labels != 9], val_labels[val_labels != 9])

@@ -110,8 +110,11 @@ def test_latest_policy_serves_the_highest_version(two_versions):
     with pytest.raises(ServingError, match="Unrecognized servable version label: new") as e:
         manager.resolve("m", label="new")
     assert e.value.http_status == 400
+    # As in TF Serving, status by label lists every version (the label is not resolved).
+    assert manager.status_json("m", label="old") == manager.status_json("m")
+    assert manager.status_json("m", label="unknown") == manager.status_json("m")
     with pytest.raises(ServingError, match="Could not find version 1 of model m"):
-        manager.status_json("m", label="old")
+        manager.status_json("m", 1)
     with pytest.raises(ServingError, match="Could not find any versions of model x"):
         manager.status_json("x")
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from serving.server import ServerOptions, ServingApp, build_parser
-from tests.serving.serving_support import REPO_ROOT, ServerProcess, http
+from serving.flags import check_flags
+from serving.server import ServerOptions, ServingApp, build_parser, channel_arguments_from_args
+from tests.serving.serving_support import REPO_ROOT, ServerProcess, free_port, http
 
 PROCESS_SECONDS = 120
 
@@ -51,6 +52,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     )
     paths["bad_batching"].write_text("max_batch_size { value: 0 }\n")
     paths["unparsable_batching"].write_text("max_batch_size: 8\n")
+    paths["monitoring"] = root / "monitoring.config"
+    paths["monitoring"].write_text('prometheus_config { enable: true path: "/metrics" }\n')
     return paths
 
 
@@ -166,6 +169,66 @@ CASES = {
         "error: argument --port: '70000': expected an integer from 0 to 65535",
     ),
     "no_model": ([], "error: give --model-base-path (and --model-name) or --model-config-file"),
+    "unknown_flag": (
+        ["--model-base-path", "{models}", "--no_such_flag", "1"],
+        "error: unrecognized arguments: --no_such_flag 1 (see python -m serving.server --help)",
+    ),
+    "grpc_port_0_without_socket": (
+        ["--model-base-path", "{models}", "--port", "0"],
+        "error: --port 0: gRPC needs a TCP port or --grpc_socket_path, as in TF Serving (0 does "
+        "not mean any free port); give --port N (default 8500)",
+    ),
+    "same_port_for_both_apis": (
+        ["--model-base-path", "{models}", "--port", "9123", "--rest_api_port", "9123"],
+        "error: --rest_api_port 9123: the same as --port (gRPC); give the REST API another "
+        "port (default 8501) or 0 to turn it off",
+    ),
+    "gpu_memory_fraction": (
+        ["--model-base-path", "{models}", "--per_process_gpu_memory_fraction=0.5"],
+        "error: --per_process_gpu_memory_fraction 0.5: not supported by this server "
+        "(TensorFlow's default GPU memory allocation is used); omit it or give 0.0",
+    ),
+    "gpu_memory_fraction_out_of_range": (
+        ["--model-base-path", "{models}", "--per_process_gpu_memory_fraction", "2"],
+        "'2': expected a number from 0.0 to 1.0",
+    ),
+    "alts_credentials": (
+        ["--model-base-path", "{models}", "--use_alts_credentials"],
+        "error: --use_alts_credentials true: not supported by this server (gRPC serves "
+        "without credentials (insecure)); omit it or give false",
+    ),
+    "other_saved_model_tags": (
+        ["--model-base-path", "{models}", "--saved_model_tags", "serve,gpu"],
+        "error: --saved_model_tags 'serve,gpu': not supported by this server",
+    ),
+    "bad_boolean": (
+        ["--model-base-path", "{models}", "--rest_api_enable_cors_support=maybe"],
+        "--rest_api_enable_cors_support: 'maybe': expected true or false",
+    ),
+    "bad_channel_arguments": (
+        ["--model-base-path", "{models}", "--grpc_channel_arguments", "grpc.max_age"],
+        "error: --grpc_channel_arguments grpc.max_age: 'grpc.max_age': expected name=value "
+        "entries separated by commas",
+    ),
+    "missing_monitoring_file": (
+        ["--model-base-path", "{models}", "--monitoring_config_file", "{root}/missing.config"],
+        "error: --monitoring_config_file {root}/missing.config: cannot be read",
+    ),
+    "malformed_monitoring_file": (
+        ["--model-base-path", "{models}", "--monitoring_config_file", "{bad_config}"],
+        "monitoring config is not a text MonitoringConfig: 1:1 :",
+    ),
+    "metrics_with_rest_off": (
+        [
+            "--model-base-path",
+            "{models}",
+            "--rest_api_port",
+            "0",
+            "--monitoring_config_file",
+            "{monitoring}",
+        ],
+        "Prometheus metrics are served on the REST port, but --rest_api_port is 0 (off)",
+    ),
     "unknown_host": (
         ["--model-base-path", "{models}", "--host", "no-such-host.invalid"],
         "error: --host no-such-host.invalid: not an address to listen on",
@@ -193,11 +256,90 @@ def test_bad_flag_or_file_is_one_error_line_with_exit_status_2(results, case):
 
 
 def test_a_port_in_use_is_reported_before_the_models_load(files, busy_port):
-    line = error_line(start("--model-base-path", str(files["models"]), "--port", str(busy_port)))
-    assert line == (
-        f"error: --port {busy_port}: 127.0.0.1:{busy_port} is already in use; stop "
-        "what listens there or choose another port (0: any free port)"
+    for flag in ("--port", "--rest_api_port"):
+        other = "--rest_api_port" if flag == "--port" else "--port"
+        result = start(
+            "--model-base-path", str(files["models"]), flag, str(busy_port), other, str(free_port())
+        )
+        assert error_line(result) == (
+            f"error: {flag} {busy_port}: 127.0.0.1:{busy_port} is already in use; stop "
+            "what listens there or choose another port"
+        )
+
+
+# Every flag of TF Serving's main.cc, with a value TF Serving accepts.
+TF_SERVING_FLAGS = {
+    "port": "8500",
+    "grpc_socket_path": "/tmp/lade.sock",
+    "rest_api_port": "8501",
+    "rest_api_num_threads": "4",
+    "rest_api_timeout_in_ms": "5000",
+    "rest_api_enable_cors_support": "true",
+    "enable_batching": "false",
+    "allow_version_labels_for_unavailable_models": "true",
+    "batching_parameters_file": "serving/batching.config",
+    "enable_per_model_batching_parameters": "false",
+    "model_config_file": "serving/models.config",
+    "model_config_file_poll_wait_seconds": "60",
+    "model_name": "lade",
+    "model_base_path": "gs://bucket/lade",
+    "num_load_threads": "2",
+    "num_unload_threads": "2",
+    "max_num_load_retries": "3",
+    "load_retry_interval_micros": "1000",
+    "file_system_poll_wait_seconds": "2",
+    "flush_filesystem_caches": "false",
+    "tensorflow_session_parallelism": "2",
+    "tensorflow_session_config_file": "",
+    "tensorflow_intra_op_parallelism": "2",
+    "tensorflow_inter_op_parallelism": "1",
+    "use_alts_credentials": "false",
+    "ssl_config_file": "",
+    "platform_config_file": "",
+    "per_process_gpu_memory_fraction": "0",
+    "saved_model_tags": "serve",
+    "grpc_channel_arguments": "grpc.max_connection_age_ms=2000",
+    "grpc_max_threads": "8",
+    "enable_model_warmup": "false",
+    "num_request_iterations_for_warmup": "2",
+    "version": None,
+    "monitoring_config_file": "serving/monitoring.config",
+    "remove_unused_fields_from_bundle_metagraph": "true",
+    "prefer_tflite_model": "false",
+    "num_tflite_pools": "1",
+    "num_tflite_interpreters_per_pool": "1",
+    "enable_signature_method_name_check": "false",
+    "xla_cpu_compilation_enabled": "false",
+    "xla_gpu_compilation_enabled": "false",
+    "enable_profiler": "true",
+    "thread_pool_factory_config_file": "",
+    "mixed_precision": "",
+    "skip_initialize_tpu": "true",
+    "enable_grpc_healthcheck_service": "false",
+    "enable_serialization_as_tensor_content": "true",
+}
+
+
+def test_every_tf_serving_flag_is_accepted_in_both_forms():
+    for name, value in TF_SERVING_FLAGS.items():
+        if value is None:
+            argvs = [[f"--{name}"]]
+        else:
+            argvs = [[f"--{name}={value}"], [f"--{name}", value]]
+        for argv in argvs:
+            args = build_parser().parse_args(argv)
+            check_flags(args)
+    args = build_parser().parse_args(
+        ["--port=9000", "--rest_api_port=0", "--rest_api_enable_cors_support"]
     )
+    assert (args.port, args.rest_api_port, args.rest_api_enable_cors_support) == (9000, 0, True)
+    channel = build_parser().parse_args(["--grpc_channel_arguments", "a.b=1,c=x"])
+    assert channel_arguments_from_args(channel) == (("a.b", 1), ("c", "x"))
+
+
+def test_version_prints_and_exits_0():
+    result = start("--version")
+    assert result.returncode == 0 and result.stdout.startswith("TensorFlow ModelServer: ")
 
 
 def test_help_states_what_the_poll_intervals_and_their_0_mean(monkeypatch):

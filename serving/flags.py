@@ -1,0 +1,352 @@
+"""Command-line flags of `python -m serving.server`, with TF Serving's names and meanings.
+
+Every flag of TF Serving's model server (tensorflow_serving/model_servers/main.cc) is accepted,
+in TF Serving's underscore spelling and in the hyphenated one. Each is either honoured, accepted
+as having nothing to do here (`NO_OP_FLAGS`, with the reason), or accepted only at TF Serving's
+default value (`DEFAULT_ONLY_FLAGS`: another value is refused at start-up with one line naming
+the flag, the value and why). Booleans take TF Serving's forms: `--flag`, `--flag=true`,
+`--flag=false` (also 1/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Callable, NoReturn
+
+from serving.batching import BATCH_LEVEL_SIGNATURES
+
+
+class StartupError(Exception):
+    """A bad flag, file or port found while starting: `main` prints `error: <message>`, exits 2."""
+
+
+def integer_flag(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `minimum` to `maximum` (None: no upper bound)."""
+    expected = (
+        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    )
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
+
+
+def seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds >= 0.
+
+    Args:
+        zero: what 0 means, for the error message.
+        negative: what TF Serving does with a negative value (a clause), rejected here.
+    """
+    expected = f"a finite number of seconds >= 0 (0: {zero})"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value < 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected {expected}; {negative}, which this server does not support"
+            )
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value + 0.0  # -0.0 is 0
+
+    return parse
+
+
+def bool_flag(text: str) -> bool:
+    """An argparse type: TF Serving's boolean values (true/false, 1/0, any case)."""
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number from 0.0 to 1.0")
+    return value
+
+
+#: TF Serving flags with nothing to do here: name -> (type, TF Serving's default, why).
+NO_OP_FLAGS: dict[str, tuple[Callable, object, str]] = {
+    "grpc_max_threads": (
+        integer_flag(0),
+        0,
+        "gRPC calls run on the event loop and inference on the --rest_api_num_threads pool",
+    ),
+    "enable_model_warmup": (bool_flag, True, "warm-up records are not replayed"),
+    "num_request_iterations_for_warmup": (integer_flag(0), 1, "warm-up records are not replayed"),
+    "allow_version_labels_for_unavailable_models": (
+        bool_flag,
+        False,
+        "a label may always name a version that is not loaded (requests by it get NOT_FOUND)",
+    ),
+    "num_load_threads": (integer_flag(0), 0, "versions load one at a time, newest first"),
+    "num_unload_threads": (integer_flag(0), 0, "versions unload one at a time"),
+    "max_num_load_retries": (
+        integer_flag(0),
+        5,
+        "a version that failed to load is retried once its files change",
+    ),
+    "load_retry_interval_micros": (
+        integer_flag(0),
+        60_000_000,
+        "a version that failed to load is retried once its files change",
+    ),
+    "flush_filesystem_caches": (bool_flag, True, "no file-system caches are kept"),
+    "remove_unused_fields_from_bundle_metagraph": (
+        bool_flag,
+        True,
+        "signature defs are read once per version",
+    ),
+    "enable_signature_method_name_check": (
+        bool_flag,
+        False,
+        "every exported signature is a predict signature",
+    ),
+    "num_tflite_pools": (integer_flag(1), 1, "TensorFlow Lite models are not served"),
+    "num_tflite_interpreters_per_pool": (integer_flag(1), 1, "TensorFlow Lite is not served"),
+    "skip_initialize_tpu": (bool_flag, False, "no TPU is used"),
+    "enable_profiler": (bool_flag, True, "the TensorFlow profiler service is not started"),
+}
+
+#: TF Serving flags accepted only at their default: name -> (type, default, why not otherwise).
+DEFAULT_ONLY_FLAGS: dict[str, tuple[Callable, object, str]] = {
+    "use_alts_credentials": (bool_flag, False, "gRPC serves without credentials (insecure)"),
+    "ssl_config_file": (str, "", "gRPC serves without TLS"),
+    "platform_config_file": (str, "", "only the tensorflow platform is served"),
+    "prefer_tflite_model": (bool_flag, False, "TensorFlow Lite models are not served"),
+    "xla_cpu_compilation_enabled": (bool_flag, False, "signatures run as exported, without XLA"),
+    "xla_gpu_compilation_enabled": (bool_flag, False, "signatures run as exported, without XLA"),
+    "thread_pool_factory_config_file": (str, "", "inference uses one shared thread pool"),
+    "mixed_precision": (str, "", "signatures run in their exported precision"),
+    "tensorflow_session_config_file": (str, "", "TF2 SavedModels are loaded without a session"),
+    "enable_per_model_batching_parameters": (
+        bool_flag,
+        False,
+        "one --batching_parameters_file applies to every model",
+    ),
+    "enable_grpc_healthcheck_service": (
+        bool_flag,
+        False,
+        "grpcio-health-checking is not installed; use ModelService/GetModelStatus",
+    ),
+    "per_process_gpu_memory_fraction": (
+        _fraction,
+        0.0,
+        "TensorFlow's default GPU memory allocation is used",
+    ),
+    "saved_model_tags": (str, "serve", 'only the "serve" MetaGraph is loaded'),
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error: ...` line, like the server's other start-up errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Command-line flags (TF Serving's underscore spellings and hyphenated ones)."""
+    parser = ArgumentParser(
+        prog="python -m serving.server",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    def flag(name: str, **kwargs) -> None:
+        spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
+        parser.add_argument(*spellings, **kwargs)
+
+    def switch(name: str, help: str, default: bool = False) -> None:
+        flag(name, type=bool_flag, nargs="?", const=True, default=default, help=help)
+
+    port = integer_flag(0, 65535)
+    flag(
+        "port",
+        type=port,
+        default=8500,
+        help="gRPC port (default 8500; 0: no gRPC TCP port, which needs --grpc_socket_path, "
+        "as in TF Serving)",
+    )
+    flag(
+        "rest-api-port",
+        type=port,
+        default=8501,
+        help="REST port (default 8501; 0: REST off, as in TF Serving); must differ from --port",
+    )
+    flag("grpc-socket-path", default="", help="also serve gRPC on this UNIX socket path")
+    flag(
+        "host",
+        default="127.0.0.1",
+        help="address both APIs bind (default 127.0.0.1; 0.0.0.0 exposes the server to the "
+        "network; TF Serving binds gRPC to 0.0.0.0 and REST to localhost)",
+    )
+    flag("model-name", default="default", help="model name in request paths")
+    flag(
+        "model-base-path",
+        help="directory holding numbered SavedModel versions (local, or gs://, s3://... where "
+        "TensorFlow has that file system)",
+    )
+    flag(
+        "model-config-file",
+        help="text-proto ModelServerConfig (several models, version policies, version labels)",
+    )
+    flag(
+        "model-config-file-poll-wait-seconds",
+        default=0.0,
+        type=seconds_flag("read the file once", "TF Serving reserves negative values for testing"),
+        help="seconds between re-reads of --model-config-file (default 0: the file is read "
+        "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
+        "once",
+    )
+    flag(
+        "file-system-poll-wait-seconds",
+        default=1.0,
+        type=seconds_flag(
+            "poll once",
+            "a negative value makes TF Serving disable polling and wait for a model at start-up",
+        ),
+        help="seconds between polls of the model base paths for new versions (default 1; 0: "
+        "poll exactly once, loading the versions there at start-up, and never again; "
+        "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
+        "supported)",
+    )
+    switch(
+        "enable-batching",
+        help="batch concurrent requests of the same model version and signature, except for "
+        f"{', '.join(sorted(BATCH_LEVEL_SIGNATURES))}, whose outputs depend on the whole "
+        "batch and which therefore always runs alone (TF Serving's --enable_batching would "
+        "merge it)",
+    )
+    flag("batching-parameters-file", help="text-proto BatchingParameters (implies batching)")
+    flag(
+        "monitoring-config-file",
+        help="text-proto MonitoringConfig; prometheus_config { enable: true } serves metrics on "
+        "the REST port at its path (default /monitoring/prometheus/metrics)",
+    )
+    flag(
+        "max-request-bytes",
+        type=integer_flag(1),
+        default=64 * 2**20,
+        help="larger REST bodies get HTTP 413, larger gRPC messages RESOURCE_EXHAUSTED",
+    )
+    flag(
+        "rest-api-num-threads",
+        type=integer_flag(1),
+        default=max(4, os.cpu_count() or 1),
+        help="threads running requests (REST and gRPC)",
+    )
+    flag(
+        "rest-api-timeout-in-ms",
+        type=integer_flag(1),
+        default=30000,
+        help="per-request deadline (REST and gRPC)",
+    )
+    switch(
+        "rest-api-enable-cors-support",
+        help="add Access-Control-Allow-Origin: * (and -Methods, -Headers) to REST responses",
+    )
+    flag(
+        "grpc-channel-arguments",
+        default="",
+        help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000",
+    )
+    switch(
+        "enable-serialization-as-tensor-content",
+        help="gRPC responses carry tensor_content instead of typed value fields",
+    )
+    for name in ("tensorflow-intra-op-parallelism", "tensorflow-inter-op-parallelism"):
+        flag(name, type=integer_flag(0), default=0, help="TensorFlow threads (0: its default)")
+    flag(
+        "tensorflow-session-parallelism",
+        type=integer_flag(0),
+        default=0,
+        help="both TensorFlow thread counts where the two flags above are 0",
+    )
+    flag("version", action="store_true", help="print the version and exit")
+    group = parser.add_argument_group(
+        "TF Serving flags accepted with nothing to do here",
+        "; ".join(f"--{name}: {why}" for name, (_, _, why) in NO_OP_FLAGS.items()),
+    )
+    for name, (kind, default, _) in {**NO_OP_FLAGS, **DEFAULT_ONLY_FLAGS}.items():
+        target = group if name in NO_OP_FLAGS else parser
+        extra = {"nargs": "?", "const": True} if kind is bool_flag else {}
+        spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
+        target.add_argument(
+            *spellings,
+            type=kind,
+            default=default,
+            help=argparse.SUPPRESS
+            if name in NO_OP_FLAGS
+            else f"accepted only as {default!r}: {DEFAULT_ONLY_FLAGS[name][2]}",
+            **extra,
+        )
+    return parser
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """TF Serving's --grpc_channel_arguments: "name=value,name=value" (integers stay integers).
+
+    Raises:
+        ValueError: an entry without "=".
+    """
+    arguments: list[tuple[str, int | str]] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = entry.partition("=")
+        if not equals or not name:
+            raise ValueError(f"{entry!r}: expected name=value entries separated by commas")
+        try:
+            arguments.append((name, int(value)))
+        except ValueError:
+            arguments.append((name, value))
+    return arguments
+
+
+def _shown(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuses flag values TF Serving accepts but this server cannot honour.
+
+    Raises:
+        StartupError: a DEFAULT_ONLY_FLAGS flag away from its default, no gRPC endpoint, the
+            same port for both APIs.
+    """
+    for name, (_, default, why) in DEFAULT_ONLY_FLAGS.items():
+        value = getattr(args, name)
+        if value != default:
+            raise StartupError(
+                f"--{name} {_shown(value)}: not supported by this server ({why}); "
+                f"omit it or give {_shown(default)}"
+            )
+    if args.port == 0 and not args.grpc_socket_path:
+        raise StartupError(
+            "--port 0: gRPC needs a TCP port or --grpc_socket_path, as in TF Serving (0 does not "
+            "mean any free port); give --port N (default 8500)"
+        )
+    if args.port and args.port == args.rest_api_port:
+        raise StartupError(
+            f"--rest_api_port {args.rest_api_port}: the same as --port (gRPC); "
+            "give the REST API another port (default 8501) or 0 to turn it off"
+        )
