@@ -1,14 +1,16 @@
 """Every command-line flag of the project's pipeline and training entry points, defined once.
 
-`pipeline/run.py` builds its parser with `build_parser()`; `python -m pipeline.tune` adds the same
+`pipeline/run.py` builds its parser with `build_parser()`; `python -m pipeline.tuner` adds the same
 training, data and tuner flags with `add_training_flags` / `add_data_flags` / `add_tuner_flags`.
 Both parse with `parse_args(parser, argv)`, which reads an optional `--config FILE.yaml` holding the
 same settings (keys are flag names, `epochs` or `batch-size`); flags given on the command line win
 over the file. `training_config_from_args(args, loss)` turns the parsed flags into the
 `lade_tf.training.TrainConfig` a Trainer receives.
 
-Training flags default to None, meaning "TrainConfig's default"; `--quick` (QUICK_SETTINGS) and,
-for run.py only, PIPELINE_DEFAULTS (its 15-minute budget) fill flags that are still unset.
+Training flags default to None, meaning "TrainConfig's default" (their help shows that value);
+`--quick` (QUICK_SETTINGS) and, for run.py only, PIPELINE_DEFAULTS (its 15-minute budget) fill
+flags that are still unset. run.py also has the blessing margins (`add_blessing_flags`) and
+`--log-level`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from pipeline.split_plan import CLASS_ORDERS
 from pipeline.tuner import TUNERS
 
 RUNNERS = ("local", "beam", "kubeflow")
+#: `--log-level` values, quietest first.
+LOG_LEVELS = ("error", "warning", "info", "debug")
+#: Default blessing margins (fractions of accuracy): a candidate may fall one point below the
+#: latest blessed model on the mean over the 11 distributions and on the uniform test.
+DEFAULT_BLESS_MARGINS = {"mean": 0.01, "uniform": 0.01}
 
 #: What `--quick` sets for flags not given explicitly: a smoke test of the whole pipeline (a few
 #: epochs on a subset of the training data, in-process Beam, 200 test images per class).
@@ -45,13 +52,6 @@ PIPELINE_DEFAULTS = {"beam_mode": "multi_processing", "eval_test_per_class": 0}
 
 #: TrainConfig fields set from the command line, one flag each (flag dest == field name).
 TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "loss")
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -114,14 +114,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training (TrainConfig; unset = TrainConfig default)")
     group.add_argument(
         "--alpha",
-        type=_non_negative_float,
+        type=float,
         default=None,
         help="LADE: weight of the LADER regulariser",
     )
     group.add_argument(
         "--lambda",
         dest="remine_lambda",
-        type=_non_negative_float,
+        type=float,
         default=None,
         help="LADE: ReMINE regularisation lambda on the DV term",
     )
@@ -138,21 +138,21 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         help="LADE: classes summed in LADER (all, or those present in the batch)",
     )
     group.add_argument(
-        "--tau", type=_non_negative_float, default=None, help="logit-adjusted loss temperature tau"
+        "--tau", type=float, default=None, help="logit-adjusted loss temperature tau"
     )
     group.add_argument(
         "--arch",
         default=None,
         help="auto | small_cnn | resnet32 | resnet32_bbn | app:<KerasAppName>",
     )
-    group.add_argument("--epochs", type=_positive_int, default=None)
-    group.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    group.add_argument("--epochs", type=int, default=None)
+    group.add_argument("--batch-size", type=int, default=None, help="global batch size")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     group.add_argument(
         "--learning-rate",
         "--lr",
         dest="learning_rate",
-        type=_positive_float,
+        type=float,
         default=None,
         help="peak learning rate (after warm-up)",
     )
@@ -162,9 +162,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="learning-rate decay after the linear warm-up",
     )
-    group.add_argument("--warmup-epochs", type=_non_negative_float, default=None)
-    group.add_argument("--weight-decay", type=_non_negative_float, default=None)
-    group.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum")
+    group.add_argument("--warmup-epochs", type=float, default=None)
+    group.add_argument("--weight-decay", type=float, default=None)
+    group.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     group.add_argument("--seed", type=int, default=None, help="training seed")
     group.add_argument(
         "--strategy", choices=STRATEGIES, default=None, help="tf.distribute strategy"
@@ -189,10 +189,17 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-train-examples",
-        type=_positive_int,
+        type=int,
         default=None,
         help="train on at most this many examples (default: all)",
     )
+    defaults = TrainConfig()
+    for action in _parser_actions(parser):
+        if action.dest in TRAINING_FIELDS and "default:" not in (action.help or ""):
+            shown = _shown_default(getattr(defaults, action.dest))
+            action.help = (
+                f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+            )
     if not _has_flag(parser, "--quick"):
         group.add_argument(
             "--quick",
@@ -201,6 +208,50 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
             help="smoke test: unless given explicitly, "
             + ", ".join(f"{k}={v}" for k, v in QUICK_SETTINGS.items()),
         )
+
+
+def _shown_default(value: Any) -> str:
+    """A TrainConfig default as a user would type it on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "all"  # max_train_examples, the one optional field
+    return str(value)
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a margin between 0 and 1 (a fraction: 0.01 is one point)"
+        )
+    return value
+
+
+def add_blessing_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the ShiftEvaluator's blessing margins against the latest blessed model."""
+    group = parser.add_argument_group(
+        "blessing (the candidate vs the latest blessed model; fractions, 0.01 = one point)"
+    )
+    group.add_argument(
+        "--bless-margin-mean",
+        type=_margin,
+        default=DEFAULT_BLESS_MARGINS["mean"],
+        help="largest drop allowed in the mean accuracy over the 11 label distributions "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--bless-margin-uniform",
+        type=_margin,
+        default=DEFAULT_BLESS_MARGINS["uniform"],
+        help="largest drop allowed in the accuracy on the uniform test set (default: %(default)s)",
+    )
+    group.add_argument(
+        "--bless-margin-ece",
+        type=_margin,
+        default=None,
+        help="largest rise allowed in the uniform-test ECE (default: ECE not checked)",
+    )
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +337,7 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         "--losses",
         type=parse_losses,
         default=("ce", "lade"),
-        help=f"comma-separated, one Trainer each, from {','.join(LOSS_NAMES)}",
+        help=f"comma-separated, one Trainer each, from {','.join(LOSS_NAMES)} (default: ce,lade)",
     )
     group.add_argument(
         "--tune",
@@ -331,10 +382,18 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         help="test images per class for the shift evaluation (default: all)",
     )
     group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="warning",
+        help="warning: TFX, Beam, absl and TensorFlow (C++ too) print warnings and errors only, "
+        "with one line per component and Keras progress kept; info: every INFO line; "
+        "debug: more (default: %(default)s)",
+    )
+    group.add_argument(
         "--kubeflow-image",
         default="gcr.io/tfx-oss-public/tfx:1.16.0",
-        help="container image of the compiled Kubeflow/Vertex pipeline (must have "
-        "this project installed)",
+        help="container image of the compiled Kubeflow/Vertex pipeline: the repository's "
+        "Dockerfile builds one with this project installed (default: %(default)s)",
     )
     group.add_argument(
         "--kubeflow-output",
@@ -344,15 +403,31 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to a flag's help unless it states its default or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, False, argparse.SUPPRESS, [], ())
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser of pipeline/run.py: pipeline, data, training and tuner flags, --config."""
     parser = argparse.ArgumentParser(
         prog="python pipeline/run.py",
+        formatter_class=DefaultsHelpFormatter,
         description="Long-tailed training (CE, LADE, ...) and label-shift evaluation as a TFX "
         "pipeline: LongTailExampleGen -> StatisticsGen -> SchemaGen -> "
         "ExampleValidator -> [Tuner] -> Trainer per loss -> ShiftEvaluator -> Pusher.",
     )
     add_pipeline_flags(parser)
+    add_blessing_flags(parser)
     beam_args.add_beam_flags(parser)
     add_data_flags(parser)
     add_training_flags(parser)
@@ -412,6 +487,8 @@ def _convert_config_value(path: Any, key: Any, value: Any, action: argparse.Acti
             raise argparse.ArgumentTypeError(
                 f"{value!r} is not one of {', '.join(map(str, action.choices))}"
             )
+        if action.dest in TRAINING_FIELDS:
+            TrainConfig(**{action.dest: value})  # TrainConfig's own check names the value
         return value
     except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
         raise ValueError(f"--config {path}: setting {key!r}: {error}") from None
@@ -443,6 +520,13 @@ def parse_args(
         for name, value in values.items():
             if hasattr(args, name) and getattr(args, name) is None:
                 setattr(args, name, value)
+    if _has_flag(parser, "--alpha"):
+        # The flags only parse; TrainConfig checks the values, once, for every loss they reach.
+        for loss in LOSS_NAMES:
+            try:
+                training_config_from_args(args, loss)
+            except ValueError as error:
+                parser.exit(2, f"error: {error}\n")
     return args
 
 

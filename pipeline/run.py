@@ -6,9 +6,16 @@
                    cluster is contacted
 
 Everything goes under --output-dir (default ./lade_output): `pipeline_root/` (component outputs),
-`metadata.sqlite` (MLMD), `report/` (shift_report.json|md, shift_accuracy.png),
-`serving_model/<version>/` (the pushed SavedModel) and, for Kubeflow, `kubeflow/<name>.json`.
-A rerun with the same flags is served from TFX's cache. All flags: `--help`, and pipeline/flags.py.
+`metadata.sqlite` (MLMD), `report/` (shift_report.json|md, shift_accuracy.png, and with --tune
+trials.json|md|png), `serving_model/<version>/` (the pushed SavedModel) and, for Kubeflow,
+`kubeflow/<name>.json`. A rerun with the same flags is served from TFX's cache. All flags:
+`--help`, and pipeline/flags.py.
+
+`--log-level warning` (the default) keeps TFX, Beam, absl and TensorFlow (its C++ side too) to
+warnings and errors, keeps one line per component start / finish / cache hit, Keras's progress
+lines and the final summary, and drops a few known-harmless lines (CUDA plug-in registration
+on machines without a GPU, TensorRT not found, TFX's MLMD-query notice); `info` prints
+everything at INFO as before.
 """
 
 from __future__ import annotations
@@ -30,9 +37,111 @@ _PROCESS_START = time.time()
 # `pipeline` package instead.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
-# Before TensorFlow loads: its C++ INFO/WARNING start-up lines (CUDA probing on CPU-only machines)
-# bury the per-component progress; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+#: Lines of TensorFlow's C++ side and of TFX that carry no information for a user of this
+#: pipeline, dropped at the warning and error log levels: CUDA plug-ins registering twice on a
+#: machine without a GPU, TensorRT not installed, absl's pre-init notice, the end of a tf.data
+#: iterator, and TFX noting that its MLMD query falls back to a slower path.
+KNOWN_NOISE = (
+    r"Unable to register cu(FFT|DNN|BLAS) factory",
+    r"TF-TRT Warning: Could not find TensorRT",
+    r"All log messages before absl::InitializeLog\(\) is called",
+    r"Local rendezvous is aborting with status: OUT_OF_RANGE",
+    r"ArtifactQuery\.property_predicate is not supported",
+)
+#: INFO messages of TFX and of this project kept at the warning level: progress per component.
+PROGRESS_MESSAGES = (
+    r"^Component \S+ is (running|finished)\.$",
+    r"^A cached execution \d+ is used\.$",
+    r"^Model written to serving path ",
+)
+#: TF_CPP_MIN_LOG_LEVEL per --log-level (0: everything, 1: warnings, 2: errors).
+TF_CPP_LEVELS = {"error": "2", "warning": "1", "info": "2", "debug": "0"}
+
+
+def _log_level_in(argv: Sequence[str]) -> str:
+    """The --log-level of a command line, before argparse runs ("warning" if absent or bad)."""
+    for index, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--log-level="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--log-level" and index + 1 < len(argv):
+            value = argv[index + 1]
+        if value in TF_CPP_LEVELS:
+            return value
+    return "warning"
+
+
+class NativeStderrFilter:
+    """Drops lines matching `patterns` from file descriptor 2, which TensorFlow's C++ logging
+    (in this process and in Beam worker processes) writes to directly, past Python's sys.stderr.
+
+    `start()` puts a pipe at fd 2 and a thread that copies every other line to the real stderr;
+    `stop()` (also at exit) puts the real stderr back and drains the pipe, so a traceback
+    printed at exit still gets through.
+    """
+
+    def __init__(self, patterns: Sequence[str]):
+        import re
+
+        self._pattern = re.compile("|".join(f"(?:{p})" for p in patterns).encode())
+        self._saved_fd: int | None = None
+        self._thread = None
+
+    def start(self) -> None:
+        """Starts filtering fd 2 (idempotent)."""
+        import atexit
+        import threading
+
+        if self._saved_fd is not None:
+            return
+        sys.stderr.flush()
+        self._saved_fd = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(
+            target=self._copy, args=(read_fd, os.dup(self._saved_fd)), daemon=True
+        )
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _copy(self, read_fd: int, out_fd: int) -> None:
+        with os.fdopen(read_fd, "rb") as pipe, os.fdopen(out_fd, "wb", buffering=0) as out:
+            for line in pipe:
+                if not self._pattern.search(line):
+                    out.write(line)
+
+    def stop(self) -> None:
+        """Puts the real stderr back at fd 2 and forwards what is still in the pipe."""
+        if self._saved_fd is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved_fd, 2)  # closes this process's write end of the pipe
+        os.close(self._saved_fd)
+        self._saved_fd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a Beam worker may still hold the pipe open
+
+
+def configure_native_logging(level: str) -> None:
+    """What must be set before TensorFlow loads: its C++ log level (inherited by Beam worker
+    processes) and Python warnings in subprocesses; at warning / error, the fd-2 line filter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_LEVELS[level])
+    if level in ("warning", "error"):
+        # The google-api packages warn about Python 3.10 at every import, in every process.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+        NativeStderrFilter(KNOWN_NOISE).start()
+
+
+if __name__ == "__main__":
+    configure_native_logging(_log_level_in(sys.argv[1:]))
+else:
+    # Imported (tests, other tools): no fd-level filter; keep TensorFlow's C++ start-up lines
+    # (CUDA probing on CPU-only machines) from burying the output; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from absl import logging  # noqa: E402
@@ -85,6 +194,17 @@ def push_loss(args) -> str:
             )
         return args.push
     return "lade" if "lade" in args.losses else args.losses[0]
+
+
+def alpha_source(args) -> str:
+    """Where the LADE Trainer's alpha comes from, as the shift report states it."""
+    if args.tune:
+        return f"Tuner: best of its {args.tuner} search over alpha, --tune"
+    given = args.alpha is not None
+    source = "--alpha flag" if given else "TrainConfig default, no --alpha given"
+    if args.runner == "kubeflow":
+        return f"the 'alpha' RuntimeParameter, compiled default from the {source}"
+    return source
 
 
 def check_local_inputs(args) -> int:
@@ -142,13 +262,23 @@ def build_pipeline(args, beam_pipeline_args: Sequence[str]):
         eval_test_per_class=args.eval_test_per_class,
         tune=args.tune,
         tuner_config=tuner_config(args),
+        bless_margins={
+            "mean": args.bless_margin_mean,
+            "uniform": args.bless_margin_uniform,
+            "ece": args.bless_margin_ece,
+        },
+        alpha_source=alpha_source(args),
+        runtime_parameters=kubeflow,
         metadata_path=None if kubeflow else str(output_dir / METADATA_FILE),
         beam_pipeline_args=beam_args,
     )
 
 
 def compile_kubeflow(pipeline, args) -> Path:
-    """Writes the Kubeflow V2 (Vertex / KFP v2) pipeline spec JSON; returns its path."""
+    """Writes the Kubeflow V2 (Vertex / KFP v2) pipeline spec JSON; returns its path.
+
+    The spec's pipeline parameters are create_pipeline.RUNTIME_PARAMETERS (epochs, alpha, the
+    blessing margins), with the values of this command line as defaults."""
     from tfx import v1 as tfx
 
     output = (
@@ -162,7 +292,11 @@ def compile_kubeflow(pipeline, args) -> Path:
         output_dir=str(output.parent),
         output_filename=output.name,
     )
-    runner.run(pipeline, write_out=True)
+    from pipeline.create_pipeline import runtime_parameter_defaults
+
+    # The RuntimeParameters' defaults go into the spec's runtime config; a submission of the
+    # spec may replace any of them (Vertex: PipelineJob(parameter_values=...)).
+    runner.run(pipeline, parameter_values=runtime_parameter_defaults(pipeline), write_out=True)
     return output
 
 
@@ -271,12 +405,116 @@ def collect_outputs(args) -> dict[str, Any]:
         blessing = evaluation["blessing"][0]
         result["blessed"] = blessing.custom_properties["blessed"].int_value == 1
         result["blessing_reason"] = blessing.custom_properties["reason"].string_value
+        result["already_blessed"] = (
+            "already_blessed" in blessing.custom_properties
+            and blessing.custom_properties["already_blessed"].int_value == 1
+        )
     pushed = latest_outputs(metadata_path, args.pipeline_name, "Pusher").get("pushed_model")
     if pushed:
         properties = pushed[0].custom_properties
         if properties["pushed"].int_value == 1:
             result["pushed_model"] = properties["pushed_destination"].string_value
+    if "pushed_model" not in result and result.get("already_blessed"):
+        earlier = latest_pushed_destination(metadata_path, args.pipeline_name)
+        if earlier:
+            result["earlier_push"] = earlier
+    from pipeline.create_pipeline import trainer_id
+
+    result["tensorboard"] = {}
+    for loss in args.losses:
+        runs = latest_outputs(metadata_path, args.pipeline_name, trainer_id(loss)).get("model_run")
+        if runs:
+            result["tensorboard"][loss] = Path(runs[0].uri) / "logs"
+    if args.tune:
+        result["trials"] = copy_trial_table(metadata_path, args.pipeline_name, output_dir)
     return result
+
+
+def copy_trial_table(
+    metadata_path: str | os.PathLike, pipeline_name: str, output_dir: Path
+) -> list[Path]:
+    """Copies trials.json / trials.md / trials.png of the latest Tuner into <output-dir>/report/;
+    returns the copies."""
+    from pipeline.tuner import TRIAL_FILES
+
+    results = latest_outputs(metadata_path, pipeline_name, "Tuner").get("tuner_results")
+    if not results:
+        return []
+    report_dir = output_dir / REPORT_DIR
+    report_dir.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in TRIAL_FILES:
+        source = Path(results[0].uri) / name
+        if source.exists():
+            shutil.copyfile(source, report_dir / name)
+            copies.append(report_dir / name)
+    return copies
+
+
+def latest_pushed_destination(metadata_path: str | os.PathLike, pipeline_name: str) -> str | None:
+    """The destination of the newest PushedModel of the pipeline that was really pushed."""
+    import ml_metadata as mlmd
+    from tfx import v1 as tfx
+
+    store = mlmd.MetadataStore(
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(os.fspath(metadata_path))
+    )
+    context = store.get_context_by_type_and_name("node", f"{pipeline_name}.Pusher")
+    if context is None:
+        return None
+    for artifact in sorted(
+        store.get_artifacts_by_context(context.id), key=lambda a: a.id, reverse=True
+    ):
+        properties = artifact.custom_properties
+        if "pushed" in properties and properties["pushed"].int_value == 1:
+            return properties["pushed_destination"].string_value
+    return None
+
+
+class _QuietFilter(python_logging.Filter):
+    """At --log-level warning / error: passes records at `level` and above (known noise
+    dropped) and, at warning, the INFO progress lines of PROGRESS_MESSAGES."""
+
+    def __init__(self, level: int, keep_progress: bool):
+        import re
+
+        super().__init__()
+        self._level = level
+        self._noise = re.compile("|".join(KNOWN_NOISE))
+        self._progress = re.compile("|".join(PROGRESS_MESSAGES)) if keep_progress else None
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= self._level:
+            return not self._noise.search(message)
+        return self._progress is not None and bool(self._progress.search(message))
+
+
+def configure_logging(level: str) -> None:
+    """Python-side logging for a --log-level (see the module docstring).
+
+    absl (TFX logs through it) stays at INFO so the progress lines can pass the filter; the
+    standard loggers of Beam and TensorFlow, and the root logger, get the level itself.
+    """
+    numeric = {
+        "error": python_logging.ERROR,
+        "warning": python_logging.WARNING,
+        "info": python_logging.INFO,
+        "debug": python_logging.DEBUG,
+    }[level]
+    absl_logger = logging.get_absl_logger()
+    for old in list(absl_logger.filters):
+        if isinstance(old, (_QuietFilter, _FirstLineOfLongInfo)):
+            absl_logger.removeFilter(old)
+    if level in ("info", "debug"):
+        logging.set_verbosity(logging.DEBUG if level == "debug" else logging.INFO)
+        absl_logger.addFilter(_FirstLineOfLongInfo())
+        return
+    logging.set_verbosity(logging.INFO)
+    absl_logger.addFilter(_QuietFilter(numeric, keep_progress=level == "warning"))
+    for name in ("", "apache_beam", "tensorflow", "keras_tuner"):
+        python_logging.getLogger(name).setLevel(numeric)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 class _FirstLineOfLongInfo(python_logging.Filter):
@@ -298,8 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = flags.parse_args(
                 flags.build_parser(), argv, unset_defaults=flags.PIPELINE_DEFAULTS
             )
-            logging.set_verbosity(logging.INFO)
-            logging.get_absl_logger().addFilter(_FirstLineOfLongInfo())
+            configure_logging(args.log_level)
             num_images = check_local_inputs(args) if args.runner != "kubeflow" else 0
             pipeline_args = resources.enter_context(runner_args_from_flags(args, num_images))
             pipeline = build_pipeline(args, pipeline_args)
@@ -319,9 +556,10 @@ def run_and_report(args, pipeline) -> int:
     run_pipeline(pipeline, args.runner)
     result = collect_outputs(args)
     elapsed = time.time() - _PROCESS_START
-    print("\nComponent              state      seconds")
+    width = max([20] + [len(node_id) for node_id, _, _ in result["executions"]])
+    print(f"\n{'Component':<{width + 2}} {'state':<10} seconds")
     for node_id, state, seconds in result["executions"]:
-        print(f"  {node_id:<20} {state:<10} {seconds:7.1f}")
+        print(f"  {node_id:<{width}} {state:<10} {seconds:7.1f}")
     print(
         f"\nPipeline finished in {elapsed:.0f} s ({args.runner} runner, output under "
         f"{args.output_dir.resolve()})"
@@ -335,11 +573,40 @@ def run_and_report(args, pipeline) -> int:
         f"              {report / 'shift_report.json'}\n"
         f"Plot:         {report / 'shift_accuracy.png'}"
     )
+    for path in result.get("trials", []):
+        print(f"Tuning:       {path}")
+    print(f"Blessing:     {result.get('blessing_reason', 'unknown')}")
+    served = None
     if "pushed_model" in result:
         print(f"Pushed model: {result['pushed_model']}")
+        served = result["pushed_model"]
+    elif "earlier_push" in result:
+        print(f"Pushed model: {result['earlier_push']} (by an earlier run: the same model)")
+        served = result["earlier_push"]
     else:
-        print(f"Pushed model: none (not blessed: {result.get('blessing_reason', 'unknown')})")
+        print("Pushed model: none (not blessed)")
+    logs = result.get("tensorboard", {})
+    if logs:
+        main_logs = logs.get(push_loss(args), next(iter(logs.values())))
+        print(f"TensorBoard:  tensorboard --logdir {main_logs}")
+        print(f"              (every Trainer and run: tensorboard --logdir {pipeline_root(args)})")
+    if served is not None:
+        print(f"Serve it:     {serve_command(args, Path(served).parent)}")
     return 0
+
+
+def pipeline_root(args) -> str:
+    """The pipeline root of a local run (--pipeline-root or <output-dir>/pipeline_root)."""
+    return args.pipeline_root or str(args.output_dir.resolve() / "pipeline_root")
+
+
+def serve_command(args, model_base_path: Path) -> str:
+    """The command that serves the pushed model with the project's server (TF Serving's flags:
+    --rest_api_port is REST, --port gRPC)."""
+    return (
+        f"python -m serving.server --model_name {push_loss(args)} "
+        f"--model_base_path {model_base_path} --rest_api_port 8501"
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ the validation split and hands them to `lade_tf.shift_eval`, the one implementat
 protocol. It writes `shift_report.json` (the issue's schema), `shift_report.md` and
 `shift_accuracy.png` into its `report` artifact, and blesses the model to push (LADE by default)
 after checking that its serving SavedModel answers a [batch, C] target prior exactly as the
-evaluated rule says, and that its `estimate_prior` signature gives the library's estimate; the
-standard TFX Pusher then pushes it.
+evaluated rule says, that its `estimate_prior` signature gives the library's estimate, and that
+it does not fall below the latest blessed model (its optional `baseline_model` input, from a
+Resolver with LatestBlessedModelStrategy, scored on the same test images) by more than the
+margins (`blessing_decision`); the standard TFX Pusher then pushes it.
 
 Methods per trained loss: `ce` gives Softmax (no correction) and PC Softmax; `lade`,
 `balanced_softmax` and `logit_adjusted` give their NAME; each NAME is evaluated with the known
@@ -21,7 +23,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from absl import logging
@@ -57,6 +59,8 @@ EM_SUFFIX = ESTIMATED_PRIORS["em"][0]
 NEEDS_VALIDATION = ("calibrated_em", "bbse")
 #: Line style of each kind of row in the plot: estimated priors dashed.
 LINE_STYLES = {"none": "-", "known": "-", "em": ":", "calibrated_em": "--", "bbse": "-."}
+#: Default blessing margins (fractions of accuracy; an ECE margin >= 1 leaves ECE unchecked).
+DEFAULT_MARGINS = {"mean": 0.01, "uniform": 0.01, "ece": 1.0}
 #: Test images checked through the serving signatures before blessing.
 SERVING_CHECK_IMAGES = 64
 
@@ -189,6 +193,186 @@ def compute_shift_report(
     return report
 
 
+def method_scores(report: Mapping[str, Any], method: str) -> dict[str, float]:
+    """The numbers blessing compares for one report row: `mean` (mean accuracy over the 11
+    distributions), `uniform` (accuracy on the uniform test set) and `ece` (its ECE).
+
+    Raises:
+        ValueError: if the report has no row of that name.
+    """
+    if method not in report["methods"]:
+        raise ValueError(f"method {method!r} not in the report; rows: {list(report['methods'])}")
+    by_dist = report["methods"][method]
+    return {
+        "mean": float(np.mean([by_dist[name]["mean"] for name in report["distributions"]])),
+        "uniform": float(by_dist["U"]["mean"]),
+        "ece": float(report["uniform"][method]["ece"]),
+    }
+
+
+def check_margins(margins: Mapping[str, float]) -> dict[str, float]:
+    """The blessing margins {"mean", "uniform", "ece"} as floats.
+
+    A margin is a fraction of accuracy (0.01 = one point); an ECE margin of 1 or more (ECE's
+    whole range) leaves ECE unchecked.
+
+    Raises:
+        ValueError: for a missing, negative or non-finite margin, or an accuracy margin above 1.
+    """
+    checked = {}
+    for key in BLESSING_KEYS:
+        if key not in margins:
+            raise ValueError(f"margins {dict(margins)}: expected a {key!r} margin")
+        value = float(margins[key])
+        if key == "ece" and not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"margin_ece = {margins[key]!r}: expected a number >= 0 (1 or more: ECE not "
+                "checked)"
+            )
+        if key != "ece" and not (math.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(
+                f"margin_{key} = {margins[key]!r}: expected a number between 0 and 1 "
+                "(a fraction of accuracy: 0.01 is one point)"
+            )
+        checked[key] = value
+    return checked
+
+
+def blessing_decision(
+    candidate: Mapping[str, float],
+    baseline: Mapping[str, float] | None,
+    *,
+    chance: float,
+    margins: Mapping[str, float],
+    serving_problem: str = "",
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether to bless the candidate, and every check behind the answer.
+
+    The candidate is blessed if its uniform accuracy beats chance, its serving signatures passed
+    (`serving_problem` is empty) and, when there is a baseline (the latest blessed model), it is
+    not below it by more than `margins["mean"]` on the mean over the 11 distributions nor by more
+    than `margins["uniform"]` on uniform accuracy, and its ECE is not above the baseline's by
+    more than `margins["ece"]` (a margin >= 1 leaves ECE unchecked).
+
+    Args:
+        candidate, baseline: `method_scores` of each (baseline None: no blessed model yet).
+        chance: accuracy of guessing, 1 / C.
+        margins: from `check_margins`.
+        serving_problem: what the serving check found wrong ('' if nothing).
+
+    Returns:
+        (blessed, checks): each check {"name", "passed", "text"} (plus the compared numbers);
+        blessed is True only if every check passed.
+    """
+    margins = check_margins(margins)
+    uniform = candidate["uniform"]
+    checks: list[dict[str, Any]] = [
+        {
+            "name": "chance",
+            "passed": math.isfinite(uniform) and uniform > chance,
+            "candidate": uniform,
+            "limit": chance,
+            "text": f"uniform accuracy {_percent(uniform)} % vs chance {_percent(chance)} %",
+        },
+        {
+            "name": "serving",
+            "passed": not serving_problem,
+            "text": f"serving signatures: {serving_problem or 'ok'}",
+        },
+    ]
+    if baseline is not None:
+        labels = {"mean": "mean accuracy over the 11 distributions", "uniform": "uniform accuracy"}
+        for key, label in labels.items():
+            limit = baseline[key] - margins[key]
+            checks.append(
+                {
+                    "name": key,
+                    "passed": math.isfinite(candidate[key]) and candidate[key] >= limit - 1e-12,
+                    "candidate": candidate[key],
+                    "baseline": baseline[key],
+                    "margin": margins[key],
+                    "limit": limit,
+                    "text": f"{label} {_percent(candidate[key])} % vs baseline "
+                    f"{_percent(baseline[key])} % (allowed down to {_percent(limit)} %, "
+                    f"margin {_points(margins[key])})",
+                }
+            )
+        if margins["ece"] < 1:
+            limit = baseline["ece"] + margins["ece"]
+            checks.append(
+                {
+                    "name": "ece",
+                    "passed": math.isfinite(candidate["ece"]) and candidate["ece"] <= limit + 1e-12,
+                    "candidate": candidate["ece"],
+                    "baseline": baseline["ece"],
+                    "margin": margins["ece"],
+                    "limit": limit,
+                    "text": f"uniform ECE {_percent(candidate['ece'])} % vs baseline "
+                    f"{_percent(baseline['ece'])} % (allowed up to {_percent(limit)} %, "
+                    f"margin {_points(margins['ece'])})",
+                }
+            )
+    return all(check["passed"] for check in checks), checks
+
+
+def blessing_reason(blessed: bool, checks: Sequence[Mapping[str, Any]], baseline_note: str) -> str:
+    """One line saying why the candidate was or was not blessed."""
+    failed = [check["text"] for check in checks if not check["passed"]]
+    if blessed:
+        passed = "; ".join(check["text"] for check in checks)
+        return f"blessed: {passed}; {baseline_note}"
+    return f"not blessed: {'; '.join(failed)}; {baseline_note}"
+
+
+def _points(margin: float) -> str:
+    return f"{100 * margin:g} point{'' if 100 * margin == 1 else 's'}"
+
+
+def blessing_markdown(blessing: Mapping[str, Any]) -> list[str]:
+    """The report's "Blessing" section: verdict, every check, the baseline and the margins."""
+    verdict = "BLESSED" if blessing["blessed"] else "NOT blessed"
+    lines = ["## Blessing", "", f"**{blessing['model']} ({blessing['loss']}): {verdict}.**", ""]
+    lines += [f"- {blessing['reason']}"]
+    alpha = blessing.get("alpha")
+    if alpha:
+        lines.append(f"- alpha the LADE Trainer used: {alpha['value']:.4g} ({alpha['source']})")
+    margins = blessing["margins"]
+    ece = (
+        f"ECE up {_points(margins['ece'])}"
+        if margins["ece"] < 1
+        else "ECE not checked (--bless-margin-ece)"
+    )
+    lines.append(
+        f"- Margins: mean down {_points(margins['mean'])}, uniform down "
+        f"{_points(margins['uniform'])}, {ece}."
+    )
+    lines += ["", "| Check | Candidate | Baseline | Allowed | Result |", "|---|---:|---:|---:|---|"]
+    for check in blessing["checks"]:
+        result = "pass" if check["passed"] else "FAIL"
+        if "candidate" not in check:  # the serving check has no numbers, only its text
+            result += f" ({check['text']})"
+        lines.append(
+            f"| {check['name']} | {_percent(check.get('candidate'))} | "
+            f"{_percent(check.get('baseline'))} | {_percent(check.get('limit'))} | {result} |"
+        )
+    baseline = blessing.get("baseline")
+    lines.append("")
+    if baseline:
+        lines.append(
+            f"Baseline: {baseline['method']} ({baseline['loss']}"
+            + (f", alpha {baseline['alpha']:g}" if baseline.get("alpha") is not None else "")
+            + f"), MLMD model id {baseline['model_id']}, {baseline['uri']}; on these test images "
+            f"mean {_percent(baseline['mean'])} %, uniform {_percent(baseline['uniform'])} %, "
+            f"ECE {_percent(baseline['ece'])} %. Per distribution (%): "
+            + ", ".join(f"{d} {_percent(v)}" for d, v in baseline["by_distribution"].items())
+            + "."
+        )
+    else:
+        lines.append(f"Baseline: none ({blessing['baseline_note']}).")
+    lines.append("")
+    return lines
+
+
 def json_safe(value: Any) -> Any:
     """`value` with NaN and infinities (in nested dicts and lists) as None, JSON's null: an empty
     shot group has no accuracy."""
@@ -203,6 +387,9 @@ def json_safe(value: Any) -> Any:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+BLESSING_KEYS = ("mean", "uniform", "ece")
 
 
 def _estimated_rows(report: Mapping[str, Any]) -> list[str]:
@@ -224,6 +411,8 @@ def report_markdown(
     lines += [f"- {note}" for note in notes]
     if notes:
         lines.append("")
+    if report.get("blessing"):
+        lines += blessing_markdown(report["blessing"])
     lines += [
         "## Top-1 accuracy (%) under label shift, mean ± std over seeds",
         "",
@@ -393,25 +582,41 @@ def ShiftEvaluator(
     balanced_softmax_model_run: InputArtifact[ModelRun] = None,
     logit_adjusted_model: InputArtifact[Model] = None,
     logit_adjusted_model_run: InputArtifact[ModelRun] = None,
+    baseline_model: InputArtifact[Model] = None,
     push: Parameter[str] = "lade",
     num_seeds: Parameter[int] = 3,
     test_per_class: Parameter[int] = 0,
+    margin_mean: Parameter[float] = DEFAULT_MARGINS["mean"],
+    margin_uniform: Parameter[float] = DEFAULT_MARGINS["uniform"],
+    margin_ece: Parameter[float] = DEFAULT_MARGINS["ece"],
+    alpha_source: Parameter[str] = "",
 ) -> None:
     """Evaluates every trained model under the 11 label shifts and blesses the one to push.
 
     Args:
         examples: LongTailExampleGen output (train/val/test splits, class_info.json).
         report: receives shift_report.json, shift_report.md and shift_accuracy.png.
-        blessing: `blessed` = 1 for the `push` model if it beats chance on the uniform test and
-            its serving signatures reproduce the evaluated predictions and prior estimate;
-            else 0.
+        blessing: `blessed` = 1 for the `push` model if it beats chance on the uniform test,
+            its serving signatures reproduce the evaluated predictions and prior estimate, and
+            it is within the margins of the baseline (`blessing_decision`); else 0. It records
+            `current_model_id` (the pushed Model's MLMD id), as LatestBlessedModelStrategy needs.
         <loss>_model / <loss>_model_run: the Trainer outputs of each trained loss (serving
             SavedModel; raw-logits Keras model and train_config.json, whose tau gives the
             logit-adjusted model's inference rule).
+        baseline_model: the latest blessed model (a Resolver with LatestBlessedModelStrategy),
+            scored through its serving SavedModel on the same test images; None for the first.
+            If it is the candidate itself (a rerun of an already blessed model), the candidate
+            is not blessed again, so the Pusher does not push the same model twice.
         push: the loss whose model is blessed.
         num_seeds: subsampling seeds per shifted test set (seeds 0..num_seeds-1).
         test_per_class: evaluate on a seeded subset of this many test images per class (the
             protocol's m); 0 keeps the whole test split. Quick runs use it to save inference.
+        margin_mean, margin_uniform: largest drop below the baseline allowed on the mean over
+            the 11 distributions and on uniform accuracy (fractions: 0.01 is one point).
+        margin_ece: largest rise of the uniform-test ECE over the baseline's; 1 or more (the
+            default) leaves ECE unchecked.
+        alpha_source: where the LADE Trainer's alpha came from (flag, TrainConfig default,
+            tuner), written next to the alpha in the report.
     """
     trained = {
         "ce": (ce_model, ce_model_run),
@@ -433,11 +638,33 @@ def ShiftEvaluator(
             f"num_seeds = {num_seeds}, test_per_class = {test_per_class}: expected "
             "num_seeds >= 1 (3 or more for a std) and test_per_class >= 0"
         )
-    _run_shift_evaluation(examples, trained, report, blessing, push, num_seeds, test_per_class)
+    margins = check_margins({"mean": margin_mean, "uniform": margin_uniform, "ece": margin_ece})
+    _run_shift_evaluation(
+        examples,
+        trained,
+        report,
+        blessing,
+        push,
+        num_seeds,
+        test_per_class,
+        baseline_model=baseline_model,
+        margins=margins,
+        alpha_source=alpha_source,
+    )
 
 
 def _run_shift_evaluation(
-    examples, trained, report, blessing, push: str, num_seeds: int, test_per_class: int
+    examples,
+    trained,
+    report,
+    blessing,
+    push: str,
+    num_seeds: int,
+    test_per_class: int,
+    *,
+    baseline_model=None,
+    margins: Mapping[str, float],
+    alpha_source: str = "",
 ) -> None:
     from lade_tf.priors import subsample_by_counts
     from lade_tf.records import read_class_info
@@ -462,14 +689,14 @@ def _run_shift_evaluation(
         loss: _load_model_run(model_run, class_info, loss)
         for loss, (_, model_run) in trained.items()
     }
-    logits_by_loss = {loss: _predict(model, images) for loss, (model, _, _) in models.items()}
+    logits_by_loss = {loss: _predict(loaded.model, images) for loss, loaded in models.items()}
     val_logits_by_loss = (
         None
         if val_images is None
-        else {loss: _predict(model, val_images) for loss, (model, _, _) in models.items()}
+        else {loss: _predict(loaded.model, val_images) for loss, loaded in models.items()}
     )
-    counts_by_loss = {loss: counts for loss, (_, counts, _) in models.items()}
-    tau_by_loss = {loss: tau for loss, (_, _, tau) in models.items()}
+    counts_by_loss = {loss: loaded.counts for loss, loaded in models.items()}
+    tau_by_loss = {loss: loaded.tau for loss, loaded in models.items()}
     logging.info("ShiftEvaluator: logits done (%.0f s)", time.monotonic() - started)
     shift_report = compute_shift_report(
         logits_by_loss,
@@ -498,13 +725,40 @@ def _run_shift_evaluation(
         for loss, (model, _) in trained.items()
     }
     push_name = LOSS_DISPLAY_NAMES[push]
-    uniform_accuracy = shift_report["methods"][push_name]["U"]["mean"]
     chance = 1.0 / logits_by_loss[push].shape[1]
-    blessed = math.isfinite(uniform_accuracy) and uniform_accuracy > chance and not serving[push]
-    reason = (
-        f"uniform accuracy {uniform_accuracy:.4f} vs chance {chance:.4f}; serving check: "
-        f"{serving[push] or 'ok'}"
+    candidate_model = trained[push][0]
+    baseline, baseline_note = _score_baseline(
+        baseline_model, candidate_model, images, labels, num_seeds, class_info
     )
+    blessed, checks = blessing_decision(
+        method_scores(shift_report, push_name),
+        baseline,
+        chance=chance,
+        margins=margins,
+        serving_problem=serving[push],
+    )
+    same_model = baseline_model is not None and _same_artifact(baseline_model, candidate_model)
+    if same_model:
+        blessed = False
+        reason = (
+            f"not blessed again: this {push_name} model (MLMD id {candidate_model.id}) is the "
+            "latest blessed model already, pushed by an earlier run; nothing new to push"
+        )
+    else:
+        reason = blessing_reason(blessed, checks, baseline_note)
+    shift_report["blessing"] = {
+        "model": push_name,
+        "loss": push,
+        "blessed": blessed,
+        "reason": reason,
+        "chance": chance,
+        "candidate": method_scores(shift_report, push_name),
+        "baseline": baseline,
+        "baseline_note": baseline_note,
+        "margins": dict(margins),
+        "checks": checks,
+        "alpha": _alpha_record(models, alpha_source),
+    }
     notes = [
         f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
         f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
@@ -519,10 +773,17 @@ def _run_shift_evaluation(
             for loss, counts in counts_by_loss.items()
         ],
         f"Model to push: {push_name} ({push}), {'BLESSED' if blessed else 'NOT blessed'} "
-        f"({reason}).",
+        "(see Blessing).",
     ]
     _write_report_artifact(shift_report, report.uri, notes)
-    _write_blessing(blessing, trained[push][0], blessed, reason)
+    _write_blessing(
+        blessing,
+        candidate_model,
+        blessed,
+        reason,
+        baseline_model=baseline_model,
+        already_blessed=same_model,
+    )
     logging.info(
         "ShiftEvaluator: report in %s; %s %s (%s); %.0f s in all",
         report.uri,
@@ -548,8 +809,9 @@ def _load_split(examples, split: str, class_info: Mapping[str, Any]):
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
-    """(raw-logits Keras model, train class counts [C], tau) of the Trainer output in model_run."""
+def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str) -> "_LoadedModel":
+    """The raw-logits Keras model, train class counts [C], tau and (LADE) alpha of the Trainer
+    output in model_run."""
     import keras
     import tensorflow as tf
 
@@ -573,6 +835,10 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
             class_info = json.load(handle)
     tau = 1.0
     config_path = os.path.join(model_run.uri, TRAIN_CONFIG_FILE)
+    alpha = None
+    if loss == "lade" and tf.io.gfile.exists(config_path):
+        with tf.io.gfile.GFile(config_path) as handle:
+            alpha = float(json.load(handle)["alpha"])
     if loss == "logit_adjusted":
         if not tf.io.gfile.exists(config_path):
             raise FileNotFoundError(
@@ -581,7 +847,111 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str):
             )
         with tf.io.gfile.GFile(config_path) as handle:
             tau = float(json.load(handle)["tau"])
-    return model, [int(n) for n in class_info["counts"]["train"]], tau
+    return _LoadedModel(model, [int(n) for n in class_info["counts"]["train"]], tau, alpha)
+
+
+class _LoadedModel(NamedTuple):
+    """A Trainer's raw-logits model with what its inference rule needs, and LADE's alpha."""
+
+    model: Any
+    counts: list[int]
+    tau: float
+    alpha: float | None
+
+
+def _alpha_record(models: Mapping[str, "_LoadedModel"], source: str) -> dict[str, Any] | None:
+    """{"value", "source"} of the LADE model's alpha, None without a LADE model."""
+    if "lade" not in models or models["lade"].alpha is None:
+        return None
+    return {"value": models["lade"].alpha, "source": source or "not recorded"}
+
+
+def _same_artifact(first, second) -> bool:
+    """Whether two artifacts are the same MLMD artifact (by id, else by URI)."""
+    if first is None or second is None:
+        return False
+    if first.id and second.id:
+        return first.id == second.id
+    return first.uri.rstrip("/") == second.uri.rstrip("/")
+
+
+def baseline_raw_logits(serving_dir: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Raw logits [N, C] float64 of a serving SavedModel (`lade_tf.export`), and its metadata.
+
+    The served `predict_uniform` logits are f + b + log(1/C) (b: the model's inference-rule
+    offset, `lade_tf.layers.correction_offset`, from the metadata's loss, counts and tau), so
+    f is recovered exactly, whatever loss the baseline was trained with.
+
+    Raises:
+        FileNotFoundError / ValueError: if the directory is not such a SavedModel.
+    """
+    import tensorflow as tf
+
+    from lade_tf.export import METADATA_ASSET
+    from lade_tf.layers import correction_offset
+
+    with tf.io.gfile.GFile(os.path.join(serving_dir, "assets", METADATA_ASSET)) as handle:
+        metadata = json.load(handle)
+    loaded = tf.saved_model.load(serving_dir)
+    predict = loaded.signatures["predict_uniform"]
+    served = np.concatenate(
+        [
+            predict(images=tf.constant(images[start : start + 1024], tf.float32))["logits"].numpy()
+            for start in range(0, len(images), 1024)
+        ]
+    ).astype(np.float64)
+    counts = metadata["class_counts"]
+    offset = correction_offset(counts, metadata["train_loss"], float(metadata.get("tau") or 1.0))
+    return served - offset[None, :] + math.log(len(counts)), metadata
+
+
+def _score_baseline(
+    baseline_model, candidate_model, images, labels, num_seeds: int, class_info
+) -> tuple[dict[str, Any] | None, str]:
+    """(scores of the baseline's known-prior row on these test images, a note on it).
+
+    None with the note when there is no baseline, it is the candidate itself, or it cannot be
+    compared (other classes or image size, or its SavedModel does not load).
+    """
+    from lade_tf.priors import SHIFT_NAMES
+    from lade_tf.shift_eval import evaluate_under_shift, uniform_summary
+
+    if baseline_model is None:
+        return None, "no blessed model yet: the first is blessed if it beats chance"
+    if _same_artifact(baseline_model, candidate_model):
+        return None, "the baseline is this model"
+    serving_dir = path_utils.serving_model_path(baseline_model.uri)
+    try:
+        logits, metadata = baseline_raw_logits(serving_dir, images)
+    except Exception as error:  # an unreadable baseline is reported, the candidate still judged
+        return None, f"baseline {serving_dir} not scored: {type(error).__name__}: {error}"
+    shape = [int(class_info[k]) for k in ("height", "width", "channels")]
+    if list(metadata.get("input_shape", [])) != shape or logits.shape[1] != len(
+        class_info["class_names"]
+    ):
+        return None, (
+            f"baseline {serving_dir} not comparable: input {metadata.get('input_shape')} and "
+            f"{logits.shape[1]} classes vs {shape} and {len(class_info['class_names'])}"
+        )
+    loss = metadata["train_loss"]
+    tau = float(metadata.get("tau") or 1.0)
+    counts = metadata["class_counts"]
+    by_dist = evaluate_under_shift(
+        logits, labels, counts, loss, seeds=tuple(range(num_seeds)), tau=tau
+    )
+    uniform = uniform_summary(logits, labels, counts, loss, tau=tau)
+    means = {name: float(by_dist[name]["mean"]) for name in SHIFT_NAMES}
+    return {
+        "model_id": int(baseline_model.id or 0),
+        "uri": baseline_model.uri,
+        "method": LOSS_DISPLAY_NAMES.get(loss, loss),
+        "loss": loss,
+        "alpha": metadata.get("alpha"),
+        "mean": float(np.mean(list(means.values()))),
+        "uniform": means["U"],
+        "ece": float(uniform["ece"]),
+        "by_distribution": means,
+    }, f"baseline: the latest blessed model, MLMD id {baseline_model.id}"
 
 
 def _predict(model, images: np.ndarray) -> np.ndarray:
@@ -651,13 +1021,26 @@ def _write_report_artifact(shift_report: Mapping[str, Any], uri: str, notes: Seq
             tf.io.gfile.copy(path, os.path.join(uri, name), overwrite=True)
 
 
-def _write_blessing(blessing, model_artifact, blessed: bool, reason: str) -> None:
-    """Marks the ModelBlessing the way TFX's Evaluator does, so the stock Pusher reads it."""
+def _write_blessing(
+    blessing,
+    model_artifact,
+    blessed: bool,
+    reason: str,
+    *,
+    baseline_model=None,
+    already_blessed: bool = False,
+) -> None:
+    """Marks the ModelBlessing the way TFX's Evaluator does, so the stock Pusher reads it and
+    LatestBlessedModelStrategy finds the model (`blessed`, `current_model_id`)."""
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("reason", reason)
+    blessing.set_int_custom_property("already_blessed", int(already_blessed))
     if model_artifact is not None:
         blessing.set_string_custom_property("current_model", model_artifact.uri)
         blessing.set_int_custom_property("current_model_id", model_artifact.id or 0)
+    if baseline_model is not None:
+        blessing.set_string_custom_property("baseline_model", baseline_model.uri)
+        blessing.set_int_custom_property("baseline_model_id", baseline_model.id or 0)
     import tensorflow as tf  # tf.io.gfile: artifact URIs may be gs:// (Kubeflow / Vertex)
 
     tf.io.gfile.makedirs(blessing.uri)

@@ -24,13 +24,12 @@ worker with its TF_CONFIG and `--strategy multi_worker`; the chief writes the ou
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from lade_tf.records import CLASS_INFO_FILE
 
@@ -67,27 +66,6 @@ def examples_dir_from_files(file_patterns: Sequence[str]) -> str:
             "expected the examples written by LongTailExampleGen or pipeline.prepare"
         )
     return directory
-
-
-def apply_hyperparameters(config, hyperparameters: Mapping[str, Any] | None):
-    """The config with the Tuner's values (e.g. alpha, remine_lambda) for its fields.
-
-    Args:
-        config: a TrainConfig.
-        hyperparameters: `fn_args.hyperparameters`, a `keras_tuner.HyperParameters` config dict
-            ({"space": ..., "values": ...}), or None.
-
-    Returns:
-        The config unchanged when there are no hyper-parameters, else a copy with every tuned
-        value whose name is a TrainConfig field (KerasTuner's own "tuner/..." entries are skipped).
-    """
-    if not hyperparameters:
-        return config
-    import keras_tuner
-
-    values = keras_tuner.HyperParameters.from_config(hyperparameters).values
-    fields = {f.name for f in dataclasses.fields(config)}
-    return dataclasses.replace(config, **{k: v for k, v in values.items() if k in fields})
 
 
 def default_checkpoint_dir(model_run_dir: str, config, train_files: Sequence[str]) -> str:
@@ -270,8 +248,8 @@ def run_fn(fn_args: "FnArgs") -> None:
             f"Trainer custom_config keys {sorted(custom)}: expected "
             f"'train_config' (a TrainConfig dict) and optionally 'checkpoint_dir'"
         )
-    config = apply_hyperparameters(
-        TrainConfig.from_dict(custom["train_config"]), fn_args.hyperparameters
+    config = TrainConfig.from_dict(custom["train_config"]).with_hyperparameters(
+        fn_args.hyperparameters
     )
     checkpoint_dir = custom.get("checkpoint_dir") or default_checkpoint_dir(
         fn_args.model_run_dir, config, fn_args.train_files

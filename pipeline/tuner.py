@@ -10,10 +10,13 @@ or Hyperband (whose trials get their epoch budget from Hyperband and train from 
 - TFX: `Tuner(tuner_fn="pipeline.tuner.tuner_fn", custom_config={"train_config": TrainConfig dict,
   "tuner": {"tuner": "random", "max_trials": 8, "tune_lambda": False, "trial_epochs": None,
   "results_dir": None}})` (the options may also sit at the top level of custom_config). TFX writes
-  the best hyper-parameters (read by `pipeline.trainer.run_fn`) and `tuner_results.json`.
+  the best hyper-parameters (read by `pipeline.trainer.run_fn`) and `tuner_results.json`. The
+  pipeline uses `pipeline.components.LadeTuner`, which sets `results_dir` to its `tuner_results`
+  artifact: without one, the table goes to KerasTuner's project directory, which TFX deletes.
 - CLI: `python -m pipeline.tuner --examples-dir DIR [--tuner random --max-trials N] [training
   flags]` prints the trial table and the best alpha.
-Both write the trial table as `trials.json` and `trials.md` to the results directory.
+Both write the trial table as `trials.json` and `trials.md`, and a plot of the objective against
+alpha as `trials.png`, to the results directory.
 KerasTuner's distributed mode (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT) works unchanged.
 """
 
@@ -40,6 +43,8 @@ TUNED_RANGE = (0.01, 1.0)
 TUNER_OPTIONS = ("tuner", "max_trials", "tune_lambda", "trial_epochs", "results_dir")
 TRIALS_JSON = "trials.json"
 TRIALS_MARKDOWN = "trials.md"
+TRIALS_PLOT = "trials.png"
+TRIAL_FILES = (TRIALS_JSON, TRIALS_MARKDOWN, TRIALS_PLOT)
 
 
 def search_space(tune_lambda: bool = False) -> keras_tuner.HyperParameters:
@@ -90,8 +95,8 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         config: the TrainConfig of every trial; the trial sets alpha (and remine_lambda), the loss
             is always "lade", and Hyperband sets epochs.
         train_files, eval_files: file patterns of the train and val splits.
-        results_dir: where trials.json / trials.md are written at the end (None: the tuner's
-            project directory).
+        results_dir: where trials.json / trials.md / trials.png are written at the end (None: the
+            tuner's project directory).
         **kwargs: `BaseTuner` arguments (directory, project_name, overwrite, ...).
     """
 
@@ -112,15 +117,6 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         self.results_dir = os.fspath(results_dir) if results_dir is not None else self.project_dir
         self._strategy = None
 
-    def trial_config(self, hyperparameters: keras_tuner.HyperParameters):
-        """The TrainConfig a trial trains: its alpha / remine_lambda, Hyperband's epochs."""
-        values = hyperparameters.values
-        fields = {f.name for f in dataclasses.fields(self.config)}
-        updates = {k: v for k, v in values.items() if k in fields}
-        if "tuner/epochs" in values:
-            updates["epochs"] = int(values["tuner/epochs"])
-        return dataclasses.replace(self.config, **updates)
-
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         import keras
 
@@ -132,7 +128,8 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         keras.backend.clear_session()
         if self._strategy is None:
             self._strategy = training.make_strategy(self.config.strategy)
-        config = self.trial_config(trial.hyperparameters)
+        # A trial trains its alpha / remine_lambda, for Hyperband's epoch budget if it sets one.
+        config = self.config.with_hyperparameters(trial.hyperparameters.values, tuner_epochs=True)
         trial_dir = self.get_trial_dir(trial.trial_id)
         data = training_data(config, self.train_files, self.eval_files)
         if data.val is None:
@@ -197,8 +194,46 @@ def trial_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_trials(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes a PNG of the objective (mean shifted-val accuracy, %) against alpha, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r.get(OBJECTIVE) is not None and r.get("alpha") is not None]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    if scored:
+        alphas = [float(r["alpha"]) for r in scored]
+        scores = [100 * float(r[OBJECTIVE]) for r in scored]
+        axis.scatter(alphas, scores, color="tab:blue", zorder=2)
+        best = max(range(len(scored)), key=lambda i: scores[i])
+        axis.scatter([alphas[best]], [scores[best]], color="tab:red", zorder=3, label="best trial")
+        for alpha, score, row in zip(alphas, scores, scored):
+            axis.annotate(
+                str(row["trial_id"]),
+                (alpha, score),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        axis.legend(fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlim(TUNED_RANGE[0] / 1.25, TUNED_RANGE[1] * 1.25)  # the whole search range
+    axis.set_xlabel("alpha (LADER weight)")
+    axis.set_ylabel("mean accuracy over the 11 shifted val sets (%)")
+    axis.set_title(f"{len(scored)} trials")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(os.fspath(path))
+    plt.close(figure)
+
+
 def write_trial_table(rows: Sequence[Mapping[str, Any]], directory: str | os.PathLike) -> None:
-    """Writes trials.json and trials.md (accuracies in percent) into directory."""
+    """Writes trials.json, trials.md (accuracies in percent) and trials.png into directory
+    (a local path or any tf.io.gfile URI)."""
+    import tempfile
+
     import tensorflow as tf
 
     directory = os.fspath(directory)
@@ -207,6 +242,10 @@ def write_trial_table(rows: Sequence[Mapping[str, Any]], directory: str | os.Pat
         json.dump(list(rows), handle, indent=1)
     with tf.io.gfile.GFile(os.path.join(directory, TRIALS_MARKDOWN), "w") as handle:
         handle.write(trial_table_markdown(rows))
+    with tempfile.TemporaryDirectory() as local:  # matplotlib writes local files only
+        plot_path = os.path.join(local, TRIALS_PLOT)
+        plot_trials(rows, plot_path)
+        tf.io.gfile.copy(plot_path, os.path.join(directory, TRIALS_PLOT), overwrite=True)
 
 
 def make_tuner(
@@ -232,7 +271,8 @@ def make_tuner(
         tune_lambda: also search remine_lambda.
         trial_epochs: epochs per trial (Hyperband's maximum), default config.epochs.
         directory: KerasTuner's working directory (trial state, checkpoints, logs).
-        results_dir: where trials.json / trials.md go (default: the project directory).
+        results_dir: where trials.json / trials.md / trials.png go (default: the project
+            directory).
         overwrite: start afresh instead of resuming a search found in directory.
     """
     if trial_epochs is not None:
@@ -323,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--output-dir",
         type=Path,
         default=Path("lade_output") / "tuning",
-        help="KerasTuner state, trials.json and trials.md go here",
+        help="KerasTuner state, trials.json, trials.md and trials.png go here",
     )
     add_training_flags(parser)
     add_tuner_flags(parser)
@@ -352,8 +392,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         + (f", best lambda: {best['remine_lambda']:.4g}" if "remine_lambda" in best else "")
     )
     print(
-        f"trial table: {os.path.join(output, TRIALS_JSON)}, "
-        f"{os.path.join(output, TRIALS_MARKDOWN)}",
+        "trial table: " + ", ".join(os.path.join(output, name) for name in TRIAL_FILES),
         file=sys.stderr,
     )
     return rows

@@ -240,3 +240,39 @@ def test_example_gen_gets_only_the_data_flags_that_are_set():
         "test_fraction": 0.2,
         "image_size": "32x32",
     }
+
+
+def test_help_shows_train_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        flags.build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    defaults = TrainConfig()
+    assert f"--epochs EPOCHS default: {defaults.epochs}" in text
+    assert f"LADE: weight of the LADER regulariser (default: {defaults.alpha})" in text
+    assert "(default: on)" in text and "(default: off)" in text  # --augment, --xla
+    assert "(default: None)" not in text
+    assert "--log-level {error,warning,info,debug}" in text and "(default: warning)" in text
+    assert "--bless-margin-mean BLESS_MARGIN_MEAN" in text and "(default: 0.01)" in text
+    assert "ECE not checked" in text
+
+
+def test_blessing_margins_and_log_level():
+    args = parse()
+    assert (args.bless_margin_mean, args.bless_margin_uniform, args.bless_margin_ece) == (
+        0.01,
+        0.01,
+        None,
+    )
+    assert args.log_level == "warning"
+    args = parse("--bless-margin-mean", "0", "--bless-margin-ece", "0.02", "--log-level", "info")
+    assert (args.bless_margin_mean, args.bless_margin_ece, args.log_level) == (0.0, 0.02, "info")
+
+
+@pytest.mark.parametrize("value", ["-0.01", "1.5", "nan", "one"])
+def test_bad_blessing_margin_is_refused(value: str, capsys):
+    with pytest.raises(SystemExit):
+        parse("--bless-margin-uniform", value)
+    error = capsys.readouterr().err
+    assert "--bless-margin-uniform" in error
+    if value != "one":
+        assert f"{value!r}: expected a margin between 0 and 1" in error

@@ -1,8 +1,11 @@
 """`python pipeline/run.py --runner=local --quick` end to end on real Fashion-MNIST: LocalDagRunner,
-Beam, both Trainers, ShiftEvaluator, Pusher; then the TFX cache (same flags: nothing executes; a
-changed --alpha: only the LADE Trainer and what follows it) and the BeamDagRunner on the same
-pipeline. Like TFX's penguin_pipeline_local_e2e_test, it asserts on artifacts and MLMD, and on
-accuracy levels that a broken LADE, a skipped prior correction or shuffled labels cannot reach."""
+Beam, both Trainers, the baseline Resolver, ShiftEvaluator, Pusher; then the TFX cache (same
+flags: only the ShiftEvaluator and Pusher run again, because the baseline is now the first run's
+model, and nothing is pushed twice; a changed --alpha: only the LADE Trainer and what follows it),
+the BeamDagRunner on the same pipeline, and a deliberately worse model that the blessing against
+the baseline keeps from being pushed. Like TFX's penguin_pipeline_local_e2e_test, it asserts on
+artifacts and MLMD, and on accuracy levels that a broken LADE, a skipped prior correction or
+shuffled labels cannot reach."""
 
 from __future__ import annotations
 
@@ -29,6 +32,12 @@ COMPONENTS = {
     "Pusher",
 }
 LADE_DEPENDENTS = {"Trainer_lade", "ShiftEvaluator", "Pusher"}
+BASELINE_DEPENDENTS = {"ShiftEvaluator", "Pusher"}
+# TFX runs a Resolver node afresh in every run (its input is what MLMD holds now).
+RESOLVER = "latest_blessed_model_resolver"
+# What a default-level run may print (measured: 48 lines for --quick); `--log-level info` prints
+# about 220.
+MAX_QUIET_LINES = 70
 # On top of --quick (2 epochs of 3000 images): batch 32 and a quarter-epoch warm-up give about 190
 # SGD steps instead of 46, enough for accuracy levels far from what a broken run reaches.
 TRAINING_FLAGS = ("--batch-size", "32", "--warmup-epochs", "0.25")
@@ -37,9 +46,10 @@ FIRST_ALPHA, CHANGED_ALPHA = 0.1, 0.3
 pytestmark = pytest.mark.slow
 
 
-def run_cli(output_dir: Path, *flags: str, timeout: int) -> str:
-    """Runs pipeline/run.py as a user would (a script, the installed package); returns stdout."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_cli(output_dir: Path, *flags: str, timeout: int, with_stderr: bool = False):
+    """Runs pipeline/run.py as a user would (a script, the installed package); returns stdout,
+    or (stdout, stderr) with `with_stderr`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
         [
             sys.executable,
@@ -57,11 +67,11 @@ def run_cli(output_dir: Path, *flags: str, timeout: int) -> str:
         timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-6000:] + result.stdout[-3000:]
-    return result.stdout
+    return (result.stdout, result.stderr) if with_stderr else result.stdout
 
 
 def executions(output_dir: Path) -> list[tuple[int, str, str]]:
-    """(id, component id, state) of every MLMD execution, oldest first."""
+    """(id, component id, state) of every MLMD execution but the Resolver's, oldest first."""
     import ml_metadata as mlmd
     from ml_metadata.proto import metadata_store_pb2
 
@@ -72,6 +82,8 @@ def executions(output_dir: Path) -> list[tuple[int, str, str]]:
     rows = []
     for context in store.get_contexts_by_type("node"):
         component = context.name.split(".", 1)[1]
+        if component == RESOLVER:
+            continue
         for execution in store.get_executions_by_context(context.id):
             state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             rows.append((execution.id, component, state))
@@ -103,15 +115,45 @@ def log_partition_gap(model_path: Path, fashion_mnist_dir: Path) -> float:
     return float(abs(np.mean(log_partition) - np.log(logits.shape[1])))
 
 
+def blessings(output_dir: Path) -> list[dict]:
+    """Custom properties of every ModelBlessing, oldest first."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = str(output_dir / "metadata.sqlite")
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = mlmd.MetadataStore(connection)
+    rows = []
+    for artifact in sorted(store.get_artifacts_by_type("ModelBlessing"), key=lambda a: a.id):
+        properties = artifact.custom_properties
+        rows.append(
+            {
+                key: value.int_value if value.HasField("int_value") else value.string_value
+                for key, value in properties.items()
+            }
+        )
+    return rows
+
+
 @pytest.fixture(scope="module")
-def first_run(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, str]:
+def first_run(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, str, str]:
     output_dir = tmp_path_factory.mktemp("lade_output")
-    return output_dir, run_cli(output_dir, timeout=1200)
+    return (output_dir, *run_cli(output_dir, timeout=1200, with_stderr=True))
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run) -> tuple[list, str]:
+    """The same command again: (executions it added, its stdout)."""
+    output_dir = first_run[0]
+    before = executions(output_dir)
+    stdout = run_cli(output_dir, timeout=600)
+    return [row for row in executions(output_dir) if row not in before], stdout
 
 
 @pytest.mark.timeout(1500)
 def test_quick_pipeline_writes_report_plot_and_model(first_run):
-    output_dir, stdout = first_run
+    output_dir, stdout, stderr = first_run
     report_dir = output_dir / "report"
     for name in ("shift_report.md", "shift_report.json", "shift_accuracy.png"):
         assert str(report_dir / name) in stdout
@@ -119,9 +161,33 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     assert {
         component for _, component, state in executions(output_dir) if state == "COMPLETE"
     } == COMPONENTS
+    # Quiet by default: one line per component start and finish, Keras progress, the summary.
+    lines = (stdout + stderr).splitlines()
+    assert len(lines) <= MAX_QUIET_LINES, "\n".join(lines)
+    assert "Component Trainer_lade is running." in stderr and "Epoch 2/2" in stdout
+    assert "Unable to register cu" not in stderr and "INFO:absl:Running launcher" not in stderr
+    trainer_logs = next(output_dir.glob("pipeline_root/Trainer_lade/model_run/*/logs"))
+    assert f"TensorBoard:  tensorboard --logdir {trainer_logs}" in stdout
+    assert (
+        f"python -m serving.server --model_name lade --model_base_path "
+        f"{output_dir / 'serving_model'} --rest_api_port 8501"
+    ) in stdout
 
     report = json.loads((report_dir / "shift_report.json").read_text())
-    assert set(report) == {"distributions", "methods", "uniform"}
+    assert set(report) == {"distributions", "methods", "uniform", "blessing"}
+    blessing = report["blessing"]
+    assert blessing["blessed"] and blessing["baseline"] is None
+    assert "no blessed model yet" in blessing["reason"]
+    assert blessing["alpha"] == {
+        "value": FIRST_ALPHA,
+        "source": "TrainConfig default, no --alpha given",
+    }
+    [first_blessing] = blessings(output_dir)
+    [lade_model] = [
+        a for a in (output_dir / "pipeline_root" / "Trainer_lade" / "model").iterdir() if a.is_dir()
+    ]
+    assert first_blessing["blessed"] == 1 and first_blessing["current_model_id"] > 0
+    assert first_blessing["current_model"] == str(lade_model)
     assert report["distributions"] == [
         "F50",
         "F25",
@@ -174,7 +240,7 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
 
 @pytest.mark.timeout(1500)
 def test_quick_pipeline_accuracies_need_lade_and_the_prior_correction(first_run, fashion_mnist_dir):
-    output_dir, _ = first_run
+    output_dir = first_run[0]
     report = json.loads((output_dir / "report" / "shift_report.json").read_text())
     accuracy = {
         method: {name: cell["mean"] for name, cell in by_dist.items()}
@@ -196,7 +262,7 @@ def test_quick_pipeline_accuracies_need_lade_and_the_prior_correction(first_run,
 def test_pushed_model_answers_for_a_batch_of_priors(first_run):
     import tensorflow as tf
 
-    output_dir, _ = first_run
+    output_dir = first_run[0]
     versions = sorted((output_dir / "serving_model").iterdir())
     assert len(versions) == 1 and versions[0].name.isdigit()
     loaded = tf.saved_model.load(str(versions[0]))
@@ -219,20 +285,28 @@ def test_pushed_model_answers_for_a_batch_of_priors(first_run):
 
 
 @pytest.mark.timeout(900)
-def test_rerun_with_same_flags_is_served_from_cache(first_run):
-    output_dir, _ = first_run
-    before = executions(output_dir)
-    stdout = run_cli(output_dir, timeout=600)
-    new = [row for row in executions(output_dir) if row not in before]
+def test_rerun_with_same_flags_is_served_from_cache(first_run, second_run):
+    output_dir = first_run[0]
+    new, stdout = second_run
     assert {component for _, component, _ in new} == COMPONENTS
-    assert {state for _, _, state in new} == {"CACHED"}, new
+    # As in TFX's own examples, the evaluator runs again: its baseline input is now the first
+    # run's model, which it does not bless a second time, so nothing is pushed twice.
+    states = {component: state for _, component, state in new}
+    assert {c for c, state in states.items() if state == "COMPLETE"} == BASELINE_DEPENDENTS, new
+    assert {
+        c for c, state in states.items() if state == "CACHED"
+    } == COMPONENTS - BASELINE_DEPENDENTS
     assert len(list((output_dir / "serving_model").iterdir())) == 1  # nothing pushed again
-    assert "Pushed model:" in stdout and (output_dir / "report" / "shift_report.json").exists()
+    versions = list((output_dir / "serving_model").iterdir())
+    assert f"Pushed model: {versions[0]} (by an earlier run: the same model)" in stdout
+    blessing = json.loads((output_dir / "report" / "shift_report.json").read_text())["blessing"]
+    assert not blessing["blessed"] and "latest blessed model already" in blessing["reason"]
+    assert blessings(output_dir)[-1]["already_blessed"] == 1
 
 
-@pytest.mark.timeout(600)
-def test_beam_dag_runner_runs_the_same_pipeline_from_cache(first_run):
-    output_dir, _ = first_run
+@pytest.mark.timeout(900)
+def test_beam_dag_runner_runs_the_same_pipeline_from_cache(first_run, second_run):
+    output_dir = first_run[0]
     before = executions(output_dir)
     run_cli(output_dir, "--runner=beam", timeout=600)
     new = [row for row in executions(output_dir) if row not in before]
@@ -242,9 +316,11 @@ def test_beam_dag_runner_runs_the_same_pipeline_from_cache(first_run):
 
 @pytest.mark.timeout(1200)
 def test_changed_alpha_reruns_only_the_lade_trainer_and_what_follows(first_run, fashion_mnist_dir):
-    output_dir, _ = first_run
+    output_dir = first_run[0]
     before = executions(output_dir)
-    run_cli(output_dir, "--alpha", str(CHANGED_ALPHA), timeout=1000)
+    # Margins of 1: this test is about caching and alpha, not about which alpha is better.
+    margins = ("--bless-margin-mean", "1", "--bless-margin-uniform", "1")
+    run_cli(output_dir, "--alpha", str(CHANGED_ALPHA), *margins, timeout=1000)
     new = {
         component: state
         for execution_id, component, state in executions(output_dir)
@@ -266,3 +342,37 @@ def test_changed_alpha_reruns_only_the_lade_trainer_and_what_follows(first_run, 
     }
     assert set(gap) == {FIRST_ALPHA, CHANGED_ALPHA}
     assert gap[CHANGED_ALPHA] < gap[FIRST_ALPHA] - 0.03, gap
+
+
+@pytest.mark.timeout(1800)
+def test_worse_model_is_not_pushed_and_the_report_says_why(first_run):
+    """A model trained for one epoch on 300 images, against the latest blessed model (the first
+    run's, or the changed-alpha one when that test ran first) of the same MLMD."""
+    output_dir = first_run[0]
+    versions = sorted((output_dir / "serving_model").iterdir())
+    before = executions(output_dir)
+    stdout = run_cli(
+        output_dir, "--losses", "lade", "--epochs", "1", "--max-train-examples", "300", timeout=800
+    )
+    new = {c: state for (i, c, state) in executions(output_dir) if (i, c, state) not in before}
+    assert {c for c, state in new.items() if state == "COMPLETE"} >= LADE_DEPENDENTS, new
+    assert sorted((output_dir / "serving_model").iterdir()) == versions  # not pushed
+    assert "Pushed model: none (not blessed)" in stdout
+
+    blessing = json.loads((output_dir / "report" / "shift_report.json").read_text())["blessing"]
+    assert blessing["blessed"] is False
+    baseline, candidate = blessing["baseline"], blessing["candidate"]
+    assert baseline["method"] == "LADE" and baseline["model_id"] > 0
+    assert candidate["mean"] < baseline["mean"] - blessing["margins"]["mean"]
+    failed = {check["name"] for check in blessing["checks"] if not check["passed"]}
+    assert "mean" in failed and "uniform" in failed, blessing["checks"]
+    assert blessing["reason"].startswith("not blessed: ")
+    assert (
+        "vs baseline" in blessing["reason"]
+        and f"MLMD id {baseline['model_id']}" in blessing["reason"]
+    )
+    markdown = (output_dir / "report" / "shift_report.md").read_text()
+    assert "**LADE (lade): NOT blessed.**" in markdown and "Baseline: LADE (lade" in markdown
+    assert f"Blessing:     {blessing['reason']}" in stdout
+    latest = blessings(output_dir)[-1]
+    assert latest["blessed"] == 0 and latest["baseline_model_id"] == baseline["model_id"]

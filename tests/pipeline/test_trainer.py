@@ -23,20 +23,20 @@ TRAIN_CONFIG = {
 }
 
 
-def test_hyperparameters_from_the_tuner_override_config_fields():
+def test_run_fn_applies_the_tuners_hyperparameters_config_dict():
+    """TFX hands run_fn a HyperParameters config dict; TrainConfig reads its values."""
     import keras_tuner
 
     from lade_tf.training import TrainConfig
-    from pipeline.trainer import apply_hyperparameters
 
     hp = keras_tuner.HyperParameters()
     hp.Float("alpha", 0.01, 1.0, sampling="log")
     hp.Float("remine_lambda", 0.01, 1.0, sampling="log")
     hp.values.update({"alpha": 0.37, "remine_lambda": 0.02, "tuner/epochs": 3})
     config = TrainConfig(loss="lade", alpha=0.1, epochs=5)
-    tuned = apply_hyperparameters(config, hp.get_config())
+    tuned = config.with_hyperparameters(hp.get_config())
     assert (tuned.alpha, tuned.remine_lambda, tuned.epochs) == (0.37, 0.02, 5)
-    assert apply_hyperparameters(config, None) is config
+    assert config.with_hyperparameters(None) is config
 
 
 def test_examples_dir_and_stable_checkpoint_dir(tmp_path):

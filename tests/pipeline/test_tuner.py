@@ -167,6 +167,7 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
 def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path):
     from tfx import v1 as tfx
 
+    from pipeline.components import LadeTrainer, LadeTuner
     from pipeline.example_gen import LongTailExampleGen
 
     train_config = {
@@ -184,25 +185,24 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
         "train_args": tfx.proto.TrainArgs(splits=["train"]),
         "eval_args": tfx.proto.EvalArgs(splits=["val"]),
     }
-    tuner = tfx.components.Tuner(
+    tuner = LadeTuner(
         examples=example_gen.outputs["examples"],
         tuner_fn="pipeline.tuner.tuner_fn",
         custom_config={
             "train_config": train_config,
-            "tuner": {
-                "tuner": "random",
-                "max_trials": 2,
-                "tune_lambda": True,
-                "results_dir": str(tmp_path / "trials"),
-            },
+            "tuner": {"tuner": "random", "max_trials": 2, "tune_lambda": True},
         },
         **splits,
     )
-    trainer = tfx.components.Trainer(
+    # The pipeline's Trainer: its alpha property (a RuntimeParameter on Kubeflow) yields to the
+    # Tuner's best alpha, its epochs property replaces the config's.
+    trainer = LadeTrainer(
         examples=example_gen.outputs["examples"],
         run_fn="pipeline.trainer.run_fn",
         hyperparameters=tuner.outputs["best_hyperparameters"],
-        custom_config={"train_config": train_config},
+        custom_config={"train_config": {**train_config, "epochs": 3}},
+        epochs=1,
+        alpha=0.5,
         **splits,
     )
     artifacts = run_local_pipeline("tuner_test", [example_gen, tuner, trainer], tmp_path)
@@ -211,7 +211,10 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
     )
     best = json.loads((Path(best_hp.uri) / "best_hyperparameters.txt").read_text())["values"]
     table = json.loads((Path(results.uri) / "tuner_results.json").read_text())
-    trials = json.loads((tmp_path / "trials" / "trials.json").read_text())
+    # The trial table lives in the Tuner's output artifact, not in TFX's deleted temp dir.
+    trials = json.loads((Path(results.uri) / "trials.json").read_text())
+    assert "| trial_id |" in (Path(results.uri) / "trials.md").read_text()
+    assert (Path(results.uri) / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(table) == len(trials) == 2
     assert max(r["score"] for r in table) == pytest.approx(
         max(r["val_shift_accuracy"] for r in trials)
@@ -225,3 +228,4 @@ def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path
     assert trials[0]["remine_lambda"] != trials[1]["remine_lambda"]
     trained = json.loads((Path(model_run.uri) / "train_config.json").read_text())
     assert (trained["alpha"], trained["remine_lambda"]) == (best["alpha"], best["remine_lambda"])
+    assert trained["epochs"] == 1
