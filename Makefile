@@ -1,6 +1,6 @@
-.PHONY: setup run quick lint test test-fast bench bench-smoke
+.PHONY: setup run quick lint test test-fast bench bench-smoke bench-throughput
 setup:
-	scripts/setup.sh --lib
+	scripts/setup.sh --lib --jax
 run:
 	scripts/run.sh --runner=local
 quick:
@@ -15,3 +15,6 @@ bench: setup
 	.venv/bin/python benchmarks/accuracy.py --budget cpu
 bench-smoke: setup
 	.venv/bin/python benchmarks/accuracy.py --budget smoke
+bench-throughput: setup
+	scripts/setup.sh --torch
+	.venv/bin/python benchmarks/throughput.py

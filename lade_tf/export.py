@@ -36,6 +36,7 @@ import tensorflow as tf
 from lade_tf.layers import PriorCorrection
 from lade_tf.prior_estimation import TargetPriorEstimator
 from lade_tf.priors import source_prior
+from lade_tf.records import decode_image_tensor
 
 METADATA_ASSET = "lade_metadata.json"
 SIGNATURE_NAMES = (
@@ -129,10 +130,7 @@ class _ServingModule(tf.Module):
         height, width, channels = self._image_shape
 
         def decode_one(encoded):
-            image = tf.io.decode_image(
-                encoded, channels=channels, dtype=tf.uint8, expand_animations=False
-            )
-            image = tf.cast(image, tf.float32)
+            image = tf.cast(decode_image_tensor(encoded, channels), tf.float32)
             shape = tf.shape(image)
             same_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
             # Resizing only when needed keeps a same-size PNG bit-exact with the raw pixels.

@@ -20,7 +20,6 @@ epoch; a finished run returns at once.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import sys
@@ -35,8 +34,14 @@ import tensorflow as tf
 from lade_tf.checkpoints import HISTORY_FILE, CheckpointCallback, EpochState, read_history
 from lade_tf.input_pipeline import augment_image, eval_dataset, steps_per_epoch, train_dataset
 from lade_tf.losses import make_loss
-from lade_tf.metrics import BalancedAccuracy, balanced_accuracy
-from lade_tf.models import build_model
+from lade_tf.metrics import balanced_accuracy
+from lade_tf.models import build_model, resolve_arch
+from lade_tf.recipe import (
+    build_training_model,
+    dtype_policy,
+    make_optimizer,
+    training_metrics,
+)
 from lade_tf.schedules import WarmupSchedule, warmup_schedule
 from lade_tf.strategies import is_chief, make_strategy, uses_custom_loop
 from lade_tf.train_config import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
@@ -64,29 +69,10 @@ __all__ = [
 # --------------------------------------------------------------------------- model set-up
 
 
-@contextlib.contextmanager
-def _global_dtype_policy(name: str) -> Iterator[None]:
-    """Layers built inside use the dtype policy `name`; the global policy is restored after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def _training_dtype_policy(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
     if not config.mixed_precision:
         return "float32"
     return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
-
-
-def _add_l2_weight_decay(model: keras.Model, weight_decay: float) -> None:
-    """wd/2 * ||w||^2 on every trainable variable: gradient wd * w, as PyTorch's coupled decay."""
-    if weight_decay <= 0:
-        return
-    for variable in model.trainable_variables:
-        variable.regularizer = keras.regularizers.L2(weight_decay / 2.0)
 
 
 def _synchronize_batch_norm(layer: keras.layers.Layer) -> None:
@@ -97,10 +83,15 @@ def _synchronize_batch_norm(layer: keras.layers.Layer) -> None:
         _synchronize_batch_norm(sublayer)
 
 
-def _make_optimizer(config: TrainConfig, schedule: WarmupSchedule) -> keras.optimizers.Optimizer:
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+def _device_names(strategy: tf.distribute.Strategy) -> list[str]:
+    """The devices the strategy computes on; for the default strategy, where TF places ops."""
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: the first GPU if there is one, else the CPU
+        devices = [
+            (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices())[0].name
+        ]
+    return [device.split("device:")[-1] for device in devices]
 
 
 def _build_training_model(
@@ -109,10 +100,9 @@ def _build_training_model(
     input_shape: Sequence[int],
     strategy: tf.distribute.Strategy,
 ) -> keras.Model:
-    with _global_dtype_policy(_training_dtype_policy(config, strategy)):
-        model = build_model(config.arch, num_classes, tuple(input_shape))
-    if config.optimizer == "sgd":
-        _add_l2_weight_decay(model, config.weight_decay)
+    model = build_training_model(
+        config, num_classes, input_shape, _training_dtype_policy(config, strategy)
+    )
     if strategy.num_replicas_in_sync > 1:
         _synchronize_batch_norm(model)
     return model
@@ -122,7 +112,7 @@ def _inference_copy(
     model: keras.Model, config: TrainConfig, num_classes: int, input_shape: Sequence[int]
 ) -> keras.Model:
     """A float32, uncompiled, undistributed copy with the trained weights, for export/evaluation."""
-    with _global_dtype_policy("float32"):
+    with dtype_policy("float32"):
         copy = build_model(config.arch, num_classes, tuple(input_shape))
     copy.set_weights([np.asarray(w) for w in model.get_weights()])
     return copy
@@ -190,6 +180,14 @@ def train_model(
         )
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    if verbose and is_chief(strategy):
+        print(
+            f"Training {resolve_arch(config.arch, input_shape)} with {config.loss} on "
+            f"{', '.join(_device_names(strategy))}: "
+            f"{replicas} replica(s), dtype policy {_training_dtype_policy(config, strategy)}, "
+            f"XLA {'on' if config.xla else 'off'}",
+            flush=True,
+        )
     keras.utils.set_random_seed(config.seed)
     num_classes = len(class_counts)
     schedule = warmup_schedule(config, steps_per_epoch(config, class_counts))
@@ -245,12 +243,9 @@ def _train_fit(
     with strategy.scope():
         model = _build_training_model(config, num_classes, input_shape, strategy)
         model.compile(
-            optimizer=_make_optimizer(config, schedule),
+            optimizer=make_optimizer(config, schedule),
             loss=loss,
-            metrics=[
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                BalancedAccuracy(num_classes, name="balanced_accuracy"),
-            ],
+            metrics=training_metrics(num_classes),
             jit_compile=config.xla,
         )
         # compile() may wrap the optimizer (LossScaleOptimizer under mixed_float16): track that.
@@ -308,7 +303,7 @@ def _train_custom_loop(
     distributed = strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options))
     with strategy.scope():
         model = _build_training_model(config, num_classes, input_shape, strategy)
-        optimizer = _make_optimizer(config, schedule)
+        optimizer = make_optimizer(config, schedule)
         if model.dtype_policy.name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)

@@ -40,9 +40,13 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 #: Lines of TensorFlow's C++ side and of TFX that carry no information for a user of this
 #: pipeline, dropped at the warning and error log levels: CUDA plug-ins registering twice on a
 #: machine without a GPU, TensorRT not installed, absl's pre-init notice, the end of a tf.data
-#: iterator, and TFX noting that its MLMD query falls back to a slower path.
+#: iterator, TFX noting that its MLMD query falls back to a slower path, and XLA's start-up
+#: notices under --xla (C++ INFO lines that TF_CPP_MIN_LOG_LEVEL does not reach).
 KNOWN_NOISE = (
     r"Unable to register cu(FFT|DNN|BLAS) factory",
+    r"XLA service 0x[0-9a-f]+ initialized for platform",
+    r"StreamExecutor device \(\d+\): ",
+    r"Compiled cluster using XLA!",
     r"TF-TRT Warning: Could not find TensorRT",
     r"All log messages before absl::InitializeLog\(\) is called",
     r"Local rendezvous is aborting with status: OUT_OF_RANGE",

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Idempotent setup: Python 3.10 + uv + .venv (pinned TFX stack, project editable) and, with
-# --lib, .venv-lib (Python 3.11, newest TensorFlow/Keras/JAX, library only). Quick when done.
+# Idempotent setup, quick when done. Always: Python 3.10 + uv + .venv (pinned TFX stack, project
+# editable) and Debian's Fashion-MNIST. Options (any combination):
+#   --lib    .venv-lib   Python 3.11, newest TensorFlow/Keras/JAX (library tests)
+#   --jax    .venv-jax   Python 3.11, Keras + JAX and no TensorFlow (python -m lade_tf.train)
+#   --torch  .venv-torch Python 3.11, PyTorch 2.13 (the reference of benchmarks/throughput.py)
+#   --gpu    .venv gets the CUDA build of its pinned TensorFlow (the and-cuda extra, same version)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -68,11 +72,35 @@ ensure_fashion_mnist() {
   fi
 }
 
-main() {
-  make_env .venv 3.10 requirements.txt yes
-  if [ "${1:-}" = "--lib" ]; then
-    make_env .venv-lib 3.11 requirements-lib.txt no
+install_tensorflow_cuda() {  # the and-cuda extra of the TensorFlow version .venv pins
+  local version
+  version=$(sed -n 's/^tensorflow==\([0-9.]*\).*/\1/p' requirements.txt)
+  [ -n "$version" ] || { log "requirements.txt pins no tensorflow version"; exit 1; }
+  if .venv/bin/python -c "import importlib.metadata as m; m.version('nvidia-cudnn-cu12')" >/dev/null 2>&1; then
+    return 0
   fi
+  ensure_uv
+  log "installing tensorflow[and-cuda]==$version into .venv (CUDA and cuDNN wheels, about 3 GB)"
+  uv pip install --quiet -p .venv/bin/python "tensorflow[and-cuda]==$version" -c requirements.txt
+}
+
+main() {
+  local option
+  for option in "$@"; do
+    case $option in
+      --lib | --jax | --torch | --gpu) ;;
+      *) log "unknown option $option: expected --lib, --jax, --torch or --gpu"; exit 2 ;;
+    esac
+  done
+  make_env .venv 3.10 requirements.txt yes
+  for option in "$@"; do
+    case $option in
+      --lib) make_env .venv-lib 3.11 requirements-lib.txt no ;;
+      --jax) make_env .venv-jax 3.11 requirements-jax.txt no ;;
+      --torch) make_env .venv-torch 3.11 requirements-torch.txt no ;;
+      --gpu) install_tensorflow_cuda ;;
+    esac
+  done
   ensure_fashion_mnist
 }
 main "$@"

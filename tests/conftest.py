@@ -17,6 +17,8 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
+import lade_tf  # noqa: F401  (TensorFlow's oneDNN default, set before any test imports TF)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -93,3 +95,62 @@ def digits_folder(digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:04d}.png")
     return root
+
+
+#: The TFX environment's interpreter: `pipeline.prepare` (Beam) runs there, whatever runs the test.
+TFX_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+
+
+def extract_cifar10_subset(target: Path, per_class: int) -> Path:
+    """Files 0000 .. per_class - 1 of every class and split of the shared CIFAR-10 tarball
+    (per_class a multiple of 100 up to 1000); returns `.../cifar10-jpeg`."""
+    if not CIFAR10_TARBALL.exists():
+        require_or_skip(
+            f"{CIFAR10_TARBALL} not found (set LADE_SHARED_DATA to the shared data folder)"
+        )
+    hundreds = "".join(str(d) for d in range(per_class // 100))
+    pattern = f"cifar10-jpeg/*/*/0[{hundreds}]*.jpg"
+    subprocess.run(
+        ["tar", "-xJf", str(CIFAR10_TARBALL), "-C", str(target), "--wildcards", pattern],
+        check=True,
+    )
+    return target / "cifar10-jpeg"
+
+
+def run_pipeline_prepare(source: str, output: Path, *flags: str) -> Path:
+    """`python -m pipeline.prepare` in the TFX environment (.venv), as a user runs it."""
+    if not TFX_PYTHON.exists():
+        require_or_skip(f"{TFX_PYTHON} not found (scripts/setup.sh builds the TFX environment)")
+    # The caller's KERAS_BACKEND (jax in stage 4) is not the TFX environment's.
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run(
+        [str(TFX_PYTHON), "-m", "pipeline.prepare", "--source", source, "--output-dir"]
+        + [str(output), *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, f"pipeline.prepare failed:\n{done.stderr[-3000:]}"
+    return output
+
+
+@pytest.fixture(scope="session")
+def cifar10_lt_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10-LT IR 100 from 300 images per class (JPEG bytes kept), 20 val per class, the
+    10 x 300 test images: 689 / 200 / 3,000 examples written by `pipeline.prepare`."""
+    root = tmp_path_factory.mktemp("cifar10_subset")
+    tree = extract_cifar10_subset(root, 300)
+    return run_pipeline_prepare(
+        f"folder:{tree}", root / "examples", "--imbalance-ratio", "100", "--val-per-class", "20"
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_lt_examples(digits_folder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits folder as a long-tailed split (IR 10, 10 val per class) by `pipeline.prepare`:
+    499 / 100 / 360 examples of 8x8 grey PNGs."""
+    output = tmp_path_factory.mktemp("digits_lt") / "examples"
+    return run_pipeline_prepare(
+        f"folder:{digits_folder}", output, "--imbalance-ratio", "10", "--val-per-class", "10"
+    )

@@ -3,7 +3,9 @@ digits written by TensorFlow's own TFRecord writer (no TFX or Beam here)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -11,7 +13,10 @@ import tensorflow as tf
 
 from lade_tf.records import (
     CLASS_INFO_FILE,
+    decode_example,
     encode_example,
+    iter_tfrecords,
+    masked_crc32c,
     parse_dataset,
     read_class_info,
     split_file_pattern,
@@ -116,3 +121,61 @@ def test_read_class_info_round_trips_and_explains_a_missing_file(tmp_path):
     assert read_class_info(str(tmp_path)) == info
     with pytest.raises(FileNotFoundError, match="class_info.json"):
         read_class_info(str(tmp_path / "nowhere"))
+
+
+# ---------------------------------------------------------------- reading without TensorFlow
+
+
+def test_iter_tfrecords_reads_what_tensorflow_wrote_and_reads(digits, tmp_path):
+    images, labels = digits
+    _write_digits_split(tmp_path / "d.gz", images[:40], labels[:40])
+    ours = list(iter_tfrecords(str(tmp_path / "d.gz")))
+    theirs = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "d.gz"), "GZIP")]
+    assert ours == theirs and len(ours) == 40
+    # The NumPy reference of the masked CRC-32C TensorFlow computes (tf.io has no direct op):
+    # the 4 bytes after the 8-byte length of the first record.
+    raw = gzip.decompress((tmp_path / "d.gz").read_bytes())
+    assert struct.unpack("<I", raw[8:12])[0] == masked_crc32c(raw[:8])
+    assert masked_crc32c(b"123456789") == _masked_reference(0xE3069283)  # CRC-32C check value
+
+
+def _masked_reference(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_iter_tfrecords_names_a_corrupt_or_truncated_record(digits, tmp_path):
+    images, labels = digits
+    with tf.io.TFRecordWriter(str(tmp_path / "plain")) as writer:
+        for image, label in zip(images[:3], labels[:3]):
+            writer.write(_reference_example(tf.io.encode_png(image[..., None]).numpy(), label))
+    raw = bytearray((tmp_path / "plain").read_bytes())
+    corrupt = bytearray(raw)
+    corrupt[40] ^= 0xFF  # inside the first record's data
+    (tmp_path / "corrupt").write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match="record 0: data checksum mismatch"):
+        list(iter_tfrecords(str(tmp_path / "corrupt"), compression=""))
+    assert len(list(iter_tfrecords(str(tmp_path / "corrupt"), compression="", verify=False))) == 3
+    (tmp_path / "short").write_bytes(bytes(raw[:-3]))
+    with pytest.raises(ValueError, match="truncated TFRecord file"):
+        list(iter_tfrecords(str(tmp_path / "short"), compression=""))
+    with pytest.raises(ValueError, match="compression = 'ZLIB'"):
+        list(iter_tfrecords(str(tmp_path / "plain"), compression="ZLIB"))
+
+
+def test_decode_example_inverts_tensorflow_examples_with_other_features():
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x89PNG.."])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[2**40])),
+                "weight": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, 2.0])),
+                "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[-3, 7])),
+            }
+        )
+    ).SerializeToString()
+    assert decode_example(example) == (b"\x89PNG..", 2**40)
+    assert decode_example(encode_example(b"jpeg", 9)) == (b"jpeg", 9)
+    with pytest.raises(ValueError, match="no single int64 feature 'label'"):
+        decode_example(_reference_example(b"x", 1).replace(b"label", b"lab_l"))
+    with pytest.raises(ValueError, match="not a serialized tf.train.Example"):
+        decode_example(b"\x0a\xff")

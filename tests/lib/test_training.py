@@ -22,7 +22,7 @@ from tests.conftest import import_or_skip
 tf = import_or_skip("tensorflow", "lade_tf.training is TensorFlow-specific")
 import keras  # noqa: E402
 
-from lade_tf import training  # noqa: E402
+from lade_tf import recipe, training  # noqa: E402
 from lade_tf.priors import long_tail_counts  # noqa: E402
 from lade_tf.records import encode_example  # noqa: E402
 from lade_tf.training import TrainConfig  # noqa: E402
@@ -270,7 +270,7 @@ def test_weight_decay_is_coupled_l2_on_every_trainable_variable():
     model = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()]
     )
-    training._add_l2_weight_decay(model, 5e-4)
+    recipe.add_l2_weight_decay(model, 5e-4)
     weights = model.trainable_variables
     penalty = float(sum(model.losses))
     assert penalty == pytest.approx(5e-4 / 2 * sum(float(np.sum(np.square(w))) for w in weights))

@@ -165,6 +165,7 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     lines = (stdout + stderr).splitlines()
     assert len(lines) <= MAX_QUIET_LINES, "\n".join(lines)
     assert "Component Trainer_lade is running." in stderr and "Epoch 2/2" in stdout
+    assert "Training small_cnn with lade on CPU:0: 1 replica(s)" in stdout  # the device line
     assert "Unable to register cu" not in stderr and "INFO:absl:Running launcher" not in stderr
     trainer_logs = next(output_dir.glob("pipeline_root/Trainer_lade/model_run/*/logs"))
     assert f"TensorBoard:  tensorboard --logdir {trainer_logs}" in stdout

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from lade_tf.priors import long_tail_counts
-from lade_tf.records import parse_dataset, read_class_info, split_file_pattern
+from lade_tf.records import parse_dataset, read_class_info, read_split, split_file_pattern
 from pipeline.beam_args import beam_pipeline_args
 from pipeline.prepare import main, prepare_examples
 from pipeline.split_plan import ImageSummary, PrepareConfig, plan_splits
@@ -627,3 +627,33 @@ def test_direct_runner_args_never_start_prism(caplog):
         with beam.Pipeline(options=PipelineOptions(beam_pipeline_args("in_memory"))) as p:
             _ = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * 2)
     assert not [r for r in caplog.records if "prism" in r.getMessage().lower()]
+
+
+def _tf_arrays(examples: Path, split: str, shape: tuple[int, int, int]):
+    rows = list(parse_dataset(split_file_pattern(str(examples), split), shape).as_numpy_iterator())
+    return np.stack([image for image, _ in rows]), np.array([label for _, label in rows])
+
+
+def test_read_split_without_tensorflow_reads_what_parse_dataset_reads(
+    digits_prepared, tmp_path_factory
+):
+    """PNG (digits) and JPEG bytes kept from the CIFAR-10 files: the same pixels, labels, order.
+    JPEG is where decoders differ: both sides use the accurate integer DCT."""
+    from tests.conftest import extract_cifar10_subset
+
+    root = tmp_path_factory.mktemp("cifar_subset")
+    cifar = root / "examples"
+    tree = extract_cifar10_subset(root, 100)
+    prepare_examples(
+        f"folder:{tree}",
+        str(cifar),
+        PrepareConfig(imbalance_ratio=10.0, val_per_class=10),
+        pipeline_args=IN_MEMORY,
+    )
+    for examples, shape in ((digits_prepared[0], (8, 8, 1)), (cifar, (32, 32, 3))):
+        for split in ("train", "test"):
+            images, labels = read_split(str(examples), split)
+            tf_images, tf_labels = _tf_arrays(examples, split, shape)
+            np.testing.assert_array_equal(labels, tf_labels)
+            np.testing.assert_array_equal(images.astype(np.float32), tf_images)
+    assert read_class_info(str(cifar))["source"].startswith("folder:")
