@@ -1,7 +1,8 @@
 # The container image a compiled Kubeflow / Vertex spec of `pipeline/run.py --runner=kubeflow`
 # names: this project installed on the pinned TFX base image, so every component (the
 # LongTailExampleGen and ShiftEvaluator, the Trainers' and Tuner's function paths
-# pipeline.trainer.run_fn / pipeline.tuner.tuner_fn, their executors in pipeline.components)
+# pipeline.trainer.run_fn / pipeline.tuner.tuner_fn, their executors in
+# pipeline.training_components)
 # imports the installed `lade_tf` and `pipeline` packages.
 #
 # Build from the repository root and push where the cluster can pull it, then compile with it:
@@ -27,8 +28,10 @@ COPY lade_tf/ lade_tf/
 COPY pipeline/ pipeline/
 COPY serving/ serving/
 RUN python -m pip install --no-cache-dir --no-deps . \
-    && python -c "import lade_tf.training, pipeline.components, pipeline.trainer, pipeline.tuner, pipeline.shift_evaluator"
+    && python -c "import lade_tf.tf_training, pipeline.training_components, pipeline.trainer, pipeline.tuner, pipeline.shift_evaluator"
 
 # No Debian Fashion-MNIST files in the image: `--source fashion_mnist` falls back to TFDS
 # (downloaded at run time; set --tfds-data-dir to a gs:// cache), or use a tfds:/folder: source.
-ENV TF_CPP_MIN_LOG_LEVEL=1
+# Process settings of every container, as the entry points make them (lade_tf.process_settings):
+# the same oneDNN CPU kernels on every CPU.
+ENV TF_CPP_MIN_LOG_LEVEL=1 TF_ENABLE_ONEDNN_OPTS=1

@@ -193,3 +193,62 @@ def check_logits_labels(
     """
     logits = check_logits(logits, num_classes, finite=finite)
     return logits, check_labels(labels, logits.shape[1], logits.shape[0])
+
+
+def check_prior(
+    prior: Any,
+    name: str = "prior",
+    *,
+    num_classes: int | None = None,
+    batched: bool = False,
+    zeros: bool = True,
+) -> np.ndarray:
+    """A label distribution (class weights) normalised to sum to 1, float64 [C] or [batch, C].
+
+    The one check of a prior vector in the library: target priors of the inference rule, source
+    and reference priors of EM, estimated and true priors of the estimation error.
+
+    Args:
+        prior: [C] array-like of non-negative class weights (any positive sum), or [batch, C]
+            with one distribution per row when `batched`.
+        name: the value's name in messages.
+        num_classes: the expected C; None accepts any C >= 2.
+        batched: also accept [batch, C] (each row checked and normalised).
+        zeros: allow zero weights; False requires every entry > 0 (a prior that is divided by,
+            such as EM's source prior).
+
+    Raises:
+        ValueError: wrong shape, NaN / infinite or negative entries, a zero entry when `zeros`
+            is False, or a (row) sum of 0; the message shows the value.
+    """
+    values = np.asarray(prior, dtype=np.float64)
+    ranks = (1, 2) if batched else (1,)
+    width = "C" if num_classes is None else str(num_classes)
+    if (
+        values.ndim not in ranks
+        or (num_classes is not None and values.shape[-1] != num_classes)
+        or (num_classes is None and values.shape[-1] < 2)
+    ):
+        expected = f"[{width}] or [batch, {width}]" if batched else f"[{width}]"
+        raise ValueError(
+            f"{name} has shape {values.shape}: expected {expected} (one weight per class"
+            + (", C >= 2)" if num_classes is None else ")")
+        )
+    text = shown(values)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"{name} {text} has NaN or infinite entries: expected finite, non-negative class "
+            "weights"
+        )
+    if (values < 0).any():
+        raise ValueError(f"{name} {text} has negative entries: expected non-negative class weights")
+    if not zeros and (values == 0).any():
+        raise ValueError(f"{name} {text} has zero entries: expected a positive weight per class")
+    sums = values.sum(axis=-1, keepdims=True)
+    if (sums <= 0).any():
+        raise ValueError(
+            f"{name} {text} sums to 0"
+            + (" (in some row)" if values.ndim == 2 else "")
+            + ": expected at least one positive class weight"
+        )
+    return values / sums

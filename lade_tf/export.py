@@ -33,10 +33,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from lade_tf.layers import PriorCorrection
+from lade_tf.layers import PriorCorrection, correction_offset
 from lade_tf.prior_estimation import TargetPriorEstimator
 from lade_tf.priors import source_prior
 from lade_tf.records import decode_image_tensor
+from lade_tf.train_config import loss_takes
 
 METADATA_ASSET = "lade_metadata.json"
 SIGNATURE_NAMES = (
@@ -230,7 +231,7 @@ def _metadata(
         "num_classes": len(class_counts),
         "train_loss": train_loss,
         "alpha": None if alpha is None else float(alpha),
-        "tau": float(tau) if train_loss == "logit_adjusted" else None,
+        "tau": float(tau) if loss_takes(train_loss, "tau") else None,
         "input_shape": list(image_shape),
         "input_dtype": "float32",
         "pixel_range": [0, 255],
@@ -388,3 +389,38 @@ def read_serving_metadata(saved_model_dir: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(saved_model_dir), "assets", METADATA_ASSET)
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def served_raw_logits(
+    saved_model_dir: str | os.PathLike, images: np.ndarray, *, batch_size: int = 1024
+) -> tuple[np.ndarray, dict]:
+    """Raw logits f [N, C] float64 of a SavedModel this module wrote, and its metadata.
+
+    Formula:
+        predict_uniform returns f + b + log(1 / C), b the model's inference-rule offset
+        (`lade_tf.layers.correction_offset` of the metadata's counts, loss and tau), so
+        f = served - b + log C, exactly, whatever loss the model was trained with.
+
+    Args:
+        saved_model_dir: the SavedModel (a local path or any tf.io.gfile URI).
+        images: float32 raw pixels [N, H, W, C].
+        batch_size: images per `predict_uniform` call.
+
+    Raises:
+        FileNotFoundError / ValueError: if the directory is not such a SavedModel.
+    """
+    saved_model_dir = os.fspath(saved_model_dir)
+    with tf.io.gfile.GFile(os.path.join(saved_model_dir, "assets", METADATA_ASSET)) as handle:
+        metadata = json.load(handle)
+    predict = tf.saved_model.load(saved_model_dir).signatures["predict_uniform"]
+    served = np.concatenate(
+        [
+            predict(images=tf.constant(images[start : start + batch_size], tf.float32))[
+                "logits"
+            ].numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+    ).astype(np.float64)
+    counts = metadata["class_counts"]
+    offset = correction_offset(counts, metadata["train_loss"], float(metadata.get("tau") or 1.0))
+    return served - offset[None, :] + np.log(len(counts)), metadata

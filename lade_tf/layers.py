@@ -26,22 +26,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from lade_tf.checks import check_choice, check_non_negative
-from lade_tf.losses import LOSS_NAMES, known_values
+from lade_tf.checks import check_prior
+from lade_tf.losses import known_values
 from lade_tf.priors import class_counts_config, source_prior
+from lade_tf.train_config import inference_tau
 
 #: Adjusted logit given to classes whose target prior is 0.
 ZERO_PRIOR_LOGIT = -1e9
-
-
-def _check_tau(train_loss: str, tau: float) -> float:
-    check_non_negative("tau", tau, "a finite number >= 0 (the logit-adjusted loss's temperature)")
-    if train_loss != "logit_adjusted" and tau != 1.0:
-        raise ValueError(
-            f"tau = {tau!r} with train_loss = {train_loss!r}: tau belongs to the "
-            "'logit_adjusted' loss; other losses take tau = 1.0"
-        )
-    return float(tau)
 
 
 def correction_offset(
@@ -70,8 +61,7 @@ def correction_offset(
         >>> correction_offset([3, 1], "logit_adjusted", tau=2.0).round(4).tolist()
         [-0.2877, -1.3863]
     """
-    check_choice("train_loss", train_loss, LOSS_NAMES)
-    tau = _check_tau(train_loss, tau)
+    tau = inference_tau(train_loss, tau)
     log_source = np.log(source_prior(class_counts))
     if train_loss == "ce":
         return -log_source
@@ -80,28 +70,9 @@ def correction_offset(
     return np.zeros_like(log_source)
 
 
-def _validate_prior_values(prior: np.ndarray, num_classes: int) -> None:
-    """Raise ValueError naming the bad target prior (eager check, NumPy values)."""
-    if prior.ndim not in (1, 2) or prior.shape[-1] != num_classes:
-        raise ValueError(
-            f"target_prior has shape {prior.shape}: expected [{num_classes}] or "
-            f"[batch, {num_classes}] (one entry per class)"
-        )
-    shown = np.array2string(prior, threshold=24, separator=", ")
-    if not np.all(np.isfinite(prior)):
-        raise ValueError(
-            f"target_prior {shown} has NaN or infinite entries: expected "
-            "finite, non-negative class weights"
-        )
-    if np.any(prior < 0):
-        raise ValueError(
-            f"target_prior {shown} has negative entries: expected non-negative class weights"
-        )
-    if np.any(prior.sum(axis=-1) <= 0):
-        raise ValueError(
-            f"target_prior {shown} sums to 0 (in some row): expected at "
-            "least one positive class weight"
-        )
+def _checked_prior(prior: np.ndarray, num_classes: int) -> np.ndarray:
+    """The target prior [C] or [batch, C], normalised per row (eager check, NumPy values)."""
+    return check_prior(prior, "target_prior", num_classes=num_classes, batched=True)
 
 
 def adjust_logits_numpy(
@@ -141,14 +112,12 @@ def adjust_logits_numpy(
         raise ValueError(f"logits have shape {logits.shape}: expected [N, {offset.size}]")
     if target_prior is None:
         return logits.copy()
-    prior = np.asarray(target_prior, dtype=np.float64)
-    _validate_prior_values(prior, offset.size)
+    prior = _checked_prior(np.asarray(target_prior, dtype=np.float64), offset.size)
     if prior.ndim == 2 and prior.shape[0] != logits.shape[0]:
         raise ValueError(
             f"target_prior has {prior.shape[0]} rows for {logits.shape[0]} logits "
             "rows: expected one prior per example, or a single [C] prior"
         )
-    prior = prior / prior.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore"):
         adjusted = logits + offset + np.log(prior)
     return np.where(prior > 0, adjusted, ZERO_PRIOR_LOGIT)
@@ -210,8 +179,7 @@ class PriorCorrection(keras.layers.Layer):
         logits = ops.cast(logits, "float32")
         concrete = known_values(target_prior)
         if concrete is not None:
-            concrete = concrete.astype(np.float64)
-            _validate_prior_values(concrete, self.num_classes)
+            concrete = _checked_prior(concrete.astype(np.float64), self.num_classes)
             rows = logits.shape[0]
             if concrete.ndim == 2 and rows is not None and concrete.shape[0] != rows:
                 raise ValueError(

@@ -43,13 +43,32 @@ import keras
 import numpy as np
 from keras import ops
 
-from lade_tf.checks import check_choice, check_non_negative
 from lade_tf.priors import class_counts_config, source_prior
 
-#: Loss names understood by `make_loss` (and by the training config).
-LOSS_NAMES = ("ce", "lade", "balanced_softmax", "logit_adjusted")
-IMPORTANCE_VARIANTS = ("sample", "class")
-LADER_CLASS_SETS = ("all", "present")
+# Which loss takes which option, and each option's range, are decided in `lade_tf.train_config`;
+# the names are part of this module's API as well.
+from lade_tf.train_config import (
+    IMPORTANCE_VARIANTS,
+    LADER_CLASS_SETS,
+    LOSS_NAMES,
+    LOSS_OPTIONS,
+    check_loss_option,
+)
+
+__all__ = [
+    "IMPORTANCE_VARIANTS",
+    "LADER_CLASS_SETS",
+    "LOSS_NAMES",
+    "LOSS_OPTIONS",
+    "BalancedSoftmaxLoss",
+    "LADELoss",
+    "LogitAdjustedLoss",
+    "balanced_softmax_loss",
+    "lade_loss",
+    "lader",
+    "logit_adjusted_loss",
+    "make_loss",
+]
 _REGISTER = keras.saving.register_keras_serializable(package="lade_tf")
 
 
@@ -60,16 +79,16 @@ def _log_source_prior(class_counts: Sequence[float]) -> np.ndarray:
 
 def _check_lader_options(remine_lambda: float, importance: str, lader_classes: str) -> None:
     """The checks of LADER's options, shared by `lader`, `lade_loss` and `LADELoss`."""
-    check_non_negative("remine_lambda", remine_lambda)
-    check_choice("importance", importance, IMPORTANCE_VARIANTS)
-    check_choice("lader_classes", lader_classes, LADER_CLASS_SETS)
+    check_loss_option("remine_lambda", remine_lambda)
+    check_loss_option("importance", importance)
+    check_loss_option("lader_classes", lader_classes)
 
 
 def _check_lade_options(
     alpha: float, remine_lambda: float, importance: str, lader_classes: str
 ) -> None:
     """`_check_lader_options` and LADE's own alpha."""
-    check_non_negative("alpha", alpha)
+    check_loss_option("alpha", alpha)
     _check_lader_options(remine_lambda, importance, lader_classes)
 
 
@@ -222,7 +241,7 @@ def logit_adjusted_loss(
         ValueError: bad class count (names the class), negative or non-finite tau, bad shapes,
             or a label outside [0, C) where the labels are known (eager and NumPy inputs).
     """
-    check_non_negative("tau", tau)
+    check_loss_option("tau", tau)
     return _shifted_cross_entropy(y_true, logits, _log_source_prior(class_counts), tau)
 
 
@@ -422,7 +441,7 @@ class LogitAdjustedLoss(keras.losses.Loss):
         name: str = "logit_adjusted_loss",
     ):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        self.tau = check_non_negative("tau", tau)
+        self.tau = check_loss_option("tau", tau)
         self.class_counts = class_counts_config(class_counts)
         self._log_prior = _log_source_prior(self.class_counts)
 
@@ -509,15 +528,6 @@ class LADELoss(keras.losses.Loss):
             "importance": self.importance,
             "lader_classes": self.lader_classes,
         }
-
-
-#: The options `make_loss` passes on, per loss name (what `TrainConfig.loss_options` takes).
-LOSS_OPTIONS = {
-    "ce": (),
-    "lade": ("alpha", "remine_lambda", "importance", "lader_classes"),
-    "balanced_softmax": (),
-    "logit_adjusted": ("tau",),
-}
 
 
 def make_loss(name: str, class_counts: Sequence[float] | None, **options: Any) -> keras.losses.Loss:

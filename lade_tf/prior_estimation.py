@@ -9,11 +9,11 @@ ShiftEvaluator and the export (as the `estimate_prior` graph) share:
    softmax(f + tau log p_s) at p_r = p_s for the logit-adjusted loss. The reference prior p_r is
    the label distribution of the validation split when a calibration is fitted there (so the
    calibrated posteriors are posteriors for that split), else the training prior p_s.
-2. Calibration fitted on the validation split (`lade_tf.priors.Calibrator`):
+2. Calibration fitted on the validation split (`lade_tf.calibration.Calibrator`):
        z_cal = z / T + beta          (BCTS by default; "temperature": beta = 0; "none": identity)
 3. EM on softmax(z_cal) with p_r as the source prior, as a MAP estimate under a Dirichlet prior
    centred on the training prior p_s with `prior_strength` pseudo-images
-   (`lade_tf.priors.estimate_target_prior`), or BBSE.
+   (`lade_tf.label_shift.estimate_target_prior`), or BBSE.
 
 Steps 1 and 2 together are affine in f: z_cal = f / T + c with c = (b + log p_r) / T + beta, the two
 constants the serving graph bakes in (`affine_posterior`). NumPy only.
@@ -25,21 +25,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lade_tf.calibration import CALIBRATIONS, DEFAULT_CALIBRATION, Calibrator, softmax
 from lade_tf.checks import check_choice, check_labels, check_logits
-from lade_tf.layers import correction_offset
-from lade_tf.priors import (
-    CALIBRATIONS,
-    DEFAULT_CALIBRATION,
+from lade_tf.label_shift import (
     DEFAULT_PRIOR_STRENGTH,
     EM_MAX_ITERATIONS,
     EM_TOLERANCE,
     ESTIMATION_METHODS,
-    Calibrator,
     check_prior_strength,
     estimate_target_prior,
-    softmax,
-    source_prior,
 )
+from lade_tf.layers import correction_offset
+from lade_tf.priors import source_prior
 
 #: Version tag of `TargetPriorEstimator.to_config` documents.
 CONFIG_FORMAT = "lade_tf.prior_estimation/1"
@@ -152,7 +149,7 @@ class TargetPriorEstimator:
 
         Raises:
             ValueError: for malformed logits or labels, a class absent from `val_labels`, or a
-                calibration that does not fit (see `lade_tf.priors.Calibrator.fit`).
+                calibration that does not fit (see `lade_tf.calibration.Calibrator.fit`).
         """
         val_logits = check_logits(val_logits, self.num_classes, "val_logits")
         labels = check_labels(

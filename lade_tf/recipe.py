@@ -1,6 +1,7 @@
-"""The training recipe's backend-agnostic pieces, shared by `lade_tf.training` (TensorFlow) and
-`lade_tf.train` (any Keras backend): the model under a dtype policy with the coupled L2 weight
-decay, the optimizer, the compiled metrics and the steps per epoch (docs/design.md section 10)."""
+"""The training recipe's backend-agnostic pieces, shared by `lade_tf.tf_training` (TensorFlow)
+and `lade_tf.array_training` (any Keras backend): the model under a dtype policy with the coupled
+L2 weight decay, the optimizer, the compiled metrics and the steps per epoch (docs/design.md
+section 10)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from lade_tf.calibration import CALIBRATIONS, DEFAULT_CALIBRATION, softmax
 from lade_tf.checks import check_logits_labels
+from lade_tf.label_shift import prior_estimation_error
 from lade_tf.layers import adjust_logits_numpy
 from lade_tf.metrics import (
     accuracy,
@@ -27,15 +29,7 @@ from lade_tf.metrics import (
     shot_accuracy,
 )
 from lade_tf.prior_estimation import TargetPriorEstimator
-from lade_tf.priors import (
-    CALIBRATIONS,
-    DEFAULT_CALIBRATION,
-    SHIFT_NAMES,
-    prior_estimation_error,
-    shifted_test_counts,
-    softmax,
-    subsample_by_counts,
-)
+from lade_tf.priors import SHIFT_NAMES, shifted_test_counts, subsample_by_counts
 
 #: Keys of the estimation error added to every distribution's result when the prior is estimated.
 ESTIMATION_ERROR_KEYS = ("prior_l1", "prior_js")
@@ -272,3 +266,50 @@ def _prediction_rule(
         ), estimated
 
     return predict
+
+
+def mean_shift_accuracy(
+    logits: np.ndarray,
+    labels: Sequence[int],
+    train_counts: Sequence[float],
+    train_loss: str,
+    *,
+    tau: float = 1.0,
+    seeds: Sequence[int] = (0, 1, 2),
+    resamples: int = 200,
+    resample_seed: int = 0,
+) -> tuple[float, float]:
+    """The mean accuracy over the 11 distributions with the known prior, and its standard error.
+
+    The standard error is the spread a different draw of the balanced split would give: the
+    standard deviation of the same mean over `resamples` stratified bootstrap resamples of the
+    split (each class's examples drawn with replacement, class sizes kept). It tells a real
+    difference between two models scored on the split from the split's own noise.
+
+    Args:
+        logits, labels, train_counts, train_loss, tau, seeds: as in `evaluate_under_shift`
+            (known prior, corrected).
+        resamples: bootstrap resamples (0: no standard error, returned as NaN).
+        resample_seed: seed of the resampling.
+
+    Returns:
+        (mean over the 11 distributions, its standard error), accuracies in 0..1.
+    """
+    logits, labels = check_logits_labels(logits, labels, len(train_counts))
+
+    def mean_of_11(rows: np.ndarray) -> float:
+        by_dist = evaluate_under_shift(
+            logits[rows], labels[rows], train_counts, train_loss, tau=tau, seeds=seeds
+        )
+        return float(np.mean([by_dist[name]["mean"] for name in SHIFT_NAMES]))
+
+    mean = mean_of_11(np.arange(len(labels)))
+    if resamples < 1:
+        return mean, float("nan")
+    rng = np.random.default_rng(resample_seed)
+    members = [np.flatnonzero(labels == c) for c in range(logits.shape[1])]
+    draws = [
+        mean_of_11(np.concatenate([rng.choice(rows, size=rows.size) for rows in members]))
+        for _ in range(resamples)
+    ]
+    return mean, float(np.std(draws, ddof=1))

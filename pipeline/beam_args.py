@@ -148,66 +148,12 @@ def wait_and_release(result) -> None:
             client.close()
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
-    return value
-
-
-def add_beam_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds the Beam flags every entry point shares: --beam-runner, --beam-mode, --beam-workers,
-    --dask-address, --dask-workers and --beam-arg (read back by `runner_args_from_flags`)."""
-    group = parser.add_argument_group("Beam")
-    group.add_argument(
-        "--beam-runner",
-        choices=RUNNERS,
-        default="direct",
-        help="Beam runner of the Beam-based steps (default direct: Beam's FnApiRunner)",
-    )
-    group.add_argument(
-        "--beam-mode",
-        choices=("auto",) + DIRECT_MODES,
-        default=None,
-        help="direct running mode; auto (the default of python -m pipeline.prepare): "
-        f"multi_processing for >= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
-        "else in_memory",
-    )
-    group.add_argument(
-        "--beam-workers",
-        type=positive_int,
-        default=2,
-        help="direct_num_workers; with --beam-runner dask and neither --dask-address nor "
-        "--dask-workers, the size of the local dask cluster",
-    )
-    group.add_argument("--dask-address", default=None, help="dask scheduler, tcp://HOST:PORT")
-    group.add_argument(
-        "--dask-workers",
-        type=positive_int,
-        default=None,
-        help="start a local dask.distributed cluster with N worker processes",
-    )
-    group.add_argument(
-        "--beam-arg",
-        dest="beam_args",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra Beam pipeline flag, passed through verbatim (repeatable), e.g. "
-        "--beam-arg=--flink_master=host:8081",
-    )
-
-
 @contextlib.contextmanager
 def runner_args_from_flags(
     args: argparse.Namespace, num_images: int, extra: Sequence[str] = ()
 ) -> Iterator[list[str]]:
-    """Beam arguments for parsed `add_beam_flags` flags; starts (and finally stops) a local
-    dask cluster for `--beam-runner dask` without `--dask-address`.
+    """Beam arguments for parsed `pipeline.flags.add_beam_flags` flags; starts (and finally
+    stops) a local dask cluster for `--beam-runner dask` without `--dask-address`.
 
     Args:
         args: parsed flags.

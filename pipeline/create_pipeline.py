@@ -10,9 +10,9 @@ Kubeflow/Vertex container) imports the installed package (see STACK_NOTES).
 With `runtime_parameters=True` (the Kubeflow / Vertex compile), epochs, alpha and the blessing
 margins are TFX RuntimeParameters (RUNTIME_PARAMETERS names them), so a compiled spec can be
 submitted again with other values; their defaults are the values given here. They reach the
-Trainers as the `epochs` / `alpha` execution properties of `pipeline.components.LadeTrainer`
-(the TrainConfig JSON in custom_config cannot hold one) and the ShiftEvaluator as its margin
-parameters.
+Trainers as the `epochs` / `alpha` execution properties of
+`pipeline.training_components.LadeTrainer` (the TrainConfig JSON in custom_config cannot hold
+one) and the ShiftEvaluator as its margin parameters.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from typing import Any, Mapping, Sequence
 
 from tfx import v1 as tfx
 
-from pipeline.components import LadeTrainer, LadeTuner
+from lade_tf.losses import LOSS_NAMES
+from lade_tf.train_config import loss_takes
+from pipeline.blessing import DEFAULT_MARGINS, check_margins
 from pipeline.example_gen import LongTailExampleGen
-from pipeline.shift_evaluator import DEFAULT_MARGINS, ShiftEvaluator, check_margins
+from pipeline.shift_evaluator import ShiftEvaluator
+from pipeline.training_components import LadeTrainer, LadeTuner
 
 RUN_FN = "pipeline.trainer.run_fn"
 TUNER_FN = "pipeline.tuner.tuner_fn"
@@ -40,7 +43,8 @@ RUNTIME_PARAMETERS = {
     "alpha": "the LADE Trainer's alpha (absent with a Tuner, whose best alpha wins)",
     "bless_margin_mean": "ShiftEvaluator margin_mean",
     "bless_margin_uniform": "ShiftEvaluator margin_uniform",
-    "bless_margin_ece": "ShiftEvaluator margin_ece (1 = ECE not checked)",
+    "bless_margin_ece": "ShiftEvaluator margin_ece (pipeline.blessing.UNCHECKED_MARGIN: ECE not "
+    "checked)",
 }
 
 
@@ -77,7 +81,7 @@ def create_pipeline(
     eval_test_per_class: int = 0,
     tune: bool = False,
     tuner_config: Mapping[str, Any] | None = None,
-    bless_margins: Mapping[str, float | None] | None = None,
+    bless_margins: Mapping[str, float] | None = None,
     alpha_source: str = "",
     runtime_parameters: bool = False,
     metadata_path: str | None = None,
@@ -98,8 +102,7 @@ def create_pipeline(
         tune: add a Tuner whose best hyperparameters feed the LADE Trainer.
         tuner_config: the Tuner's custom config (algorithm, trials, ...); needs `lade` trained.
         bless_margins: {"mean", "uniform", "ece"} margins of the ShiftEvaluator against the latest
-            blessed model (fractions; a missing or None ECE margin: ECE not checked); default
-            `shift_evaluator.DEFAULT_MARGINS`.
+            blessed model (fractions); a missing one takes `pipeline.blessing.DEFAULT_MARGINS`.
         alpha_source: where the LADE alpha comes from, for the report (e.g. "--alpha flag").
         runtime_parameters: make epochs, alpha and the margins RuntimeParameters (Kubeflow).
         metadata_path: SQLite MLMD file; None leaves the connection to the runner (Kubeflow).
@@ -113,8 +116,6 @@ def create_pipeline(
         ValueError: no or unknown losses, `push` not among them, `tune` without `lade`, a bad
             margin, or (with runtime_parameters) losses trained for different epochs.
     """
-    from pipeline.flags import LOSS_NAMES
-
     losses = list(train_configs)
     if not losses:
         raise ValueError("train_configs is empty: expected at least one loss to train")
@@ -129,11 +130,7 @@ def create_pipeline(
             "the Tuner searches LADE's alpha"
         )
 
-    margins = {
-        **DEFAULT_MARGINS,
-        **{k: v for k, v in (bless_margins or {}).items() if v is not None},
-    }
-    margins = check_margins(margins)
+    margins = check_margins({**DEFAULT_MARGINS, **(bless_margins or {})})
     epochs = {
         loss: int(config["epochs"]) for loss, config in train_configs.items() if "epochs" in config
     }
@@ -142,7 +139,8 @@ def create_pipeline(
             f"epochs per loss {epochs}: expected one value for the 'epochs' RuntimeParameter"
         )
     epochs_values: dict[str, Any] = dict(epochs)
-    alpha_value: Any = train_configs["lade"].get("alpha") if "lade" in train_configs else None
+    alpha_losses = [loss for loss in losses if loss_takes(loss, "alpha")]
+    alpha_value: Any = train_configs[alpha_losses[0]].get("alpha") if alpha_losses else None
     margin_values: dict[str, Any] = dict(margins)
     if runtime_parameters:
         if epochs:
@@ -199,7 +197,7 @@ def create_pipeline(
             eval_args=eval_args,
             custom_config={"train_config": dict(train_configs[loss])},
             epochs=epochs_values.get(loss),
-            alpha=alpha_value if loss == "lade" else None,
+            alpha=alpha_value if loss in alpha_losses else None,
         ).with_id(trainer_id(loss))
     components.extend(trainers.values())
 

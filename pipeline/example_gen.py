@@ -24,19 +24,20 @@ from pipeline.prepare import prepare_examples
 from pipeline.split_plan import PrepareConfig, parse_image_size
 
 _Parameter = tfx.dsl.components.Parameter
+_DEFAULTS = PrepareConfig()
 
 
 @tfx.dsl.components.component(use_beam=True)
 def LongTailExampleGen(  # pylint: disable=invalid-name  (TFX component names are classes)
     examples: tfx.dsl.components.OutputArtifact[standard_artifacts.Examples],
     source: _Parameter[str] = "fashion_mnist",
-    imbalance_ratio: _Parameter[float] = 100.0,
-    n_max: _Parameter[int] = None,
-    profile: _Parameter[str] = "exp",
-    val_per_class: _Parameter[int] = 20,
-    seed: _Parameter[int] = 0,
-    class_order: _Parameter[str] = "label",
-    test_fraction: _Parameter[float] = None,
+    imbalance_ratio: _Parameter[float] = _DEFAULTS.imbalance_ratio,
+    n_max: _Parameter[int] = _DEFAULTS.n_max,
+    profile: _Parameter[str] = _DEFAULTS.profile,
+    val_per_class: _Parameter[int] = _DEFAULTS.val_per_class,
+    seed: _Parameter[int] = _DEFAULTS.seed,
+    class_order: _Parameter[str] = _DEFAULTS.class_order,
+    test_fraction: _Parameter[float] = _DEFAULTS.test_fraction,
     image_size: _Parameter[str] = None,
     tfds_data_dir: _Parameter[str] = None,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,

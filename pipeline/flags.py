@@ -1,41 +1,45 @@
-"""Every command-line flag of the project's pipeline and training entry points, defined once.
+"""Every command-line flag of the pipeline's commands, defined once, and the parsing they share.
 
-`pipeline/run.py` builds its parser with `build_parser()`; `python -m pipeline.tuner` adds the same
-training, data and tuner flags with `add_training_flags` / `add_data_flags` / `add_tuner_flags`.
-Both parse with `parse_args(parser, argv)`, which reads an optional `--config FILE.yaml` holding the
-same settings (keys are flag names, `epochs` or `batch-size`); flags given on the command line win
-over the file. `training_config_from_args(args, loss)` turns the parsed flags into the
-`lade_tf.training.TrainConfig` a Trainer receives.
+`pipeline/run.py` builds its parser with `build_parser()`; the standalone commands of
+`pipeline.cli` (`python -m pipeline.prepare`, `pipeline.trainer`, `pipeline.tuner`) take the same
+groups (`add_data_flags`, `add_beam_flags`, `add_training_flags`, `add_tuner_flags`). Every default
+comes from the object that owns it: the training flags are generated from `TrainConfig`'s fields
+(`lade_tf.train_flags`), the data flags take `PrepareConfig`'s defaults, the tuner flags
+`TuningConfig`'s and the blessing flags `pipeline.blessing`'s. `parse_args(parser, argv)` reads an
+optional `--config FILE.yaml` holding the same settings (keys are flag names, `epochs` or
+`batch-size`); flags given on the command line win over the file. `training_config_from_args(args,
+loss)` turns the parsed flags into the TrainConfig a Trainer receives.
 
 Training flags default to None, meaning "TrainConfig's default" (their help shows that value);
-`--quick` (QUICK_SETTINGS) and, for run.py only, PIPELINE_DEFAULTS (its 15-minute budget) fill
-flags that are still unset. run.py also has the blessing margins (`add_blessing_flags`) and
-`--log-level`.
+`--quick` (QUICK_SETTINGS) and, for run.py only, PIPELINE_DEFAULTS fill flags that are still unset.
+
+Parsing imports neither TensorFlow, TFX nor keras_tuner, so `--help` and bad flags answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lade_tf.losses import IMPORTANCE_VARIANTS, LADER_CLASS_SETS, LOSS_NAMES
 from lade_tf.priors import PROFILES
-from lade_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
-from pipeline import beam_args
-from pipeline.beam_args import positive_int as _positive_int
-from pipeline.split_plan import CLASS_ORDERS
-from pipeline.tuner import TUNERS
+from lade_tf.train_config import LOSS_NAMES, LOSS_OPTIONS, TrainConfig, loss_takes
+from lade_tf.train_flags import (
+    TRAIN_CONFIG_FIELDS,
+    add_train_config_flags,
+    train_config_from_flags,
+)
+from pipeline.beam_args import DIRECT_MODES, MULTI_PROCESSING_MIN_IMAGES
+from pipeline.beam_args import RUNNERS as BEAM_RUNNERS
+from pipeline.blessing import DEFAULT_MARGINS, UNCHECKED_MARGIN, is_checked
+from pipeline.run_logging import LOG_LEVELS
+from pipeline.split_plan import CLASS_ORDERS, PrepareConfig
+from pipeline.tuning_config import DEFAULT_TUNING, TUNERS
 
+#: `--runner` values: TFX's LocalDagRunner, BeamDagRunner, or a compiled Kubeflow / Vertex spec.
 RUNNERS = ("local", "beam", "kubeflow")
-#: `--log-level` values, quietest first.
-LOG_LEVELS = ("error", "warning", "info", "debug")
-#: Default blessing margins (fractions of accuracy): a candidate may fall one point below the
-#: latest blessed model on the mean over the 11 distributions and on the uniform test.
-DEFAULT_BLESS_MARGINS = {"mean": 0.01, "uniform": 0.01}
 
 #: What `--quick` sets for flags not given explicitly: a smoke test of the whole pipeline (a few
 #: epochs on a subset of the training data, in-process Beam, 200 test images per class).
@@ -47,11 +51,24 @@ QUICK_SETTINGS = {
 }
 
 #: What `python pipeline/run.py` uses for flags left unset (after --quick). Training flags left
-#: unset take TrainConfig's defaults (6 epochs), the one place they are defined.
+#: unset take TrainConfig's defaults, the one place they are defined.
 PIPELINE_DEFAULTS = {"beam_mode": "multi_processing", "eval_test_per_class": 0}
 
 #: TrainConfig fields set from the command line, one flag each (flag dest == field name).
-TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "loss")
+TRAINING_FIELDS = tuple(name for name in TRAIN_CONFIG_FIELDS if name != "loss")
+#: The fields that are options of some loss (`LOSS_OPTIONS`).
+LOSS_OPTION_FIELDS = tuple(sorted({o for options in LOSS_OPTIONS.values() for o in options}))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -106,100 +123,17 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds the training flags (one per TrainConfig field), `--quick` and `--config`.
+    """Adds the training flags (one per TrainConfig field but `loss`), `--quick` and `--config`.
 
     Every flag defaults to None, which keeps TrainConfig's own default.
     """
     add_config_flag(parser)
-    group = parser.add_argument_group("training (TrainConfig; unset = TrainConfig default)")
-    group.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="LADE: weight of the LADER regulariser",
+    group = add_train_config_flags(
+        parser,
+        unset_defaults=True,
+        exclude=("loss",),
+        title="training (TrainConfig; unset = TrainConfig default)",
     )
-    group.add_argument(
-        "--lambda",
-        dest="remine_lambda",
-        type=float,
-        default=None,
-        help="LADE: ReMINE regularisation lambda on the DV term",
-    )
-    group.add_argument(
-        "--importance",
-        choices=IMPORTANCE_VARIANTS,
-        default=None,
-        help="LADE importance weights: sample (paper) or class (reference code)",
-    )
-    group.add_argument(
-        "--lader-classes",
-        choices=LADER_CLASS_SETS,
-        default=None,
-        help="LADE: classes summed in LADER (all, or those present in the batch)",
-    )
-    group.add_argument(
-        "--tau", type=float, default=None, help="logit-adjusted loss temperature tau"
-    )
-    group.add_argument(
-        "--arch",
-        default=None,
-        help="auto | small_cnn | resnet32 | resnet32_bbn | app:<KerasAppName>",
-    )
-    group.add_argument("--epochs", type=int, default=None)
-    group.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    group.add_argument(
-        "--learning-rate",
-        "--lr",
-        dest="learning_rate",
-        type=float,
-        default=None,
-        help="peak learning rate (after warm-up)",
-    )
-    group.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default=None,
-        help="learning-rate decay after the linear warm-up",
-    )
-    group.add_argument("--warmup-epochs", type=float, default=None)
-    group.add_argument("--weight-decay", type=float, default=None)
-    group.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    group.add_argument("--seed", type=int, default=None, help="training seed")
-    group.add_argument(
-        "--strategy", choices=STRATEGIES, default=None, help="tf.distribute strategy"
-    )
-    group.add_argument(
-        "--mixed-precision",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed_float16 compute (losses stay float32)",
-    )
-    group.add_argument(
-        "--xla",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compile the train step with XLA (jit_compile)",
-    )
-    group.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="data augmentation suited to the images (crop+flip for 32x32 RGB)",
-    )
-    group.add_argument(
-        "--max-train-examples",
-        type=int,
-        default=None,
-        help="train on at most this many examples (default: all)",
-    )
-    defaults = TrainConfig()
-    for action in _parser_actions(parser):
-        if action.dest in TRAINING_FIELDS and "default:" not in (action.help or ""):
-            shown = _shown_default(getattr(defaults, action.dest))
-            action.help = (
-                f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
-            )
     if not _has_flag(parser, "--quick"):
         group.add_argument(
             "--quick",
@@ -210,52 +144,56 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _shown_default(value: Any) -> str:
-    """A TrainConfig default as a user would type it on the command line."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value is None:
-        return "all"  # max_train_examples, the one optional field
-    return str(value)
-
-
 def _margin(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a margin between 0 and 1 (a fraction: 0.01 is one point)"
+            f"{text!r}: expected a margin between 0 and 1 (a fraction: 0.01 is one point; "
+            f"{UNCHECKED_MARGIN:g}: not checked)"
         )
     return value
+
+
+def _margin_help(text: str, key: str) -> str:
+    default = DEFAULT_MARGINS[key]
+    shown = f"{default:g}" if is_checked(default) else f"{UNCHECKED_MARGIN:g}, not checked"
+    return f"{text} (default: {shown})"
 
 
 def add_blessing_flags(parser: argparse.ArgumentParser) -> None:
     """Adds the ShiftEvaluator's blessing margins against the latest blessed model."""
     group = parser.add_argument_group(
-        "blessing (the candidate vs the latest blessed model; fractions, 0.01 = one point)"
+        "blessing (the candidate vs the latest blessed model; fractions, 0.01 = one point, "
+        f"{UNCHECKED_MARGIN:g} = not checked)"
     )
     group.add_argument(
         "--bless-margin-mean",
         type=_margin,
-        default=DEFAULT_BLESS_MARGINS["mean"],
-        help="largest drop allowed in the mean accuracy over the 11 label distributions "
-        "(default: %(default)s)",
+        default=DEFAULT_MARGINS["mean"],
+        help=_margin_help(
+            "largest drop allowed in the mean accuracy over the 11 label distributions", "mean"
+        ),
     )
     group.add_argument(
         "--bless-margin-uniform",
         type=_margin,
-        default=DEFAULT_BLESS_MARGINS["uniform"],
-        help="largest drop allowed in the accuracy on the uniform test set (default: %(default)s)",
+        default=DEFAULT_MARGINS["uniform"],
+        help=_margin_help(
+            "largest drop allowed in the accuracy on the uniform test set", "uniform"
+        ),
     )
     group.add_argument(
         "--bless-margin-ece",
         type=_margin,
-        default=None,
-        help="largest rise allowed in the uniform-test ECE (default: ECE not checked)",
+        default=DEFAULT_MARGINS["ece"],
+        help=_margin_help("largest rise allowed in the uniform-test ECE", "ece"),
     )
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds the data flags (long-tailed set built by LongTailExampleGen / pipeline.prepare)."""
+    """Adds the data flags (long-tailed set built by LongTailExampleGen / pipeline.prepare);
+    the defaults are PrepareConfig's."""
+    defaults = PrepareConfig()
     group = parser.add_argument_group("data")
     group.add_argument(
         "--source",
@@ -265,34 +203,38 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--imbalance-ratio",
         type=_positive_float,
-        default=100.0,
+        default=defaults.imbalance_ratio,
         help="IR = n_max / n_min of the long-tailed training set",
     )
-    group.add_argument("--profile", choices=PROFILES, default="exp", help="long-tail profile")
+    group.add_argument(
+        "--profile", choices=PROFILES, default=defaults.profile, help="long-tail profile"
+    )
     group.add_argument(
         "--val-per-class",
         type=int,
-        default=20,
+        default=defaults.val_per_class,
         help="balanced validation images per class, held out first",
     )
     group.add_argument(
         "--n-max",
-        type=_positive_int,
-        default=None,
+        type=positive_int,
+        default=defaults.n_max,
         help="images of the most frequent class (default: the most every class "
         "can still supply after validation)",
     )
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the subsampling")
+    group.add_argument(
+        "--data-seed", type=int, default=defaults.seed, help="seed of the subsampling"
+    )
     group.add_argument(
         "--class-order",
         choices=CLASS_ORDERS,
-        default="label",
+        default=defaults.class_order,
         help="which classes are the head: label order, or a seeded permutation",
     )
     group.add_argument(
         "--test-fraction",
         type=float,
-        default=None,
+        default=defaults.test_fraction,
         help="hold out this fraction of every class as test (sources without a test split)",
     )
     group.add_argument(
@@ -304,27 +246,111 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tfds-data-dir", default=None, help="TFDS data directory (tfds: sources)")
 
 
+def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """The PrepareConfig of parsed data flags.
+
+    Raises:
+        ValueError: for a value PrepareConfig or the image size rejects.
+    """
+    from pipeline.split_plan import parse_image_size
+
+    return PrepareConfig(
+        imbalance_ratio=float(args.imbalance_ratio),
+        n_max=args.n_max,
+        profile=args.profile,
+        val_per_class=int(args.val_per_class),
+        seed=int(args.data_seed),
+        class_order=args.class_order,
+        test_fraction=args.test_fraction,
+        image_size=parse_image_size(args.image_size),
+    )
+
+
+def add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the Beam flags every entry point shares: --beam-runner, --beam-mode, --beam-workers,
+    --dask-address, --dask-workers and --beam-arg (read back by
+    `pipeline.beam_args.runner_args_from_flags`)."""
+    group = parser.add_argument_group("Beam")
+    group.add_argument(
+        "--beam-runner",
+        choices=BEAM_RUNNERS,
+        default="direct",
+        help="Beam runner of the Beam-based steps (default direct: Beam's FnApiRunner)",
+    )
+    group.add_argument(
+        "--beam-mode",
+        choices=("auto",) + DIRECT_MODES,
+        default=None,
+        help="direct running mode; auto (the default of python -m pipeline.prepare): "
+        f"multi_processing for >= {MULTI_PROCESSING_MIN_IMAGES} images on more than 2 cores, "
+        "else in_memory",
+    )
+    group.add_argument(
+        "--beam-workers",
+        type=positive_int,
+        default=2,
+        help="direct_num_workers; with --beam-runner dask and neither --dask-address nor "
+        "--dask-workers, the size of the local dask cluster",
+    )
+    group.add_argument("--dask-address", default=None, help="dask scheduler, tcp://HOST:PORT")
+    group.add_argument(
+        "--dask-workers",
+        type=positive_int,
+        default=None,
+        help="start a local dask.distributed cluster with N worker processes",
+    )
+    group.add_argument(
+        "--beam-arg",
+        dest="beam_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra Beam pipeline flag, passed through verbatim (repeatable), e.g. "
+        "--beam-arg=--flink_master=host:8081",
+    )
+
+
 def add_tuner_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds the KerasTuner flags (alpha search; lambda optionally)."""
+    """Adds the KerasTuner flags (alpha search; lambda optionally); defaults are TuningConfig's."""
     group = parser.add_argument_group("tuning (KerasTuner over LADE's alpha)")
-    group.add_argument("--tuner", choices=TUNERS, default="random", help="search algorithm")
-    group.add_argument("--max-trials", type=_positive_int, default=8, help="number of trials")
+    group.add_argument(
+        "--tuner", choices=TUNERS, default=DEFAULT_TUNING.tuner, help="search algorithm"
+    )
+    group.add_argument(
+        "--max-trials",
+        type=positive_int,
+        default=DEFAULT_TUNING.max_trials,
+        help="number of trials",
+    )
     group.add_argument(
         "--tune-lambda",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=DEFAULT_TUNING.tune_lambda,
         help="also search LADE's lambda",
     )
     group.add_argument(
         "--trial-epochs",
-        type=_positive_int,
-        default=None,
+        type=positive_int,
+        default=DEFAULT_TUNING.trial_epochs,
         help="epochs per trial (default: --epochs)",
     )
 
 
+def tuning_config_from_args(args: argparse.Namespace, results_dir: str | None = None):
+    """The `pipeline.tuning_config.TuningConfig` of parsed tuner flags."""
+    from pipeline.tuning_config import TuningConfig
+
+    return TuningConfig(
+        tuner=args.tuner,
+        max_trials=int(args.max_trials),
+        tune_lambda=bool(args.tune_lambda),
+        trial_epochs=None if args.trial_epochs is None else int(args.trial_epochs),
+        results_dir=results_dir,
+    )
+
+
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds the orchestration flags of pipeline/run.py (runner, outputs, Beam, push)."""
+    """Adds the orchestration flags of pipeline/run.py (runner, outputs, push, log level)."""
     group = parser.add_argument_group("pipeline")
     group.add_argument(
         "--runner",
@@ -371,7 +397,7 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--eval-seeds",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="subsampling seeds per shifted test set (>= 3 for the report)",
     )
@@ -428,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pipeline_flags(parser)
     add_blessing_flags(parser)
-    beam_args.add_beam_flags(parser)
+    add_beam_flags(parser)
     add_data_flags(parser)
     add_training_flags(parser)
     add_tuner_flags(parser)
@@ -487,11 +513,32 @@ def _convert_config_value(path: Any, key: Any, value: Any, action: argparse.Acti
             raise argparse.ArgumentTypeError(
                 f"{value!r} is not one of {', '.join(map(str, action.choices))}"
             )
-        if action.dest in TRAINING_FIELDS:
-            TrainConfig(**{action.dest: value})  # TrainConfig's own check names the value
         return value
     except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
         raise ValueError(f"--config {path}: setting {key!r}: {error}") from None
+
+
+def trained_losses(args: argparse.Namespace) -> tuple[str, ...]:
+    """The losses a command line trains: --losses (run.py), --loss (the trainer), else LADE
+    (the tuner)."""
+    if getattr(args, "losses", None):
+        return tuple(args.losses)
+    return (getattr(args, "loss", None) or "lade",)
+
+
+def _unused_loss_option(args: argparse.Namespace) -> str | None:
+    """What is wrong when a loss option is set and no trained loss takes it, else None."""
+    losses = trained_losses(args)
+    for option in LOSS_OPTION_FIELDS:
+        value = getattr(args, option, None)
+        if value is None or any(loss_takes(loss, option) for loss in losses):
+            continue
+        owners = [loss for loss in LOSS_NAMES if loss_takes(loss, option)]
+        return (
+            f"{option} = {value!r} is set but no trained loss ({','.join(losses)}) takes it "
+            f"(it is an option of {', '.join(owners)})"
+        )
+    return None
 
 
 def parse_args(
@@ -503,7 +550,8 @@ def parse_args(
     """Parses argv, with `--config FILE.yaml` values as defaults that explicit flags override.
 
     Flags still unset (None) afterwards take QUICK_SETTINGS when `--quick` is on, then
-    `unset_defaults` (run.py passes PIPELINE_DEFAULTS).
+    `unset_defaults` (run.py passes PIPELINE_DEFAULTS). The training values are then checked
+    by TrainConfig for every loss they reach (exit 2 with its message).
 
     Raises:
         ValueError: for a bad config file (see `load_config_file`).
@@ -520,9 +568,11 @@ def parse_args(
         for name, value in values.items():
             if hasattr(args, name) and getattr(args, name) is None:
                 setattr(args, name, value)
-    if _has_flag(parser, "--alpha"):
-        # The flags only parse; TrainConfig checks the values, once, for every loss they reach.
-        for loss in LOSS_NAMES:
+    if _has_flag(parser, "--epochs"):
+        problem = _unused_loss_option(args)
+        if problem:
+            parser.exit(2, f"error: {problem}\n")
+        for loss in trained_losses(args):
             try:
                 training_config_from_args(args, loss)
             except ValueError as error:
@@ -531,32 +581,19 @@ def parse_args(
 
 
 def training_config_from_args(args: argparse.Namespace, loss: str | None = None) -> TrainConfig:
-    """The `lade_tf.training.TrainConfig` for one loss from parsed flags.
+    """The TrainConfig for one loss from parsed flags.
 
     Args:
         args: flags from a parser with `add_training_flags`.
         loss: the loss this config trains; default `args.loss` if the parser has one, else "lade".
-            Loss-specific options (`TrainConfig.loss_options`: alpha, lambda, ... for LADE, tau
-            for the logit-adjusted loss) reach only the loss that uses them, so changing --alpha
-            reruns the LADE Trainer but not the CE one (TFX caches on the exec properties).
+            Loss-specific options (alpha, lambda, ... for LADE, tau for the logit-adjusted loss)
+            reach only the loss that takes them, so changing --alpha reruns the LADE Trainer but
+            not the CE one (TFX caches on the exec properties).
 
     Returns:
         A TrainConfig; flags left unset keep TrainConfig's defaults.
 
     Raises:
-        ValueError: for an unknown loss name (or anything TrainConfig.from_dict rejects).
+        ValueError: for an unknown loss name (or anything TrainConfig rejects).
     """
-    loss = loss or getattr(args, "loss", None) or "lade"
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"loss = {loss!r}: expected one of {', '.join(LOSS_NAMES)}")
-    option_fields = {
-        name for other in LOSS_NAMES for name in TrainConfig(loss=other).loss_options()
-    }
-    own_options = set(TrainConfig(loss=loss).loss_options())
-    values: dict[str, Any] = {"loss": loss}
-    for field in TRAINING_FIELDS:
-        value = getattr(args, field, None)
-        if value is None or (field in option_fields and field not in own_options):
-            continue
-        values[field] = value
-    return TrainConfig.from_dict(values)
+    return train_config_from_flags(args, loss or getattr(args, "loss", None) or "lade", shared=True)

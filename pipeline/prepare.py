@@ -6,8 +6,8 @@
         [Beam flags: --beam-runner direct|in_memory|dask|flink|spark|dataflow --beam-mode auto|...
         --beam-workers N --dask-address tcp://HOST:PORT | --dask-workers N --beam-arg ARG]
 
-The data and Beam flags are the ones `pipeline/run.py` takes (`pipeline.flags`,
-`pipeline.beam_args`). The Beam graph (`WriteLongTailExamples`) reads the source's images in
+The data and Beam flags are the ones `pipeline/run.py` takes (`pipeline.flags`); the command
+line is `pipeline.cli`. The Beam graph (`WriteLongTailExamples`) reads the source's images in
 parallel, gathers a small summary of every image (key, label, origin, shape) into one planning
 step (`pipeline.split_plan.plan_splits`), and joins the plan's per-image assignment back to the
 images, so only the summaries meet in one place.
@@ -23,7 +23,6 @@ last transform here depends on every write).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import json
@@ -32,29 +31,27 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import uuid
-from typing import BinaryIO, NoReturn, Sequence
+from typing import BinaryIO, Sequence
 
 import apache_beam as beam
 from apache_beam.io import tfrecordio
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lade_tf.records import CLASS_INFO_FILE, SPLITS, encode_example
-from pipeline import beam_args, flags
-from pipeline.sources import (
+from pipeline import beam_args
+from pipeline.source_types import (
     SkippedFile,
     Source,
     SourceImage,
     conform_image,
     read_unit,
-    resolve_source,
 )
+from pipeline.sources import resolve_source
 from pipeline.split_plan import (
     ImageSummary,
     PrepareConfig,
     SplitPlan,
-    parse_image_size,
     plan_splits,
 )
 
@@ -238,7 +235,7 @@ def check_writable_location(path: str, name: str, *, in_parent: bool = False) ->
         ) from None
 
 
-def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(
             f"output_dir = {output_dir!r} exists and is not empty: choose another "
@@ -310,7 +307,7 @@ def prepare_examples(
     """
     config = config or PrepareConfig()
     output_dir = os.path.abspath(output_dir)
-    _check_output_dir(output_dir, overwrite)
+    check_output_dir(output_dir, overwrite)
     if isinstance(source, str):
         source = resolve_source(source, tfds_data_dir=tfds_data_dir)
     check_source_config(source, config)
@@ -341,81 +338,9 @@ def prepare_examples(
     return info
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one `error: ...` line, like the CLI's other input errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    """The CLI's flags: --output-dir, --overwrite, and the data and Beam flags of run.py.
-
-    Unknown flags are passed to Beam as well."""
-    parser = _ArgumentParser(
-        prog="python -m pipeline.prepare",
-        description="Long-tailed train / balanced val / official test splits as gzip TFRecords. "
-        "Flags this parser does not know are passed to Beam.",
-    )
-    parser.add_argument("--output-dir", required=True, help="the examples directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    flags.add_data_flags(parser)
-    beam_args.add_beam_flags(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 for bad input)."""
-    parser = build_arg_parser()
-    args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    start = time.perf_counter()
-    try:
-        config = PrepareConfig(
-            imbalance_ratio=args.imbalance_ratio,
-            n_max=args.n_max,
-            profile=args.profile,
-            val_per_class=args.val_per_class,
-            seed=args.data_seed,
-            class_order=args.class_order,
-            test_fraction=args.test_fraction,
-            image_size=parse_image_size(args.image_size),
-        )
-        _check_output_dir(os.path.abspath(args.output_dir), args.overwrite)
-        source = resolve_source(args.source, tfds_data_dir=args.tfds_data_dir)
-        with beam_args.runner_args_from_flags(args, source.num_images, extra) as pipeline_args:
-            _LOG.info(
-                "source %s: %d images listed, %d classes; Beam args: %s",
-                source.spec,
-                source.num_images,
-                len(source.class_names),
-                " ".join(pipeline_args),
-            )
-            info = prepare_examples(
-                source,
-                args.output_dir,
-                config,
-                pipeline_args=pipeline_args,
-                overwrite=args.overwrite,
-            )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    seconds = time.perf_counter() - start
-    totals = {split: sum(info["counts"][split]) for split in SPLITS}
-    print(
-        f"wrote {totals['train']} train / {totals['val']} val / {totals['test']} test examples "
-        f"({info['height']}x{info['width']}x{info['channels']}, n_max {info['n_max']}, "
-        f"{info['num_skipped']} skipped) to {os.path.abspath(args.output_dir)} in "
-        f"{seconds:.1f} s ({source.num_images / seconds:.0f} source images/s)"
-    )
-    return 0
-
-
 if __name__ == "__main__":
     # Run the imported module, not __main__: Beam pickles this module's classes by module name,
     # and worker processes cannot import `__main__.ImageSummary`.
-    from pipeline.prepare import main as _main
+    from pipeline.cli import prepare_main
 
-    sys.exit(_main())
+    sys.exit(prepare_main())

@@ -1,572 +1,44 @@
-"""ShiftEvaluator: every trained model under the 11 label shifts (docs/design.md 5); a blessing.
+"""ShiftEvaluator: the TFX component that evaluates every trained model under the 11 label shifts
+(docs/design.md section 5) and blesses the one to push.
 
-The component is thin: it computes each model's raw logits on the (balanced) test split and on
-the validation split and hands them to `lade_tf.shift_eval`, the one implementation of the shift
-protocol. It writes `shift_report.json` (the issue's schema), `shift_report.md` and
-`shift_accuracy.png` into its `report` artifact, and blesses the model to push (LADE by default)
-after checking that its serving SavedModel answers a [batch, C] target prior exactly as the
-evaluated rule says, that its `estimate_prior` signature gives the library's estimate, and that
-it does not fall below the latest blessed model (its optional `baseline_model` input, from a
-Resolver with LatestBlessedModelStrategy, scored on the same test images) by more than the
-margins (`blessing_decision`); the standard TFX Pusher then pushes it.
-
-Methods per trained loss: `ce` gives Softmax (no correction) and PC Softmax; `lade`,
-`balanced_softmax` and `logit_adjusted` give their NAME; each NAME is evaluated with the known
-p_t and with p_t estimated on the unlabeled shifted test set (docs/design.md section 7) by EM on the
-uncalibrated posteriors ("NAME + EM"), by EM after BCTS calibration on the validation split
-("NAME + calibrated EM") and by BBSE ("NAME + BBSE"); the last two need a validation split.
+The component does the I/O: it computes each model's raw logits on the (balanced) test split and
+on the validation split, scores them (`pipeline.shift_scoring`, which calls `lade_tf.shift_eval`),
+writes `shift_report.json`, `shift_report.md` and `shift_accuracy.png` (`pipeline.shift_report`)
+into its `report` artifact, and blesses the model to push (LADE by default) after checking that
+its serving SavedModel answers a [batch, C] target prior exactly as the evaluated rule says, that
+its `estimate_prior` signature gives the library's estimate, and that it does not fall below the
+latest blessed model (its optional `baseline_model` input, from a Resolver with
+LatestBlessedModelStrategy, scored on the same test images) by more than the margins
+(`pipeline.blessing`); the standard TFX Pusher then pushes it.
 """
 
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from absl import logging
 
-# Narrow imports: `from tfx import v1` also loads the Vertex AI, BigQuery and Kubernetes clients
-# (about 25 s of CPU here), which this component never uses.
+# Narrow imports: `from tfx import v1` also loads the Vertex AI, BigQuery and Kubernetes clients,
+# which this component never uses.
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation, ModelRun
 from tfx.utils import path_utils
 
-REPORT_JSON = "shift_report.json"
-REPORT_MARKDOWN = "shift_report.md"
-REPORT_PLOT = "shift_accuracy.png"
-REPORT_FILES = (REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT)
-UNIFORM_KEYS = ("many", "medium", "few", "ece", "nll")
-#: Display name of the model trained with each loss.
-LOSS_DISPLAY_NAMES = {
-    "ce": "PC Softmax",
-    "lade": "LADE",
-    "balanced_softmax": "Balanced Softmax",
-    "logit_adjusted": "Logit Adjusted",
-}
-#: How each estimated-prior variant is evaluated: row-name suffix, estimation method, calibration.
-ESTIMATED_PRIORS = {
-    "em": (" + EM", "em", "none"),
-    "calibrated_em": (" + calibrated EM", "em", "bcts"),
-    "bbse": (" + BBSE", "bbse", "none"),
-}
-#: Row-name suffix of the uncalibrated EM rows.
-EM_SUFFIX = ESTIMATED_PRIORS["em"][0]
-#: Estimated-prior variants that need the validation split.
-NEEDS_VALIDATION = ("calibrated_em", "bbse")
-#: Line style of each kind of row in the plot: estimated priors dashed.
-LINE_STYLES = {"none": "-", "known": "-", "em": ":", "calibrated_em": "--", "bbse": "-."}
-#: Default blessing margins (fractions of accuracy; an ECE margin >= 1 leaves ECE unchecked).
-DEFAULT_MARGINS = {"mean": 0.01, "uniform": 0.01, "ece": 1.0}
+from pipeline.blessing import DEFAULT_MARGINS, blessing_decision, blessing_reason, check_margins
+from pipeline.shift_report import write_report
+from pipeline.shift_scoring import (
+    LOSS_DISPLAY_NAMES,
+    baseline_scores,
+    compute_shift_report,
+    method_scores,
+)
+
 #: Test images checked through the serving signatures before blessing.
 SERVING_CHECK_IMAGES = 64
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the report: a trained model and how its logits meet the target prior.
-
-    Attributes:
-        name: row name in the report ("Softmax", "PC Softmax", "LADE + calibrated EM", ...).
-        loss: the loss the model was trained with.
-        prior: "none" (plain model output), "known" (true p_t), or an estimated p_t: "em"
-            (uncalibrated EM), "calibrated_em" (BCTS on val, then EM) or "bbse".
-    """
-
-    name: str
-    loss: str
-    prior: str
-
-    @property
-    def estimated(self) -> bool:
-        """True for rows whose target prior is estimated."""
-        return self.prior in ESTIMATED_PRIORS
-
-    def options(self) -> dict[str, Any]:
-        """The `lade_tf.shift_eval` keyword arguments of this row (besides data and tau)."""
-        if self.prior == "none":
-            return {"corrected": False}
-        if self.prior == "known":
-            return {}
-        _, estimate, calibration = ESTIMATED_PRIORS[self.prior]
-        return {"estimate": estimate, "calibration": calibration}
-
-
-def methods_for(losses: Sequence[str], with_validation: bool = True) -> list[Method]:
-    """The report rows for the trained losses, in a stable order (Softmax first).
-
-    Args:
-        losses: the trained losses.
-        with_validation: include the rows that need the validation split (calibrated EM, BBSE).
-
-    Raises:
-        ValueError: for a loss without a display name.
-    """
-    rows: list[Method] = []
-    for loss in losses:
-        if loss not in LOSS_DISPLAY_NAMES:
-            raise ValueError(f"loss {loss!r}: expected one of {', '.join(LOSS_DISPLAY_NAMES)}")
-        name = LOSS_DISPLAY_NAMES[loss]
-        if loss == "ce":
-            rows.append(Method("Softmax", loss, "none"))
-        rows.append(Method(name, loss, "known"))
-        for prior, (suffix, _, _) in ESTIMATED_PRIORS.items():
-            if with_validation or prior not in NEEDS_VALIDATION:
-                rows.append(Method(f"{name}{suffix}", loss, prior))
-    return rows
-
-
-def compute_shift_report(
-    logits_by_loss: Mapping[str, np.ndarray],
-    labels: np.ndarray,
-    train_counts_by_loss: Mapping[str, Sequence[int]],
-    *,
-    seeds: Sequence[int] = (0, 1, 2),
-    val_logits_by_loss: Mapping[str, np.ndarray] | None = None,
-    val_labels: np.ndarray | None = None,
-    tau_by_loss: Mapping[str, float] | None = None,
-) -> dict:
-    """The shift report of every trained model, in the issue's JSON schema.
-
-    Args:
-        logits_by_loss: raw logits [N, C] of each model on the balanced test split, keyed by the
-            loss it was trained with.
-        labels: test labels [N].
-        train_counts_by_loss: the class counts [C] each model was trained on (its source prior).
-        seeds: subsampling seeds of the shifted test sets (at least 3 for a reported std).
-        val_logits_by_loss: raw logits [M, C] of each model on the validation split; with
-            `val_labels` they add the calibrated-EM and BBSE rows. None: those rows are left out.
-        val_labels: validation labels [M].
-        tau_by_loss: tau of each model's inference rule (logit-adjusted loss); default 1.0.
-
-    Returns:
-        {"distributions": [11 names],
-         "methods": {name: {dist: {"mean", "std"} (+ "prior_l1", "prior_js" for estimated
-                    priors: L1 and Jensen-Shannon divergence of the estimate to the true p_t)}},
-         "uniform": {name: {"many", "medium", "few", "ece", "nll"}}}; accuracies in 0..1, a shot
-        group without classes is NaN (written as null in JSON).
-
-    Raises:
-        ValueError: if a loss has no train counts (or no val logits while val labels are given),
-            or no seeds are given.
-    """
-    from lade_tf.priors import SHIFT_NAMES
-    from lade_tf.shift_eval import ESTIMATION_ERROR_KEYS, evaluate_under_shift, uniform_summary
-
-    if not seeds:
-        raise ValueError("seeds is empty: expected at least one subsampling seed (3 or more)")
-    missing = sorted(set(logits_by_loss) - set(train_counts_by_loss))
-    if missing:
-        raise ValueError(f"no train counts for the models trained with {missing}")
-    with_validation = val_labels is not None
-    if with_validation:
-        missing = sorted(set(logits_by_loss) - set(val_logits_by_loss or {}))
-        if missing:
-            raise ValueError(
-                f"no validation logits for the models trained with {missing}: "
-                "expected one [M, C] array per model with val_labels"
-            )
-    labels = np.asarray(labels, dtype=np.int64)
-    taus = dict(tau_by_loss or {})
-    report: dict[str, Any] = {"distributions": list(SHIFT_NAMES), "methods": {}, "uniform": {}}
-    for method in methods_for(list(logits_by_loss), with_validation):
-        logits = np.asarray(logits_by_loss[method.loss], dtype=np.float64)
-        counts = [int(n) for n in train_counts_by_loss[method.loss]]
-        options = {"tau": float(taus.get(method.loss, 1.0)), **method.options()}
-        if method.estimated and with_validation:
-            options.update(
-                val_logits=np.asarray(val_logits_by_loss[method.loss], np.float64),
-                val_labels=np.asarray(val_labels, np.int64),
-            )
-        by_dist = evaluate_under_shift(
-            logits, labels, counts, method.loss, seeds=tuple(seeds), **options
-        )
-        keys = ("mean", "std") + (ESTIMATION_ERROR_KEYS if method.estimated else ())
-        report["methods"][method.name] = {
-            name: {key: float(by_dist[name][key]) for key in keys} for name in SHIFT_NAMES
-        }
-        uniform = uniform_summary(logits, labels, counts, method.loss, **options)
-        report["uniform"][method.name] = {key: float(uniform[key]) for key in UNIFORM_KEYS}
-    return report
-
-
-def method_scores(report: Mapping[str, Any], method: str) -> dict[str, float]:
-    """The numbers blessing compares for one report row: `mean` (mean accuracy over the 11
-    distributions), `uniform` (accuracy on the uniform test set) and `ece` (its ECE).
-
-    Raises:
-        ValueError: if the report has no row of that name.
-    """
-    if method not in report["methods"]:
-        raise ValueError(f"method {method!r} not in the report; rows: {list(report['methods'])}")
-    by_dist = report["methods"][method]
-    return {
-        "mean": float(np.mean([by_dist[name]["mean"] for name in report["distributions"]])),
-        "uniform": float(by_dist["U"]["mean"]),
-        "ece": float(report["uniform"][method]["ece"]),
-    }
-
-
-def check_margins(margins: Mapping[str, float]) -> dict[str, float]:
-    """The blessing margins {"mean", "uniform", "ece"} as floats.
-
-    A margin is a fraction of accuracy (0.01 = one point); an ECE margin of 1 or more (ECE's
-    whole range) leaves ECE unchecked.
-
-    Raises:
-        ValueError: for a missing, negative or non-finite margin, or an accuracy margin above 1.
-    """
-    checked = {}
-    for key in BLESSING_KEYS:
-        if key not in margins:
-            raise ValueError(f"margins {dict(margins)}: expected a {key!r} margin")
-        value = float(margins[key])
-        if key == "ece" and not (math.isfinite(value) and value >= 0):
-            raise ValueError(
-                f"margin_ece = {margins[key]!r}: expected a number >= 0 (1 or more: ECE not "
-                "checked)"
-            )
-        if key != "ece" and not (math.isfinite(value) and 0 <= value <= 1):
-            raise ValueError(
-                f"margin_{key} = {margins[key]!r}: expected a number between 0 and 1 "
-                "(a fraction of accuracy: 0.01 is one point)"
-            )
-        checked[key] = value
-    return checked
-
-
-def blessing_decision(
-    candidate: Mapping[str, float],
-    baseline: Mapping[str, float] | None,
-    *,
-    chance: float,
-    margins: Mapping[str, float],
-    serving_problem: str = "",
-) -> tuple[bool, list[dict[str, Any]]]:
-    """Whether to bless the candidate, and every check behind the answer.
-
-    The candidate is blessed if its uniform accuracy beats chance, its serving signatures passed
-    (`serving_problem` is empty) and, when there is a baseline (the latest blessed model), it is
-    not below it by more than `margins["mean"]` on the mean over the 11 distributions nor by more
-    than `margins["uniform"]` on uniform accuracy, and its ECE is not above the baseline's by
-    more than `margins["ece"]` (a margin >= 1 leaves ECE unchecked).
-
-    Args:
-        candidate, baseline: `method_scores` of each (baseline None: no blessed model yet).
-        chance: accuracy of guessing, 1 / C.
-        margins: from `check_margins`.
-        serving_problem: what the serving check found wrong ('' if nothing).
-
-    Returns:
-        (blessed, checks): each check {"name", "passed", "text"} (plus the compared numbers);
-        blessed is True only if every check passed.
-    """
-    margins = check_margins(margins)
-    uniform = candidate["uniform"]
-    checks: list[dict[str, Any]] = [
-        {
-            "name": "chance",
-            "passed": math.isfinite(uniform) and uniform > chance,
-            "candidate": uniform,
-            "limit": chance,
-            "text": f"uniform accuracy {_percent(uniform)} % vs chance {_percent(chance)} %",
-        },
-        {
-            "name": "serving",
-            "passed": not serving_problem,
-            "text": f"serving signatures: {serving_problem or 'ok'}",
-        },
-    ]
-    if baseline is not None:
-        labels = {"mean": "mean accuracy over the 11 distributions", "uniform": "uniform accuracy"}
-        for key, label in labels.items():
-            limit = baseline[key] - margins[key]
-            checks.append(
-                {
-                    "name": key,
-                    "passed": math.isfinite(candidate[key]) and candidate[key] >= limit - 1e-12,
-                    "candidate": candidate[key],
-                    "baseline": baseline[key],
-                    "margin": margins[key],
-                    "limit": limit,
-                    "text": f"{label} {_percent(candidate[key])} % vs baseline "
-                    f"{_percent(baseline[key])} % (allowed down to {_percent(limit)} %, "
-                    f"margin {_points(margins[key])})",
-                }
-            )
-        if margins["ece"] < 1:
-            limit = baseline["ece"] + margins["ece"]
-            checks.append(
-                {
-                    "name": "ece",
-                    "passed": math.isfinite(candidate["ece"]) and candidate["ece"] <= limit + 1e-12,
-                    "candidate": candidate["ece"],
-                    "baseline": baseline["ece"],
-                    "margin": margins["ece"],
-                    "limit": limit,
-                    "text": f"uniform ECE {_percent(candidate['ece'])} % vs baseline "
-                    f"{_percent(baseline['ece'])} % (allowed up to {_percent(limit)} %, "
-                    f"margin {_points(margins['ece'])})",
-                }
-            )
-    return all(check["passed"] for check in checks), checks
-
-
-def blessing_reason(blessed: bool, checks: Sequence[Mapping[str, Any]], baseline_note: str) -> str:
-    """One line saying why the candidate was or was not blessed."""
-    failed = [check["text"] for check in checks if not check["passed"]]
-    if blessed:
-        passed = "; ".join(check["text"] for check in checks)
-        return f"blessed: {passed}; {baseline_note}"
-    return f"not blessed: {'; '.join(failed)}; {baseline_note}"
-
-
-def _points(margin: float) -> str:
-    return f"{100 * margin:g} point{'' if 100 * margin == 1 else 's'}"
-
-
-def blessing_markdown(blessing: Mapping[str, Any]) -> list[str]:
-    """The report's "Blessing" section: verdict, every check, the baseline and the margins."""
-    verdict = "BLESSED" if blessing["blessed"] else "NOT blessed"
-    lines = ["## Blessing", "", f"**{blessing['model']} ({blessing['loss']}): {verdict}.**", ""]
-    lines += [f"- {blessing['reason']}"]
-    alpha = blessing.get("alpha")
-    if alpha:
-        lines.append(f"- alpha the LADE Trainer used: {alpha['value']:.4g} ({alpha['source']})")
-    margins = blessing["margins"]
-    ece = (
-        f"ECE up {_points(margins['ece'])}"
-        if margins["ece"] < 1
-        else "ECE not checked (--bless-margin-ece)"
-    )
-    lines.append(
-        f"- Margins: mean down {_points(margins['mean'])}, uniform down "
-        f"{_points(margins['uniform'])}, {ece}."
-    )
-    lines += ["", "| Check | Candidate | Baseline | Allowed | Result |", "|---|---:|---:|---:|---|"]
-    for check in blessing["checks"]:
-        result = "pass" if check["passed"] else "FAIL"
-        if "candidate" not in check:  # the serving check has no numbers, only its text
-            result += f" ({check['text']})"
-        lines.append(
-            f"| {check['name']} | {_percent(check.get('candidate'))} | "
-            f"{_percent(check.get('baseline'))} | {_percent(check.get('limit'))} | {result} |"
-        )
-    baseline = blessing.get("baseline")
-    lines.append("")
-    if baseline:
-        lines.append(
-            f"Baseline: {baseline['method']} ({baseline['loss']}"
-            + (f", alpha {baseline['alpha']:g}" if baseline.get("alpha") is not None else "")
-            + f"), MLMD model id {baseline['model_id']}, {baseline['uri']}; on these test images "
-            f"mean {_percent(baseline['mean'])} %, uniform {_percent(baseline['uniform'])} %, "
-            f"ECE {_percent(baseline['ece'])} %. Per distribution (%): "
-            + ", ".join(f"{d} {_percent(v)}" for d, v in baseline["by_distribution"].items())
-            + "."
-        )
-    else:
-        lines.append(f"Baseline: none ({blessing['baseline_note']}).")
-    lines.append("")
-    return lines
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with NaN and infinities (in nested dicts and lists) as None, JSON's null: an empty
-    shot group has no accuracy."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
-
-
-BLESSING_KEYS = ("mean", "uniform", "ece")
-
-
-def _estimated_rows(report: Mapping[str, Any]) -> list[str]:
-    return [
-        name
-        for name, by_dist in report["methods"].items()
-        if "prior_l1" in next(iter(by_dist.values()))
-    ]
-
-
-def report_markdown(
-    report: Mapping[str, Any], *, title: str = "Label-shift evaluation", notes: Sequence[str] = ()
-) -> str:
-    """The report as Markdown: accuracy table (mean ± std, %), the estimation error of every
-    estimated-prior row (L1 and Jensen-Shannon divergence to the true p_t) and the uniform-test
-    metrics."""
-    dists = report["distributions"]
-    lines = [f"# {title}", ""]
-    lines += [f"- {note}" for note in notes]
-    if notes:
-        lines.append("")
-    if report.get("blessing"):
-        lines += blessing_markdown(report["blessing"])
-    lines += [
-        "## Top-1 accuracy (%) under label shift, mean ± std over seeds",
-        "",
-        "| Method | " + " | ".join(dists) + " | Mean |",
-        "|---|" + "---:|" * (len(dists) + 1),
-    ]
-    for name, by_dist in report["methods"].items():
-        cells = [f"{_percent(by_dist[d]['mean'])} ± {_percent(by_dist[d]['std'])}" for d in dists]
-        mean = float(np.mean([by_dist[d]["mean"] for d in dists]))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_percent(mean)} |")
-    estimated = _estimated_rows(report)
-    if estimated:
-        lines += [
-            "",
-            "## Target-prior estimation error: L1 / Jensen-Shannon divergence (nats) "
-            "to the true p_t, mean over seeds",
-            "",
-            "| Method | " + " | ".join(dists) + " | Mean |",
-            "|---|" + "---:|" * (len(dists) + 1),
-        ]
-        for name in estimated:
-            by_dist = report["methods"][name]
-            cells = [f"{by_dist[d]['prior_l1']:.3f} / {by_dist[d]['prior_js']:.4f}" for d in dists]
-            l1 = float(np.mean([by_dist[d]["prior_l1"] for d in dists]))
-            js = float(np.mean([by_dist[d]["prior_js"] for d in dists]))
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {l1:.3f} / {js:.4f} |")
-    lines += [
-        "",
-        "## Uniform test set",
-        "",
-        "| Method | Many (%) | Medium (%) | Few (%) | ECE (%) | NLL |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, metrics in report["uniform"].items():
-        nll = metrics["nll"]
-        lines.append(
-            f"| {name} | {_percent(metrics['many'])} | {_percent(metrics['medium'])} | "
-            f"{_percent(metrics['few'])} | {_percent(metrics['ece'])} | "
-            f"{'n/a' if nll is None else f'{nll:.3f}'} |"
-        )
-    lines += [
-        "",
-        "Many / medium / few: classes with > 100, 20..100, < 20 training images "
-        "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
-        "U = uniform, B = backward (reversed). Estimated target priors, from the unlabeled "
-        "shifted test set: EM (Saerens et al. 2002, Dirichlet-MAP centred on the training "
-        "prior) on the model's uncalibrated posteriors; calibrated EM: the same after BCTS "
-        "(Alexandari et al. 2020) fitted on the validation split; BBSE (Lipton et al. "
-        "2018) with the validation confusion matrix.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _row_kind(name: str) -> tuple[str, str]:
-    """(model name, prior kind) of a report row name."""
-    for prior, (suffix, _, _) in ESTIMATED_PRIORS.items():
-        if name.endswith(suffix):
-            return name.removesuffix(suffix), prior
-    return name, "known"
-
-
-def plot_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Writes the PNG: accuracy vs test distribution, one line (with std bars) per method,
-    estimated-prior lines dashed; below it the L1 estimation error of the estimated priors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dists = report["distributions"]
-    x = np.arange(len(dists))
-    estimated = _estimated_rows(report)
-    figure, axes = plt.subplots(
-        2 if estimated else 1,
-        1,
-        figsize=(9, 9 if estimated else 5.5),
-        dpi=110,
-        squeeze=False,
-        gridspec_kw={"height_ratios": [3, 2] if estimated else [1]},
-    )
-    accuracy_axis = axes[0, 0]
-    colours: dict[str, Any] = {}  # one colour per model, one line style per kind of prior
-    for name, by_dist in report["methods"].items():
-        means = np.array([by_dist[d]["mean"] for d in dists]) * 100
-        stds = np.array([by_dist[d]["std"] for d in dists]) * 100
-        base, kind = _row_kind(name)
-        colour = colours.setdefault(base, f"C{len(colours)}")
-        style = LINE_STYLES["none" if name == "Softmax" else kind]
-        accuracy_axis.errorbar(
-            x,
-            means,
-            yerr=stds,
-            color=colour,
-            marker="o",
-            markersize=4,
-            capsize=2,
-            linestyle=style,
-            label=name,
-            alpha=0.6 if name == "Softmax" else 1.0,
-        )
-    accuracy_axis.set_xticks(x, dists)
-    accuracy_axis.set_ylabel("top-1 accuracy (%)")
-    accuracy_axis.set_title("Accuracy under label shift (dashed / dotted: estimated p_t)")
-    accuracy_axis.grid(alpha=0.3)
-    accuracy_axis.legend(fontsize=7, loc="best", ncol=2)
-    if estimated:
-        error_axis = axes[1, 0]
-        for name in estimated:
-            base, kind = _row_kind(name)
-            errors = [report["methods"][name][d]["prior_l1"] for d in dists]
-            error_axis.plot(
-                x,
-                errors,
-                color=colours[base],
-                marker="o",
-                markersize=3,
-                linestyle=LINE_STYLES[kind],
-                label=name,
-            )
-        error_axis.set_xticks(x, dists)
-        error_axis.set_ylabel("L1 error of estimated p_t")
-        error_axis.grid(alpha=0.3)
-        error_axis.legend(fontsize=7, loc="best", ncol=2)
-    axes[-1, 0].set_xlabel(
-        "test label distribution (F: forward long-tailed, U: uniform, B: backward)"
-    )
-    figure.tight_layout()
-    figure.savefig(os.fspath(path))
-    plt.close(figure)
-
-
-def write_report(
-    report: Mapping[str, Any], output_dir: str | os.PathLike, *, notes: Sequence[str] = ()
-) -> dict[str, str]:
-    """Writes shift_report.json, shift_report.md and shift_accuracy.png into output_dir.
-
-    Returns:
-        {file name: path} of the three files.
-    """
-    output_dir = os.fspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in REPORT_FILES}
-    safe = json_safe(json.loads(json.dumps(report)))
-    with open(paths[REPORT_JSON], "w", encoding="utf-8") as handle:
-        json.dump(safe, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    with open(paths[REPORT_MARKDOWN], "w", encoding="utf-8") as handle:
-        handle.write(report_markdown(safe, notes=notes))
-    plot_report(report, paths[REPORT_PLOT])
-    return paths
-
-
-# The TFX component: loads the models, the test and val splits, then calls the functions above.
 
 
 @component
@@ -613,8 +85,8 @@ def ShiftEvaluator(
             protocol's m); 0 keeps the whole test split. Quick runs use it to save inference.
         margin_mean, margin_uniform: largest drop below the baseline allowed on the mean over
             the 11 distributions and on uniform accuracy (fractions: 0.01 is one point).
-        margin_ece: largest rise of the uniform-test ECE over the baseline's; 1 or more (the
-            default) leaves ECE unchecked.
+        margin_ece: largest rise of the uniform-test ECE over the baseline's;
+            `pipeline.blessing.UNCHECKED_MARGIN` (the default) leaves ECE unchecked.
         alpha_source: where the LADE Trainer's alpha came from (flag, TrainConfig default,
             tuner), written next to the alpha in the report.
     """
@@ -767,7 +239,7 @@ def _run_shift_evaluation(
         else "No validation split: the calibrated-EM and BBSE rows are left out.",
         *[
             f"{LOSS_DISPLAY_NAMES[loss]} model ({loss}"
-            + (f", tau {tau_by_loss[loss]:g}" if loss == "logit_adjusted" else "")
+            + (f", tau {tau_by_loss[loss]:g}" if tau_by_loss[loss] != 1.0 else "")
             + f"): train counts {list(counts)}; serving signature check: "
             f"{serving[loss] or 'ok'}"
             for loss, counts in counts_by_loss.items()
@@ -810,8 +282,8 @@ def _load_split(examples, split: str, class_info: Mapping[str, Any]):
 
 
 def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str) -> "_LoadedModel":
-    """The raw-logits Keras model, train class counts [C], tau and (LADE) alpha of the Trainer
-    output in model_run."""
+    """The raw-logits Keras model, train class counts [C], inference-rule tau and (LADE) alpha of
+    the Trainer output in model_run."""
     import keras
     import tensorflow as tf
 
@@ -819,35 +291,28 @@ def _load_model_run(model_run, class_info: Mapping[str, Any], loss: str) -> "_Lo
     import lade_tf.losses  # noqa: F401
     import lade_tf.models  # noqa: F401
     from lade_tf.records import CLASS_INFO_FILE
+    from lade_tf.train_config import TrainConfig
     from pipeline.trainer import MODEL_FILE, TRAIN_CONFIG_FILE
 
-    model_path = os.path.join(model_run.uri, MODEL_FILE)
-    if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(
-            f"{model_path} not found: expected the {loss} Trainer's raw-logits "
-            "model (pipeline.trainer.run_fn writes it)"
-        )
-    model = keras.models.load_model(model_path, compile=False)
-    # The counts the model was trained on (its source prior), as the Trainer recorded them.
-    info_path = os.path.join(model_run.uri, CLASS_INFO_FILE)
-    if tf.io.gfile.exists(info_path):
-        with tf.io.gfile.GFile(info_path) as handle:
-            class_info = json.load(handle)
-    tau = 1.0
-    config_path = os.path.join(model_run.uri, TRAIN_CONFIG_FILE)
-    alpha = None
-    if loss == "lade" and tf.io.gfile.exists(config_path):
-        with tf.io.gfile.GFile(config_path) as handle:
-            alpha = float(json.load(handle)["alpha"])
-    if loss == "logit_adjusted":
-        if not tf.io.gfile.exists(config_path):
+    paths = {
+        name: os.path.join(model_run.uri, name)
+        for name in (MODEL_FILE, TRAIN_CONFIG_FILE, CLASS_INFO_FILE)
+    }
+    for name in (MODEL_FILE, TRAIN_CONFIG_FILE):
+        if not tf.io.gfile.exists(paths[name]):
             raise FileNotFoundError(
-                f"{config_path} not found: the logit-adjusted model's tau "
-                "(its inference rule) is read from it"
+                f"{paths[name]} not found: expected the {loss} Trainer's {name} "
+                "(pipeline.trainer.run_fn writes it)"
             )
-        with tf.io.gfile.GFile(config_path) as handle:
-            tau = float(json.load(handle)["tau"])
-    return _LoadedModel(model, [int(n) for n in class_info["counts"]["train"]], tau, alpha)
+    model = keras.models.load_model(paths[MODEL_FILE], compile=False)
+    with tf.io.gfile.GFile(paths[TRAIN_CONFIG_FILE]) as handle:
+        config = TrainConfig.from_dict(json.load(handle))
+    # The counts the model was trained on (its source prior), as the Trainer recorded them.
+    if tf.io.gfile.exists(paths[CLASS_INFO_FILE]):
+        with tf.io.gfile.GFile(paths[CLASS_INFO_FILE]) as handle:
+            class_info = json.load(handle)
+    counts = [int(n) for n in class_info["counts"]["train"]]
+    return _LoadedModel(model, counts, config.inference_tau, config.lade_alpha)
 
 
 class _LoadedModel(NamedTuple):
@@ -875,36 +340,6 @@ def _same_artifact(first, second) -> bool:
     return first.uri.rstrip("/") == second.uri.rstrip("/")
 
 
-def baseline_raw_logits(serving_dir: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Raw logits [N, C] float64 of a serving SavedModel (`lade_tf.export`), and its metadata.
-
-    The served `predict_uniform` logits are f + b + log(1/C) (b: the model's inference-rule
-    offset, `lade_tf.layers.correction_offset`, from the metadata's loss, counts and tau), so
-    f is recovered exactly, whatever loss the baseline was trained with.
-
-    Raises:
-        FileNotFoundError / ValueError: if the directory is not such a SavedModel.
-    """
-    import tensorflow as tf
-
-    from lade_tf.export import METADATA_ASSET
-    from lade_tf.layers import correction_offset
-
-    with tf.io.gfile.GFile(os.path.join(serving_dir, "assets", METADATA_ASSET)) as handle:
-        metadata = json.load(handle)
-    loaded = tf.saved_model.load(serving_dir)
-    predict = loaded.signatures["predict_uniform"]
-    served = np.concatenate(
-        [
-            predict(images=tf.constant(images[start : start + 1024], tf.float32))["logits"].numpy()
-            for start in range(0, len(images), 1024)
-        ]
-    ).astype(np.float64)
-    counts = metadata["class_counts"]
-    offset = correction_offset(counts, metadata["train_loss"], float(metadata.get("tau") or 1.0))
-    return served - offset[None, :] + math.log(len(counts)), metadata
-
-
 def _score_baseline(
     baseline_model, candidate_model, images, labels, num_seeds: int, class_info
 ) -> tuple[dict[str, Any] | None, str]:
@@ -913,8 +348,7 @@ def _score_baseline(
     None with the note when there is no baseline, it is the candidate itself, or it cannot be
     compared (other classes or image size, or its SavedModel does not load).
     """
-    from lade_tf.priors import SHIFT_NAMES
-    from lade_tf.shift_eval import evaluate_under_shift, uniform_summary
+    from lade_tf.export import served_raw_logits
 
     if baseline_model is None:
         return None, "no blessed model yet: the first is blessed if it beats chance"
@@ -922,7 +356,7 @@ def _score_baseline(
         return None, "the baseline is this model"
     serving_dir = path_utils.serving_model_path(baseline_model.uri)
     try:
-        logits, metadata = baseline_raw_logits(serving_dir, images)
+        logits, metadata = served_raw_logits(serving_dir, images)
     except Exception as error:  # an unreadable baseline is reported, the candidate still judged
         return None, f"baseline {serving_dir} not scored: {type(error).__name__}: {error}"
     shape = [int(class_info[k]) for k in ("height", "width", "channels")]
@@ -933,24 +367,11 @@ def _score_baseline(
             f"baseline {serving_dir} not comparable: input {metadata.get('input_shape')} and "
             f"{logits.shape[1]} classes vs {shape} and {len(class_info['class_names'])}"
         )
-    loss = metadata["train_loss"]
-    tau = float(metadata.get("tau") or 1.0)
-    counts = metadata["class_counts"]
-    by_dist = evaluate_under_shift(
-        logits, labels, counts, loss, seeds=tuple(range(num_seeds)), tau=tau
-    )
-    uniform = uniform_summary(logits, labels, counts, loss, tau=tau)
-    means = {name: float(by_dist[name]["mean"]) for name in SHIFT_NAMES}
+    scores = baseline_scores(logits, labels, metadata, range(num_seeds))
     return {
         "model_id": int(baseline_model.id or 0),
         "uri": baseline_model.uri,
-        "method": LOSS_DISPLAY_NAMES.get(loss, loss),
-        "loss": loss,
-        "alpha": metadata.get("alpha"),
-        "mean": float(np.mean(list(means.values()))),
-        "uniform": means["U"],
-        "ece": float(uniform["ece"]),
-        "by_distribution": means,
+        **scores,
     }, f"baseline: the latest blessed model, MLMD id {baseline_model.id}"
 
 

@@ -1,8 +1,8 @@
-"""TFX Trainer `run_fn` (`Trainer(run_fn="pipeline.trainer.run_fn")`) and a standalone trainer.
+"""The TFX Trainer module file: `run_fn` (`Trainer(run_fn="pipeline.trainer.run_fn")`).
 
 `run_fn` reads the TrainConfig from `custom_config["train_config"]`, applies the Tuner's best
-hyper-parameters when there are any, trains with `lade_tf.training.train_model` on the train split
-(validating on the eval split, the balanced `val` split in this pipeline) and writes:
+hyper-parameters when there are any, trains with `lade_tf.tf_training.train_model` on the train
+split (validating on the eval split, the balanced `val` split in this pipeline) and writes:
 
 - `fn_args.serving_model_dir`: the serving SavedModel (`lade_tf.export.export_serving_model`),
   with the inference rule of the trained loss (tau included) and an `estimate_prior` signature
@@ -16,19 +16,18 @@ Checkpoints go to `custom_config["checkpoint_dir"]` if given, else to
 files: a Trainer execution that was interrupted and is run again (same config, same examples)
 resumes from its last epoch although TFX gives every execution a new `model_run_dir`.
 
-`python -m pipeline.trainer --examples-dir DIR --output-dir OUT [training flags]` trains the same
-way outside TFX. It is also how multi-worker training runs: start the same command on every
-worker with its TF_CONFIG and `--strategy multi_worker`; the chief writes the outputs.
+`train_and_save` is the same training outside TFX: `python -m pipeline.trainer --examples-dir DIR
+--output-dir OUT [training flags]` (its command line is `pipeline.cli`), which is also how
+multi-worker training runs: the same command on every worker with its TF_CONFIG and `--strategy
+multi_worker`; the chief writes the outputs.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from lade_tf.records import CLASS_INFO_FILE
@@ -78,7 +77,7 @@ def default_checkpoint_dir(model_run_dir: str, config, train_files: Sequence[str
 
 
 class TrainingData(NamedTuple):
-    """An Examples artifact ready for `lade_tf.training.train_model`."""
+    """An Examples artifact ready for `lade_tf.tf_training.train_model`."""
 
     info: dict  # class_info.json
     image_shape: tuple[int, int, int]
@@ -89,12 +88,12 @@ class TrainingData(NamedTuple):
 
 def training_data(config, train_files: Sequence[str], eval_files: Sequence[str]) -> TrainingData:
     """class_info, shape, counts and the train / val datasets of a config's examples."""
-    from lade_tf import training
+    from lade_tf import tf_training
     from lade_tf.records import read_class_info
 
     info = read_class_info(examples_dir_from_files(train_files))
     image_shape = (int(info["height"]), int(info["width"]), int(info["channels"]))
-    train = training.train_dataset(
+    train = tf_training.train_dataset(
         list(train_files),
         image_shape,
         config.batch_size,
@@ -103,13 +102,12 @@ def training_data(config, train_files: Sequence[str], eval_files: Sequence[str])
         max_examples=config.max_train_examples,
     )
     has_val = sum(info["counts"].get("val", [])) > 0  # pipeline.prepare allows val_per_class=0
-    val = training.eval_dataset(list(eval_files), image_shape, EVAL_BATCH_SIZE) if has_val else None
+    val = (
+        tf_training.eval_dataset(list(eval_files), image_shape, EVAL_BATCH_SIZE)
+        if has_val
+        else None
+    )
     return TrainingData(info, image_shape, [int(n) for n in info["counts"]["train"]], train, val)
-
-
-def model_tau(config) -> float:
-    """The tau of a config's inference rule: config.tau for "logit_adjusted", else 1.0."""
-    return float(config.tau) if config.loss == "logit_adjusted" else 1.0
 
 
 def prior_estimator(
@@ -127,7 +125,7 @@ def prior_estimator(
         model: the trained raw-logits model.
         val: the val split's tf.data batches of (images, labels), or None when it is empty.
         class_counts, loss, tau: the model's training counts, loss and tau.
-        calibration: default `lade_tf.priors.DEFAULT_CALIBRATION` ("bcts").
+        calibration: default `lade_tf.calibration.DEFAULT_CALIBRATION`.
 
     Returns:
         A fitted EM `TargetPriorEstimator`. Without val data, or if the calibration cannot be
@@ -137,8 +135,8 @@ def prior_estimator(
     import numpy as np
     from absl import logging
 
+    from lade_tf.calibration import DEFAULT_CALIBRATION
     from lade_tf.prior_estimation import TargetPriorEstimator
-    from lade_tf.priors import DEFAULT_CALIBRATION
 
     calibration = calibration or DEFAULT_CALIBRATION
     uncalibrated = TargetPriorEstimator(class_counts, loss, tau=tau, calibration="none")
@@ -185,13 +183,13 @@ def train_and_save(
     """
     import tensorflow as tf
 
-    from lade_tf import training
+    from lade_tf import tf_training
     from lade_tf.export import export_serving_model
 
     # Created before any dataset: MultiWorkerMirroredStrategy must come first.
-    strategy = strategy or training.make_strategy(config.strategy)
+    strategy = strategy or tf_training.make_strategy(config.strategy)
     data = training_data(config, train_files, eval_files)
-    model = training.train_model(
+    model = tf_training.train_model(
         config,
         data.train,
         data.val,
@@ -201,9 +199,9 @@ def train_and_save(
         os.path.join(model_run_dir, "logs"),
         strategy=strategy,
     )
-    if not training.is_chief(strategy):
+    if not tf_training.is_chief(strategy):
         return
-    tau = model_tau(config)
+    tau = config.inference_tau
     export_serving_model(
         model,
         serving_model_dir,
@@ -211,7 +209,7 @@ def train_and_save(
         train_loss=config.loss,
         tau=tau,
         class_names=data.info.get("class_names"),
-        alpha=config.alpha if config.loss == "lade" else None,
+        alpha=config.lade_alpha,
         prior_estimator=prior_estimator(model, data.val, data.class_counts, config.loss, tau),
         metadata={"train_config": config.to_dict()},
     )
@@ -221,8 +219,8 @@ def train_and_save(
         json.dump(config.to_dict(), handle, indent=1)
     with tf.io.gfile.GFile(os.path.join(model_run_dir, CLASS_INFO_FILE), "w") as handle:
         json.dump(data.info, handle, indent=1)
-    with tf.io.gfile.GFile(os.path.join(model_run_dir, training.HISTORY_FILE), "w") as handle:
-        json.dump(training.read_history(checkpoint_dir), handle, indent=1)
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, tf_training.HISTORY_FILE), "w") as handle:
+        json.dump(tf_training.read_history(checkpoint_dir), handle, indent=1)
 
 
 def run_fn(fn_args: "FnArgs") -> None:
@@ -239,7 +237,7 @@ def run_fn(fn_args: "FnArgs") -> None:
     """
     from absl import logging
 
-    from lade_tf.training import TrainConfig
+    from lade_tf.train_config import TrainConfig
 
     custom = dict(fn_args.custom_config or {})
     unknown = sorted(set(custom) - set(CUSTOM_CONFIG_KEYS))
@@ -265,53 +263,7 @@ def run_fn(fn_args: "FnArgs") -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m pipeline.trainer`: train one loss on a prepared examples directory."""
-    from pipeline.flags import (
-        LOSS_NAMES,
-        add_training_flags,
-        parse_args,
-        training_config_from_args,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.trainer",
-        description="Train one loss on an examples directory (pipeline.prepare output) outside "
-        "TFX; with --strategy multi_worker, run it on every worker with TF_CONFIG.",
-    )
-    parser.add_argument(
-        "--examples-dir",
-        type=Path,
-        required=True,
-        help="directory with Split-train/, Split-val/ and class_info.json",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        required=True,
-        help="serving_model/, model_run/ and checkpoints/ are written here",
-    )
-    parser.add_argument("--loss", choices=LOSS_NAMES, default="lade")
-    add_training_flags(parser)
-    args = parse_args(parser, argv)
-    config = training_config_from_args(args, args.loss)
-    # Before anything touches TensorFlow: collective ops are configured at start-up.
-    from lade_tf.training import make_strategy
-
-    strategy = make_strategy(config.strategy)
-    examples = os.fspath(args.examples_dir)
-    output = os.fspath(args.output_dir)
-    train_and_save(
-        config,
-        [os.path.join(examples, "Split-train", "*")],
-        [os.path.join(examples, "Split-val", "*")],
-        serving_model_dir=os.path.join(output, "serving_model"),
-        model_run_dir=os.path.join(output, "model_run"),
-        checkpoint_dir=os.path.join(output, "checkpoints"),
-        strategy=strategy,
-    )
-    print(f"model: {os.path.join(output, 'serving_model')}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import trainer_main
+
+    sys.exit(trainer_main())

@@ -1,54 +1,48 @@
-"""KerasTuner search over LADE's alpha (and optionally lambda), scored under label shift.
+"""The TFX Tuner module file: a KerasTuner search over LADE's alpha (and optionally lambda),
+scored under label shift (`Tuner(tuner_fn="pipeline.tuner.tuner_fn")`).
 
-Each trial trains LADE with `lade_tf.training.train_model` and scores the model by its mean
-accuracy over the 11 shifted versions of the VAL split with the known target prior
-(`lade_tf.shift_eval.evaluate_under_shift`, the same protocol the evaluator runs on test; the test
-split is never read here). Search space: alpha log-uniform in [0.01, 1], lambda (`remine_lambda`)
-log-uniform in [0.01, 1] when asked. Algorithms: KerasTuner's random search, Bayesian optimisation
-or Hyperband (whose trials get their epoch budget from Hyperband and train from scratch).
+Each trial trains LADE with `lade_tf.tf_training.train_model` and scores the model by its mean
+accuracy over the 11 shifted versions of the VAL split with the known target prior, and the
+standard error of that mean over the val split (`lade_tf.shift_eval.mean_shift_accuracy`, the
+protocol the evaluator runs on test; the test split is never read here). Search space, algorithms
+and defaults: `pipeline.tuning_config`. Hyperband's trials get their epoch budget from Hyperband
+and train from scratch.
 
-- TFX: `Tuner(tuner_fn="pipeline.tuner.tuner_fn", custom_config={"train_config": TrainConfig dict,
-  "tuner": {"tuner": "random", "max_trials": 8, "tune_lambda": False, "trial_epochs": None,
-  "results_dir": None}})` (the options may also sit at the top level of custom_config). TFX writes
-  the best hyper-parameters (read by `pipeline.trainer.run_fn`) and `tuner_results.json`. The
-  pipeline uses `pipeline.components.LadeTuner`, which sets `results_dir` to its `tuner_results`
-  artifact: without one, the table goes to KerasTuner's project directory, which TFX deletes.
-- CLI: `python -m pipeline.tuner --examples-dir DIR [--tuner random --max-trials N] [training
-  flags]` prints the trial table and the best alpha.
-Both write the trial table as `trials.json` and `trials.md`, and a plot of the objective against
-alpha as `trials.png`, to the results directory.
-KerasTuner's distributed mode (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT) works unchanged.
+`tuner_fn` reads custom_config {"train_config": TrainConfig dict, "tuner": TuningConfig dict}
+(the tuning options may also sit at the top level of custom_config). TFX writes the best
+hyper-parameters (read by `pipeline.trainer.run_fn`) and `tuner_results.json`; the trial table
+(`pipeline.trial_report`) goes to `results_dir`, which `pipeline.training_components.LadeTuner`
+points at its `tuner_results` artifact (KerasTuner's project directory sits in a folder TFX
+deletes). KerasTuner's distributed mode (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/PORT) works
+unchanged. The command line `python -m pipeline.tuner` is `pipeline.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import keras_tuner
 import numpy as np
 
+from pipeline.trial_report import trial_table, write_trial_table
+from pipeline.tuning_config import (
+    OBJECTIVE,
+    OBJECTIVE_STANDARD_ERROR,
+    TUNED_RANGE,
+    TUNERS,
+    TuningConfig,
+)
+
 if TYPE_CHECKING:
     from tfx.components.trainer.fn_args_utils import FnArgs
     from tfx.components.tuner.component import TunerFnResult
 
-TUNERS = ("random", "bayesian", "hyperband")
-OBJECTIVE = "val_shift_accuracy"
-TUNED_RANGE = (0.01, 1.0)
-TUNER_OPTIONS = ("tuner", "max_trials", "tune_lambda", "trial_epochs", "results_dir")
-TRIALS_JSON = "trials.json"
-TRIALS_MARKDOWN = "trials.md"
-TRIALS_PLOT = "trials.png"
-TRIAL_FILES = (TRIALS_JSON, TRIALS_MARKDOWN, TRIALS_PLOT)
-
 
 def search_space(tune_lambda: bool = False) -> keras_tuner.HyperParameters:
-    """alpha (and remine_lambda if tune_lambda), log-uniform in [0.01, 1], default 0.1."""
+    """alpha (and remine_lambda if tune_lambda), log-uniform in TUNED_RANGE, default 0.1."""
     hp = keras_tuner.HyperParameters()
     hp.Float("alpha", *TUNED_RANGE, sampling="log", default=0.1)
     if tune_lambda:
@@ -57,38 +51,39 @@ def search_space(tune_lambda: bool = False) -> keras_tuner.HyperParameters:
 
 
 def make_oracle(
-    name: str, max_trials: int, epochs: int, hyperparameters: keras_tuner.HyperParameters, seed: int
+    tuning: TuningConfig, epochs: int, hyperparameters: keras_tuner.HyperParameters, seed: int
 ) -> keras_tuner.Oracle:
-    """The KerasTuner oracle for an algorithm name, maximising OBJECTIVE.
+    """The KerasTuner oracle of `tuning.tuner`, maximising OBJECTIVE.
 
     Hyperband ignores max_trials: its brackets over `epochs` (factor 3) set the trial count.
-
-    Raises:
-        ValueError: for an unknown name or max_trials < 1.
     """
-    if name not in TUNERS:
-        raise ValueError(f"tuner = {name!r}: expected one of {TUNERS}")
-    if int(max_trials) < 1:
-        raise ValueError(f"max_trials = {max_trials!r}: expected an integer >= 1")
-    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
     common = {
-        "objective": objective,
+        "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
         "hyperparameters": hyperparameters,
         "seed": seed,
         "allow_new_entries": False,
         "tune_new_entries": False,
     }
-    if name == "random":
-        return keras_tuner.oracles.RandomSearchOracle(max_trials=int(max_trials), **common)
-    if name == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=int(max_trials), **common)
-    return keras_tuner.oracles.HyperbandOracle(max_epochs=max(1, int(epochs)), factor=3, **common)
+    oracles = {
+        "random": lambda: keras_tuner.oracles.RandomSearchOracle(
+            max_trials=tuning.max_trials, **common
+        ),
+        "bayesian": lambda: keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=tuning.max_trials, **common
+        ),
+        "hyperband": lambda: keras_tuner.oracles.HyperbandOracle(
+            max_epochs=max(1, int(epochs)), factor=3, **common
+        ),
+    }
+    assert tuple(oracles) == TUNERS  # TuningConfig checked the name against TUNERS
+    return oracles[tuning.tuner]()
 
 
 class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
-    """Trains LADE per trial and reports the mean shifted-val accuracy as `val_shift_accuracy`.
+    """Trains LADE per trial and reports the mean shifted-val accuracy as OBJECTIVE.
 
-    Every trial also reports the 11 per-distribution accuracies (metrics "F50" ... "B50").
+    Every trial also reports the objective's standard error over the val split
+    (OBJECTIVE_STANDARD_ERROR) and the 11 per-distribution accuracies ("F50" ... "B50").
 
     Args:
         oracle: from `make_oracle`.
@@ -120,14 +115,14 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         import keras
 
-        from lade_tf import training
+        from lade_tf import tf_training
         from lade_tf.priors import SHIFT_NAMES
-        from lade_tf.shift_eval import evaluate_under_shift
+        from lade_tf.shift_eval import evaluate_under_shift, mean_shift_accuracy
         from pipeline.trainer import training_data
 
         keras.backend.clear_session()
         if self._strategy is None:
-            self._strategy = training.make_strategy(self.config.strategy)
+            self._strategy = tf_training.make_strategy(self.config.strategy)
         # A trial trains its alpha / remine_lambda, for Hyperband's epoch budget if it sets one.
         config = self.config.with_hyperparameters(trial.hyperparameters.values, tuner_epochs=True)
         trial_dir = self.get_trial_dir(trial.trial_id)
@@ -137,7 +132,7 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
                 f"{self.eval_files}: the val split is empty; tuning needs balanced val examples "
                 "(prepare the data with val_per_class > 0)"
             )
-        model = training.train_model(
+        model = tf_training.train_model(
             config,
             data.train,
             data.val,
@@ -150,115 +145,25 @@ class ShiftAccuracyTuner(keras_tuner.engine.base_tuner.BaseTuner):
         logits = np.concatenate([model(images, training=False).numpy() for images, _ in data.val])
         labels = np.concatenate([labels.numpy() for _, labels in data.val])
         shifted = evaluate_under_shift(logits, labels, data.class_counts, "lade")
-        metrics = {name: shifted[name]["mean"] for name in SHIFT_NAMES}
-        return {OBJECTIVE: float(np.mean(list(metrics.values()))), **metrics}
+        mean, standard_error = mean_shift_accuracy(logits, labels, data.class_counts, "lade")
+        return {
+            OBJECTIVE: mean,
+            OBJECTIVE_STANDARD_ERROR: standard_error,
+            **{name: shifted[name]["mean"] for name in SHIFT_NAMES},
+        }
 
     def on_search_end(self) -> None:
         super().on_search_end()
         write_trial_table(trial_table(self), self.results_dir)
 
 
-def trial_table(tuner: keras_tuner.engine.base_tuner.BaseTuner) -> list[dict[str, Any]]:
-    """One row per finished trial, best first: trial_id, status, hyper-parameters, scores."""
-    from lade_tf.priors import SHIFT_NAMES
-
-    rows = []
-    for trial in tuner.oracle.trials.values():
-        row = {"trial_id": trial.trial_id, "status": str(trial.status), OBJECTIVE: trial.score}
-        row.update({k: v for k, v in trial.hyperparameters.values.items()})
-        for name in SHIFT_NAMES:
-            if trial.metrics.exists(name):
-                row[name] = float(trial.metrics.get_last_value(name))
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r[OBJECTIVE] is None, -(r[OBJECTIVE] or 0.0)))
-
-
-def trial_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The trial table as Markdown, accuracies in percent."""
-    if not rows:
-        return "(no trials)\n"
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    percent = {OBJECTIVE} | {c for c in columns if c[:1] in "FUB" and c[1:].isdigit() or c == "U"}
-
-    def cell(column, value):
-        if value is None:
-            return "-"
-        if column in percent:
-            return f"{100 * value:.2f}"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def plot_trials(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Writes a PNG of the objective (mean shifted-val accuracy, %) against alpha, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scored = [r for r in rows if r.get(OBJECTIVE) is not None and r.get("alpha") is not None]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    if scored:
-        alphas = [float(r["alpha"]) for r in scored]
-        scores = [100 * float(r[OBJECTIVE]) for r in scored]
-        axis.scatter(alphas, scores, color="tab:blue", zorder=2)
-        best = max(range(len(scored)), key=lambda i: scores[i])
-        axis.scatter([alphas[best]], [scores[best]], color="tab:red", zorder=3, label="best trial")
-        for alpha, score, row in zip(alphas, scores, scored):
-            axis.annotate(
-                str(row["trial_id"]),
-                (alpha, score),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        axis.legend(fontsize=8)
-    axis.set_xscale("log")
-    axis.set_xlim(TUNED_RANGE[0] / 1.25, TUNED_RANGE[1] * 1.25)  # the whole search range
-    axis.set_xlabel("alpha (LADER weight)")
-    axis.set_ylabel("mean accuracy over the 11 shifted val sets (%)")
-    axis.set_title(f"{len(scored)} trials")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(os.fspath(path))
-    plt.close(figure)
-
-
-def write_trial_table(rows: Sequence[Mapping[str, Any]], directory: str | os.PathLike) -> None:
-    """Writes trials.json, trials.md (accuracies in percent) and trials.png into directory
-    (a local path or any tf.io.gfile URI)."""
-    import tempfile
-
-    import tensorflow as tf
-
-    directory = os.fspath(directory)
-    tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(os.path.join(directory, TRIALS_JSON), "w") as handle:
-        json.dump(list(rows), handle, indent=1)
-    with tf.io.gfile.GFile(os.path.join(directory, TRIALS_MARKDOWN), "w") as handle:
-        handle.write(trial_table_markdown(rows))
-    with tempfile.TemporaryDirectory() as local:  # matplotlib writes local files only
-        plot_path = os.path.join(local, TRIALS_PLOT)
-        plot_trials(rows, plot_path)
-        tf.io.gfile.copy(plot_path, os.path.join(directory, TRIALS_PLOT), overwrite=True)
-
-
 def make_tuner(
     config,
     train_files: Sequence[str],
     eval_files: Sequence[str],
+    tuning: TuningConfig,
     *,
-    tuner: str = "random",
-    max_trials: int = 8,
-    tune_lambda: bool = False,
-    trial_epochs: int | None = None,
     directory: str | os.PathLike,
-    results_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> ShiftAccuracyTuner:
     """The tuner searching LADE's alpha (and lambda) for a TrainConfig and examples.
@@ -266,32 +171,29 @@ def make_tuner(
     Args:
         config: TrainConfig of the trials (the loss is forced to "lade").
         train_files, eval_files: train and val split file patterns.
-        tuner: "random", "bayesian" or "hyperband".
-        max_trials: trial count (random, bayesian).
-        tune_lambda: also search remine_lambda.
-        trial_epochs: epochs per trial (Hyperband's maximum), default config.epochs.
+        tuning: the search (`pipeline.tuning_config.TuningConfig`); its `trial_epochs` replaces
+            the config's epochs, its `results_dir` (default: the project directory) receives
+            the trial table.
         directory: KerasTuner's working directory (trial state, checkpoints, logs).
-        results_dir: where trials.json / trials.md / trials.png go (default: the project
-            directory).
         overwrite: start afresh instead of resuming a search found in directory.
     """
-    if trial_epochs is not None:
-        config = dataclasses.replace(config, epochs=int(trial_epochs))
-    oracle = make_oracle(tuner, max_trials, config.epochs, search_space(tune_lambda), config.seed)
+    if tuning.trial_epochs is not None:
+        config = dataclasses.replace(config, epochs=tuning.trial_epochs)
+    oracle = make_oracle(tuning, config.epochs, search_space(tuning.tune_lambda), config.seed)
     return ShiftAccuracyTuner(
         oracle,
         config=config,
         train_files=train_files,
         eval_files=eval_files,
-        results_dir=results_dir,
+        results_dir=tuning.results_dir,
         directory=os.fspath(directory),
         project_name="lade_alpha",
         overwrite=overwrite,
     )
 
 
-def tuner_options(custom_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The tuner options of a Tuner custom_config: nested under "tuner" or at the top level.
+def tuning_options(custom_config: Mapping[str, Any]) -> TuningConfig:
+    """The TuningConfig of a Tuner custom_config: nested under "tuner" or at the top level.
 
     Raises:
         ValueError: for a missing train_config or unknown keys (named in the message).
@@ -304,11 +206,7 @@ def tuner_options(custom_config: Mapping[str, Any]) -> dict[str, Any]:
         )
     options = custom.pop("tuner") if isinstance(custom.get("tuner"), Mapping) else {}
     custom.pop("train_config")
-    options = {**custom, **options}
-    unknown = sorted(set(options) - set(TUNER_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown Tuner option(s) {unknown}: expected {list(TUNER_OPTIONS)}")
-    return options
+    return TuningConfig.from_dict({**custom, **options})
 
 
 def tuner_fn(fn_args: "FnArgs") -> "TunerFnResult":
@@ -316,87 +214,25 @@ def tuner_fn(fn_args: "FnArgs") -> "TunerFnResult":
 
     Args:
         fn_args: TFX FnArgs. Used: train_files, eval_files (the val split), working_dir and
-            custom_config {"train_config": TrainConfig dict, "tuner": {"tuner", "max_trials",
-            "tune_lambda", "trial_epochs", "results_dir"}} (options optional).
+            custom_config {"train_config": TrainConfig dict, "tuner": TuningConfig dict}
+            (options optional).
 
     Returns:
         TunerFnResult(tuner, fit_kwargs={}); the tuner holds its data.
     """
     from tfx.components.tuner.component import TunerFnResult
 
-    from lade_tf.training import TrainConfig
+    from lade_tf.train_config import TrainConfig
 
-    options = tuner_options(fn_args.custom_config)
+    tuning = tuning_options(fn_args.custom_config)
     config = TrainConfig.from_dict(fn_args.custom_config["train_config"])
     tuner = make_tuner(
-        config,
-        fn_args.train_files,
-        fn_args.eval_files,
-        directory=fn_args.working_dir,
-        **{k: v for k, v in options.items() if v is not None},
+        config, fn_args.train_files, fn_args.eval_files, tuning, directory=fn_args.working_dir
     )
     return TunerFnResult(tuner=tuner, fit_kwargs={})
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """`python -m pipeline.tuner`: tune alpha on a prepared examples directory; prints the table."""
-    from pipeline.flags import (
-        add_training_flags,
-        add_tuner_flags,
-        parse_args,
-        training_config_from_args,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tuner",
-        description="Search LADE's alpha (and lambda) with KerasTuner; each trial is scored by "
-        "the mean accuracy over the 11 label-shifted versions of the val split.",
-    )
-    parser.add_argument(
-        "--examples-dir",
-        type=Path,
-        required=True,
-        help="directory with Split-train/, Split-val/ and class_info.json "
-        "(python -m pipeline.prepare output)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("lade_output") / "tuning",
-        help="KerasTuner state, trials.json, trials.md and trials.png go here",
-    )
-    add_training_flags(parser)
-    add_tuner_flags(parser)
-    args = parse_args(parser, argv)
-    config = training_config_from_args(args, "lade")
-    examples = os.fspath(args.examples_dir)
-    output = os.fspath(args.output_dir)
-    tuner = make_tuner(
-        config,
-        [os.path.join(examples, "Split-train", "*")],
-        [os.path.join(examples, "Split-val", "*")],
-        tuner=args.tuner,
-        max_trials=args.max_trials,
-        tune_lambda=args.tune_lambda,
-        trial_epochs=args.trial_epochs,
-        directory=output,
-        results_dir=output,
-        overwrite=True,
-    )
-    tuner.search()
-    rows = trial_table(tuner)
-    print(trial_table_markdown(rows))
-    best = tuner.get_best_hyperparameters()[0].values
-    print(
-        f"best alpha: {best['alpha']:.4g}"
-        + (f", best lambda: {best['remine_lambda']:.4g}" if "remine_lambda" in best else "")
-    )
-    print(
-        "trial table: " + ", ".join(os.path.join(output, name) for name in TRIAL_FILES),
-        file=sys.stderr,
-    )
-    return rows
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import tuner_main
+
+    sys.exit(tuner_main())

@@ -17,12 +17,18 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-import lade_tf  # noqa: F401  (TensorFlow's oneDNN default, set before any test imports TF)
+from lade_tf.process_settings import configure_tensorflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.xz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The test process's settings, made as every entry point makes them: before any test
+    imports TensorFlow."""
+    configure_tensorflow()
 
 
 def in_ci() -> bool:

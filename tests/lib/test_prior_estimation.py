@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from lade_tf import priors
+from lade_tf import label_shift, priors
 from lade_tf.prior_estimation import TargetPriorEstimator
 from lade_tf.shift_eval import evaluate_under_shift
 from tests.lib.fashion_support import TRAIN_COUNTS, trained_logits
@@ -90,11 +90,11 @@ def test_dirichlet_estimate_moves_monotonically_from_source_to_em():
     source = np.asarray(counts) / np.sum(counts)
     _, log_likelihood = world.sample(np.asarray(counts[::-1]) / np.sum(counts), 40)
     probs = softmax(world.log_posterior(log_likelihood, source), axis=1)
-    em = priors.estimate_target_prior(probs, source, tol=1e-12, max_iter=100_000)
+    em = label_shift.estimate_target_prior(probs, source, tol=1e-12, max_iter=100_000)
     to_source, to_em = [], []
     for repeats in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
         batch = np.tile(probs, (repeats, 1))
-        estimate = priors.estimate_target_prior(
+        estimate = label_shift.estimate_target_prior(
             batch, source, prior_strength=200, tol=1e-12, max_iter=100_000
         )
         to_source.append(np.abs(estimate - source).sum())
@@ -199,7 +199,7 @@ def test_config_round_trip_and_affine_form(ce_model):
         calibration["bias"]
     )
     np.testing.assert_allclose(estimator.posterior_logits(batch), expected, atol=1e-10)
-    assert config["prior_strength"] == priors.DEFAULT_PRIOR_STRENGTH
+    assert config["prior_strength"] == label_shift.DEFAULT_PRIOR_STRENGTH
     np.testing.assert_allclose(config["prior_centre"], priors.source_prior(TRAIN_COUNTS))
 
 

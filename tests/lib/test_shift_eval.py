@@ -279,3 +279,28 @@ def test_invalid_inputs(digits_logits):
         shift_eval.uniform_summary(logits, labels[:-1], TRAIN_COUNTS, "ce")
     with pytest.raises(ValueError, match="train_loss|focal"):
         shift_eval.evaluate_under_shift(logits, labels, TRAIN_COUNTS, "focal")
+
+
+def test_mean_shift_accuracy_and_its_bootstrap_standard_error(digits_classifier):
+    """The tuner's objective: the mean of the 11 known-prior accuracies, and the standard
+    deviation of that mean over stratified bootstrap resamples of the split, drawn here as the
+    docstring says (one generator; per resample, each class's rows with replacement in label
+    order)."""
+    _, logits, labels = digits_classifier["test"]
+    counts = np.arange(10, 0, -1) * 10
+    mean, standard_error = shift_eval.mean_shift_accuracy(
+        logits, labels, counts, "ce", resamples=40
+    )
+    by_dist = shift_eval.evaluate_under_shift(logits, labels, counts, "ce")
+    assert mean == pytest.approx(np.mean([by_dist[d]["mean"] for d in SHIFT_NAMES]), abs=1e-12)
+    rng = np.random.default_rng(0)
+    members = [np.flatnonzero(labels == c) for c in range(10)]
+    draws = []
+    for _ in range(40):
+        rows = np.concatenate([rng.choice(m, size=m.size) for m in members])
+        shifted = shift_eval.evaluate_under_shift(logits[rows], labels[rows], counts, "ce")
+        draws.append(np.mean([shifted[d]["mean"] for d in SHIFT_NAMES]))
+    assert standard_error == pytest.approx(np.std(draws, ddof=1), abs=1e-12)
+    # The size of a binomial standard error for this many images, not zero, not a whole point.
+    assert 0.2 * np.sqrt(mean * (1 - mean) / len(labels)) < standard_error < 0.1
+    assert np.isnan(shift_eval.mean_shift_accuracy(logits, labels, counts, "ce", resamples=0)[1])

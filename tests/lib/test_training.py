@@ -1,4 +1,4 @@
-"""lade_tf.training: config, schedules, tf.data input, strategies, training with checkpoints/resume.
+"""lade_tf.tf_training: config, schedules, tf.data input, strategies, training, checkpoints, resume.
 
 Real data: scikit-learn digits (8x8 grey) written as gzip TFRecords in the examples layout.
 TensorFlow backend only (tf.data, tf.distribute); no TFX imports.
@@ -19,13 +19,14 @@ import pytest
 
 from tests.conftest import import_or_skip
 
-tf = import_or_skip("tensorflow", "lade_tf.training is TensorFlow-specific")
+tf = import_or_skip("tensorflow", "lade_tf.tf_training is TensorFlow-specific")
 import keras  # noqa: E402
 
-from lade_tf import recipe, training  # noqa: E402
+from lade_tf import recipe  # noqa: E402
+from lade_tf import tf_training as training  # noqa: E402
 from lade_tf.priors import long_tail_counts  # noqa: E402
 from lade_tf.records import encode_example  # noqa: E402
-from lade_tf.training import TrainConfig  # noqa: E402
+from lade_tf.train_config import TrainConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (8, 8, 1)
@@ -74,82 +75,6 @@ def small_config(**overrides) -> TrainConfig:
         seed=0,
     )
     return TrainConfig(**{**values, **overrides})
-
-
-# --------------------------------------------------------------------------- TrainConfig
-
-
-def test_config_round_trips_through_json():
-    config = TrainConfig(loss="lade", alpha=0.3, epochs=7, max_train_examples=100, xla=True)
-    text = json.dumps(config.to_dict())
-    assert TrainConfig.from_dict(json.loads(text)) == config
-    assert TrainConfig.from_dict({}) == TrainConfig()
-
-
-def test_config_rejects_unknown_keys_by_name():
-    with pytest.raises(ValueError, match="'learnig_rate'"):
-        TrainConfig.from_dict({"learnig_rate": 0.1})
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("loss", "focal"),
-        ("optimizer", "rmsprop"),
-        ("schedule", "linear"),
-        ("strategy", "gpu"),
-        ("epochs", 0),
-        ("batch_size", 2.5),
-        ("learning_rate", 0.0),
-        ("weight_decay", -1.0),
-        ("momentum", 1.0),
-        ("alpha", float("nan")),
-        ("max_train_examples", 0),
-        ("augment", "yes"),
-    ],
-)
-def test_config_rejects_bad_values_naming_them(field, value):
-    with pytest.raises(ValueError, match=field):
-        TrainConfig(**{field: value})
-
-
-def test_hyperparameters_replace_fields_and_tuner_epochs_only_when_asked():
-    config = TrainConfig(loss="lade", alpha=0.1, epochs=5)
-    values = {"alpha": 0.37, "remine_lambda": 0.02, "tuner/epochs": 3, "tuner/round": 0}
-    tuned = config.with_hyperparameters(values)
-    assert (tuned.alpha, tuned.remine_lambda, tuned.epochs) == (0.37, 0.02, 5)
-    assert tuned == TrainConfig(loss="lade", alpha=0.37, remine_lambda=0.02, epochs=5)
-    trial = config.with_hyperparameters(values, tuner_epochs=True)
-    assert (trial.alpha, trial.epochs) == (0.37, 3)
-    # A HyperParameters.get_config() dict, as the TFX Trainer receives it.
-    space = [{"class_name": "Float", "config": {"name": "alpha"}}]
-    assert config.with_hyperparameters({"space": space, "values": values}) == tuned
-    assert config.with_hyperparameters(None) is config
-    assert config.with_hyperparameters({}) is config
-    # Fields a loss does not use are set all the same (and ignored by that loss).
-    assert TrainConfig(loss="ce").with_hyperparameters({"alpha": 0.5}).alpha == 0.5
-    with pytest.raises(ValueError, match="alpha = -1.0"):
-        config.with_hyperparameters({"alpha": -1.0})
-
-
-def test_config_checks_the_lade_options_where_it_is_made():
-    with pytest.raises(ValueError, match="importance = 'paper'"):
-        TrainConfig(loss="lade", importance="paper")
-    with pytest.raises(ValueError, match="lader_classes = 'some'"):
-        TrainConfig.from_dict({"loss": "lade", "lader_classes": "some"})
-    with pytest.raises(ValueError, match="tau = True"):
-        TrainConfig(loss="logit_adjusted", tau=True)
-
-
-def test_loss_options_follow_the_loss():
-    assert TrainConfig(loss="ce").loss_options() == {}
-    assert TrainConfig(loss="lade", alpha=0.5).loss_options() == {
-        "alpha": 0.5,
-        "remine_lambda": 0.1,
-        "importance": "class",
-        "lader_classes": "all",
-    }
-    assert TrainConfig(loss="logit_adjusted", tau=2.0).loss_options() == {"tau": 2.0}
 
 
 # --------------------------------------------------------------------------- schedules
@@ -440,8 +365,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from lade_tf import losses, training
-from lade_tf.training import TrainConfig
+from lade_tf import losses
+from lade_tf import tf_training as training
+from lade_tf.train_config import TrainConfig
 args = json.loads(sys.argv[1])
 config = TrainConfig(**args["config"])
 

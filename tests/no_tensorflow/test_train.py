@@ -34,19 +34,24 @@ from tests.conftest import REPO_ROOT  # noqa: E402
 
 TENSORFLOW_FREE_MODULES = (
     "array_data",
+    "array_training",
+    "calibration",
     "checks",
+    "label_shift",
     "layers",
     "losses",
     "metrics",
     "models",
     "prior_estimation",
     "priors",
+    "process_settings",
     "recipe",
     "records",
     "schedules",
     "shift_eval",
     "train",
     "train_config",
+    "train_flags",
 )
 
 
@@ -56,7 +61,7 @@ def test_the_library_imports_without_tensorflow_on_jax():
         importlib.import_module(f"lade_tf.{name}")
     # The tf.data / tf.distribute side says what it needs rather than half-working.
     with pytest.raises(ModuleNotFoundError, match="tensorflow"):
-        importlib.import_module("lade_tf.training")
+        importlib.import_module("lade_tf.tf_training")
 
 
 @pytest.mark.timeout(120)
@@ -134,6 +139,7 @@ def test_the_command_trains_resnet32_with_lade_on_cifar10_lt(cifar10_lt_examples
         (["--loss", "focal"], "loss = 'focal'"),
         (["--epochs", "0"], "epochs = 0"),
         (["--eval-seeds", "a,b"], "invalid literal"),
+        (["--loss", "lade", "--tau", "2"], "tau = 2.0 with loss = 'lade'"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_value(flags, message, tmp_path, capsys):

@@ -35,7 +35,7 @@ PREPARE_WITHOUT_DEBIAN_FILES = [
     sys.executable,
     "-c",
     "import sys; import pipeline.sources as sources; "
-    "sources.FASHION_MNIST_DIR = sys.argv.pop(1); from pipeline.prepare import main; "
+    "sources.FASHION_MNIST_DIR = sys.argv.pop(1); from pipeline.cli import prepare_main as main; "
     "sys.exit(main())",
 ]
 PROCESS_SECONDS = 600

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lade_tf.training import TrainConfig
-from pipeline import flags
+from lade_tf.train_config import TrainConfig
+from pipeline import blessing, flags
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -91,6 +91,8 @@ def test_loss_options_reach_only_the_loss_that_uses_them():
         "present",
         "--tau",
         "2",
+        "--losses",
+        "ce,lade,logit_adjusted",
     )
     lade = flags.training_config_from_args(args, "lade")
     assert (lade.alpha, lade.remine_lambda, lade.importance, lade.lader_classes) == (
@@ -105,6 +107,20 @@ def test_loss_options_reach_only_the_loss_that_uses_them():
     assert flags.training_config_from_args(args, "logit_adjusted") == TrainConfig(
         loss="logit_adjusted", tau=2.0
     )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tau", "2"], "tau = 2.0 is set but no trained loss (ce,lade) takes it"),
+        (["--alpha", "0.3", "--losses", "ce"], "alpha = 0.3 is set but no trained loss (ce)"),
+    ],
+)
+def test_an_option_no_trained_loss_takes_is_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_quick_fills_only_unset_flags():
@@ -139,7 +155,7 @@ def test_pipeline_defaults_fill_what_quick_and_flags_leave_unset(tmp_path: Path)
 def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
     path = tmp_path / "run.yaml"
     path.write_text(
-        "epochs: 9\nbatch-size: 32\nlosses: [ce, balanced_softmax]\nlambda: 0.5\n"
+        "epochs: 9\nbatch-size: 32\nlosses: [ce, balanced_softmax, lade]\nlambda: 0.5\n"
         "mixed_precision: true\nimbalance_ratio: 50\nbeam_args: ['--a=1']\n"
         "runner: beam\n"
     )
@@ -150,7 +166,7 @@ def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
     ):
         args = parse(*argv)
         assert args.epochs == 4 and args.batch_size == 32 and args.runner == "beam"
-        assert args.losses == ("ce", "balanced_softmax") and args.imbalance_ratio == 50.0
+        assert args.losses == ("ce", "balanced_softmax", "lade") and args.imbalance_ratio == 50.0
         assert args.remine_lambda == 0.5 and args.mixed_precision is True
         assert args.beam_args == ["--a=1"]
     assert parse("--config", str(path), "--beam-arg=--b=2").beam_args == ["--a=1", "--b=2"]
@@ -161,7 +177,7 @@ def test_yaml_config_sets_values_and_command_line_wins(tmp_path: Path):
     [
         ("epoch: 3\n", "unknown setting 'epoch'"),
         ("epochs: 0\n", "setting 'epochs'"),
-        ("optimizer: rmsprop\n", "'rmsprop' is not one of"),
+        ("optimizer: rmsprop\n", "optimizer = 'rmsprop': expected one of"),
         ("losses: ce,hinge\n", "unknown loss 'hinge'"),
         ("xla: maybe\n", "expected true or false"),
         ("- epochs\n", "expected a mapping"),
@@ -247,22 +263,19 @@ def test_help_shows_train_config_defaults(capsys):
         flags.build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     defaults = TrainConfig()
-    assert f"--epochs EPOCHS default: {defaults.epochs}" in text
+    assert f"--epochs EPOCHS training epochs (default: {defaults.epochs})" in text
     assert f"LADE: weight of the LADER regulariser (default: {defaults.alpha})" in text
     assert "(default: on)" in text and "(default: off)" in text  # --augment, --xla
     assert "(default: None)" not in text
     assert "--log-level {error,warning,info,debug}" in text and "(default: warning)" in text
     assert "--bless-margin-mean BLESS_MARGIN_MEAN" in text and "(default: 0.01)" in text
-    assert "ECE not checked" in text
+    assert "(default: 1, not checked)" in text  # --bless-margin-ece
 
 
 def test_blessing_margins_and_log_level():
     args = parse()
-    assert (args.bless_margin_mean, args.bless_margin_uniform, args.bless_margin_ece) == (
-        0.01,
-        0.01,
-        None,
-    )
+    margins = (args.bless_margin_mean, args.bless_margin_uniform, args.bless_margin_ece)
+    assert margins == (0.01, 0.01, blessing.UNCHECKED_MARGIN)
     assert args.log_level == "warning"
     args = parse("--bless-margin-mean", "0", "--bless-margin-ece", "0.02", "--log-level", "info")
     assert (args.bless_margin_mean, args.bless_margin_ece, args.log_level) == (0.0, 0.02, "info")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lade_tf.training import TrainConfig
+from lade_tf.train_config import TrainConfig
 from pipeline import run
 from pipeline.create_pipeline import RUNTIME_PARAMETERS
 
@@ -144,7 +144,7 @@ def test_spec_reruns_with_other_epochs_alpha_and_margins(tmp_path: Path):
     executors = spec["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values() if "container" in e}
     assert images == {"gcr.io/p/lade-tf:0.1.0"}
-    assert "pipeline.components.LadeTrainerExecutor" in json.dumps(executors)
+    assert "pipeline.training_components.LadeTrainerExecutor" in json.dumps(executors)
 
 
 def test_dockerfile_builds_on_the_default_image():

@@ -114,7 +114,7 @@ def flat(variables) -> np.ndarray:
 
 
 def checkpoint_weights(checkpoint_dir: Path, number: int) -> np.ndarray:
-    """Trainable weights of the small CNN saved in `ckpt-<number>` by lade_tf.training."""
+    """Trainable weights of the small CNN saved in `ckpt-<number>` by lade_tf.tf_training."""
     import tensorflow as tf
 
     from lade_tf.models import build_model
@@ -130,7 +130,7 @@ def checkpoint_weights(checkpoint_dir: Path, number: int) -> np.ndarray:
 def test_two_workers_take_the_same_steps_as_one_worker(digits_examples_dir, tmp_path):
     import keras
 
-    from lade_tf.training import read_history
+    from lade_tf.tf_training import read_history
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     runs = {

@@ -21,7 +21,8 @@ from PIL import Image
 from lade_tf.priors import long_tail_counts
 from lade_tf.records import parse_dataset, read_class_info, read_split, split_file_pattern
 from pipeline.beam_args import beam_pipeline_args
-from pipeline.prepare import main, prepare_examples
+from pipeline.cli import prepare_main as main
+from pipeline.prepare import prepare_examples
 from pipeline.split_plan import ImageSummary, PrepareConfig, plan_splits
 
 IN_MEMORY = beam_pipeline_args("in_memory")
@@ -182,7 +183,7 @@ def test_plan_draws_a_seeded_test_fraction_per_class(digits):
 
 
 def test_plan_reproduces_the_standard_fashion_mnist_lt_counts(fashion_mnist_dir):
-    from pipeline.sources import read_idx
+    from pipeline.idx_source import read_idx
 
     train = read_idx(str(fashion_mnist_dir / "train-labels-idx1-ubyte.gz"))
     test = read_idx(str(fashion_mnist_dir / "t10k-labels-idx1-ubyte.gz"))

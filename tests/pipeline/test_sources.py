@@ -16,17 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sources import (
-    FASHION_MNIST_CLASS_NAMES,
-    FolderUnit,
-    IdxUnit,
-    SkippedFile,
-    SourceImage,
-    conform_image,
-    read_idx,
-    read_unit,
-    resolve_source,
-)
+from pipeline.idx_source import IdxUnit, read_idx
+from pipeline.source_types import SkippedFile, SourceImage, conform_image, read_unit
+from pipeline.sources import FASHION_MNIST_CLASS_NAMES, FolderUnit, resolve_source
 
 
 def _save(path: Path, pixels: np.ndarray, fmt: str, **options) -> Path:

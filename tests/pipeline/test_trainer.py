@@ -27,7 +27,7 @@ def test_run_fn_applies_the_tuners_hyperparameters_config_dict():
     """TFX hands run_fn a HyperParameters config dict; TrainConfig reads its values."""
     import keras_tuner
 
-    from lade_tf.training import TrainConfig
+    from lade_tf.train_config import TrainConfig
 
     hp = keras_tuner.HyperParameters()
     hp.Float("alpha", 0.01, 1.0, sampling="log")
@@ -40,7 +40,7 @@ def test_run_fn_applies_the_tuners_hyperparameters_config_dict():
 
 
 def test_examples_dir_and_stable_checkpoint_dir(tmp_path):
-    from lade_tf.training import TrainConfig
+    from lade_tf.train_config import TrainConfig
     from pipeline.trainer import default_checkpoint_dir, examples_dir_from_files
 
     (tmp_path / "ex" / "Split-train").mkdir(parents=True)

@@ -46,6 +46,7 @@ def test_oracles_by_name():
     import keras_tuner
 
     from pipeline.tuner import make_oracle, search_space
+    from pipeline.tuning_config import TuningConfig
 
     kinds = {
         "random": keras_tuner.oracles.RandomSearchOracle,
@@ -53,33 +54,46 @@ def test_oracles_by_name():
         "hyperband": keras_tuner.oracles.HyperbandOracle,
     }
     for name, kind in kinds.items():
-        oracle = make_oracle(name, 3, 4, search_space(), seed=0)
+        oracle = make_oracle(TuningConfig(name, max_trials=3), 4, search_space(), seed=0)
         assert isinstance(oracle, kind)
         assert (oracle.objective.name, oracle.objective.direction) == ("val_shift_accuracy", "max")
     with pytest.raises(ValueError, match="'grid'"):
-        make_oracle("grid", 3, 4, search_space(), seed=0)
+        TuningConfig("grid")
 
 
-def test_tuner_options_nested_or_flat_and_unknown_keys():
-    from pipeline.tuner import tuner_options
+def test_tuning_options_nested_or_flat_and_unknown_keys():
+    from pipeline.tuner import tuning_options
+    from pipeline.tuning_config import TuningConfig
 
     nested = {"train_config": {}, "tuner": {"tuner": "bayesian", "max_trials": 3}}
     flat = {"train_config": {}, "tuner": "bayesian", "max_trials": 3}
-    assert tuner_options(nested) == tuner_options(flat) == {"tuner": "bayesian", "max_trials": 3}
+    expected = TuningConfig(tuner="bayesian", max_trials=3)
+    assert tuning_options(nested) == tuning_options(flat) == expected
     with pytest.raises(ValueError, match="max_trails"):
-        tuner_options({"train_config": {}, "max_trails": 3})
+        tuning_options({"train_config": {}, "max_trails": 3})
     with pytest.raises(ValueError, match="train_config"):
-        tuner_options({"tuner": "random"})
+        tuning_options({"tuner": "random"})
+    with pytest.raises(ValueError, match="max_trials = 0"):
+        TuningConfig(max_trials=0)
 
 
 def test_trial_table_markdown_shows_percentages():
-    from pipeline.tuner import trial_table_markdown
+    from pipeline.trial_report import trial_table_markdown
 
     text = trial_table_markdown(
-        [{"trial_id": "0", "val_shift_accuracy": 0.8123, "alpha": 0.05, "F50": 0.9, "U": 0.75}]
+        [
+            {
+                "trial_id": "0",
+                "val_shift_accuracy": 0.8123,
+                "val_shift_accuracy_se": 0.0041,
+                "alpha": 0.05,
+                "F50": 0.9,
+                "U": 0.75,
+            }
+        ]
     )
-    assert "| trial_id | val_shift_accuracy | alpha | F50 | U |" in text
-    assert "| 0 | 81.23 | 0.05 | 90.00 | 75.00 |" in text
+    assert "| trial_id | val_shift_accuracy | val_shift_accuracy_se | alpha | F50 | U |" in text
+    assert "| 0 | 81.23 | 0.41 | 0.05 | 90.00 | 75.00 |" in text
 
 
 def val_logits_of_trial(output_dir: Path, trial_id: str, examples: Path, config: dict):
@@ -107,9 +121,9 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
     from lade_tf.records import read_class_info
     from lade_tf.shift_eval import evaluate_under_shift
     from pipeline.beam_args import beam_pipeline_args
+    from pipeline.cli import tuner_main
     from pipeline.prepare import prepare_examples
     from pipeline.split_plan import PrepareConfig
-    from pipeline.tuner import main
 
     examples = tmp_path / "examples"
     prepare_examples(
@@ -119,7 +133,7 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
         pipeline_args=beam_pipeline_args("in_memory"),
     )
     output = tmp_path / "tuning"
-    rows = main(
+    status = tuner_main(
         [
             "--examples-dir",
             str(examples),
@@ -133,9 +147,10 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
         ]
     )
     printed = capsys.readouterr().out
+    rows = json.loads((output / "trials.json").read_text())
 
+    assert status == 0
     assert len(rows) == 2 and all(row["status"] == "COMPLETED" for row in rows)
-    assert json.loads((output / "trials.json").read_text()) == rows
     assert (output / "trials.md").read_text() in printed
     best = rows[0]
     assert f"best alpha: {best['alpha']:.4g}" in printed
@@ -145,6 +160,8 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
         assert row["val_shift_accuracy"] == pytest.approx(
             np.mean([row[name] for name in SHIFT_NAMES])
         )
+        # 100 val images: the objective's standard error is a few points, never zero.
+        assert 0.005 < row["val_shift_accuracy_se"] < 0.2
 
     # The objective is the shift protocol on the VAL split of the trial's trained model.
     config = dict(zip(TRAINING_FLAGS[::2], TRAINING_FLAGS[1::2]))
@@ -167,8 +184,8 @@ def test_tune_cli_prints_trials_and_best_alpha(digits_folder, tmp_path, capsys):
 def test_tuner_component_feeds_best_alpha_to_the_trainer(digits_folder, tmp_path):
     from tfx import v1 as tfx
 
-    from pipeline.components import LadeTrainer, LadeTuner
     from pipeline.example_gen import LongTailExampleGen
+    from pipeline.training_components import LadeTrainer, LadeTuner
 
     train_config = {
         "loss": "lade",

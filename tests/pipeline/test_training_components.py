@@ -1,11 +1,11 @@
-"""pipeline/components.py: the Trainer's epochs / alpha properties reach the TrainConfig."""
+"""pipeline/training_components.py: the Trainer's epochs / alpha reach the TrainConfig."""
 
 from __future__ import annotations
 
 import pytest
 
-from lade_tf.training import TrainConfig
-from pipeline.components import LadeTrainerSpec, merge_train_config_overrides
+from lade_tf.train_config import TrainConfig
+from pipeline.training_components import LadeTrainerSpec, merge_train_config_overrides
 
 
 def test_overrides_replace_only_what_is_set():
@@ -37,7 +37,7 @@ def test_bad_overrides_are_refused(overrides, message):
 
 
 def test_alpha_only_for_lade_and_train_config_required():
-    with pytest.raises(ValueError, match=r"alpha = 0.3 given to a 'ce' Trainer"):
+    with pytest.raises(ValueError, match=r"alpha = 0.3 with loss = 'ce'"):
         merge_train_config_overrides(
             {"train_config": TrainConfig(loss="ce").to_dict()}, {"alpha": 0.3}
         )

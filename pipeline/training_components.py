@@ -1,4 +1,4 @@
-"""The project's variants of TFX's Trainer and Tuner, with what a rerun of a compiled spec needs.
+"""The project's variants of TFX's Trainer and Tuner components, for what a compiled spec needs.
 
 `LadeTrainer` is TFX's Trainer (same executor, same `run_fn` contract) with two more execution
 properties, `epochs` and `alpha`. The TrainConfig travels as JSON in the Trainer's
@@ -15,7 +15,6 @@ directory, which is deleted when the execution ends.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Mapping, Optional, Union
 
 from tfx import types
@@ -28,6 +27,8 @@ from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils
+
+from lade_tf.train_config import TrainConfig
 
 #: Execution properties LadeTrainer adds to TFX's Trainer (each a TrainConfig field).
 TRAIN_CONFIG_OVERRIDES = ("epochs", "alpha")
@@ -43,8 +44,8 @@ def merge_train_config_overrides(
         overrides: {"epochs": int or None, "alpha": float or None}; None leaves the config's value.
 
     Raises:
-        ValueError: for epochs < 1, a negative or non-finite alpha, an alpha for a loss other
-            than "lade", or a custom_config without train_config.
+        ValueError: for a custom_config without train_config, or what TrainConfig refuses (an
+            epochs below 1, a negative alpha, an alpha for a loss other than LADE).
     """
     custom = dict(custom_config or {})
     if not isinstance(custom.get("train_config"), Mapping):
@@ -52,22 +53,9 @@ def merge_train_config_overrides(
             f"Trainer custom_config keys {sorted(custom)}: expected 'train_config' "
             "(a TrainConfig dict)"
         )
-    train_config = dict(custom["train_config"])
-    epochs, alpha = overrides.get("epochs"), overrides.get("alpha")
-    if epochs is not None:
-        if isinstance(epochs, bool) or int(epochs) != epochs or int(epochs) < 1:
-            raise ValueError(f"epochs = {epochs!r}: expected an integer >= 1")
-        train_config["epochs"] = int(epochs)
-    if alpha is not None:
-        if not math.isfinite(float(alpha)) or float(alpha) < 0:
-            raise ValueError(f"alpha = {alpha!r}: expected a finite number >= 0")
-        if train_config.get("loss") != "lade":
-            raise ValueError(
-                f"alpha = {alpha!r} given to a {train_config.get('loss')!r} Trainer: "
-                "expected it only for the lade loss"
-            )
-        train_config["alpha"] = float(alpha)
-    custom["train_config"] = train_config
+    given = {key: value for key, value in overrides.items() if value is not None}
+    config = TrainConfig.from_dict({**custom["train_config"], **given})
+    custom["train_config"] = config.to_dict()
     return custom
 
 

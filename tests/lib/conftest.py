@@ -1,0 +1,30 @@
+"""Fixtures shared by the library tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(digits):
+    """Logistic regression on half of digits; (val, test) probabilities, logits and labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from threadpoolctl import threadpool_limits
+
+    images, labels = digits
+    features = images.reshape(len(images), -1) / 255.0
+    x_train, x_rest, y_train, y_rest = train_test_split(
+        features, labels, train_size=0.5, stratify=labels, random_state=0
+    )
+    x_val, x_test, y_val, y_test = train_test_split(
+        x_rest, y_rest, train_size=0.4, stratify=y_rest, random_state=0
+    )
+    with threadpool_limits(1):  # BLAS threads fight over the shared cores: 0.2 s vs 10 s
+        model = LogisticRegression(max_iter=500).fit(x_train, y_train)
+    return dict(
+        source=np.bincount(y_train) / y_train.size,
+        val=(model.predict_proba(x_val), model.decision_function(x_val), y_val),
+        test=(model.predict_proba(x_test), model.decision_function(x_test), y_test),
+    )
