@@ -22,11 +22,14 @@ WORKDIR /opt/lade-tf
 COPY requirements.txt ./
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-# The project itself, a regular (not editable) install; dependencies are already in place.
+# The library as a regular install (its wheel holds lade_tf alone; dependencies are already in
+# place), and the pipeline and the server from the source tree on PYTHONPATH, which every
+# process of the container (the TFX executors, Beam workers) inherits.
 COPY pyproject.toml README.md ./
 COPY lade_tf/ lade_tf/
 COPY pipeline/ pipeline/
 COPY serving/ serving/
+ENV PYTHONPATH=/opt/lade-tf
 RUN python -m pip install --no-cache-dir --no-deps . \
     && python -c "import lade_tf.tf_training, pipeline.training_components, pipeline.trainer, pipeline.tuner, pipeline.shift_evaluator"
 

@@ -1,7 +1,8 @@
 """Accuracy under label shift on CIFAR-10-LT and Fashion-MNIST-LT, every method, and Figure 2.
 
 Reproduces the paper's comparison with this library: each training run is one loss on one
-long-tailed training split; every method is a training run plus an inference rule:
+long-tailed training split; every method is a training run plus an inference rule
+(`accuracy_plan.METHODS`):
 
     softmax            CE model, logits as they are
     pc_softmax         CE model, f - log p_s + log p_t (known target prior)
@@ -18,37 +19,41 @@ seeds), and on the uniform test set for many/medium/few, ECE and NLL. The Figure
 LADE for several alpha and records the mean positive-sample logit f(x)[y] and negative-sample logit
 f(x)[c != y] on the test set, which the paper shows moving toward log C as alpha grows.
 
-Data come from `pipeline.prepare` (exp profile, 20 balanced validation images per class taken
-first, so CIFAR-10-LT's n_max is 4,980): CIFAR-10 from the shared JPEG tarball, Fashion-MNIST
-from Debian's files. Recipe (all budgets but gpu): SGD momentum 0.9, weight decay 5e-4 (coupled),
-batch 128, lr 0.1, 5-epoch linear warm-up then cosine to 0, crop + flip augmentation; ResNet-32
-in the LADE authors' (BBN) form for CIFAR, the small CNN for Fashion-MNIST.
+Data come from `pipeline.prepare` (exp profile; `--val-per-class` balanced validation images per
+class taken first, by default `PrepareConfig`'s, so CIFAR-10-LT's n_max is 5,000 minus that):
+CIFAR-10 from the shared JPEG tarball, Fashion-MNIST from Debian's files. Recipe (all budgets but
+gpu): SGD momentum 0.9, weight decay 5e-4 (coupled), batch 128, lr 0.1, 5-epoch linear warm-up
+then cosine to 0, crop + flip augmentation; ResNet-32 in the LADE authors' (BBN) form for CIFAR,
+the small CNN for Fashion-MNIST.
 
-Budgets: `smoke` (CI: one epoch on a 1,024-image subset of CIFAR-10-LT IR 100, every method and
-the Figure 2 alphas), `cpu` (30 epochs: every method on CIFAR-10-LT IR 100; 10 epochs: Softmax
-and LADE with 3 training seeds on Fashion-MNIST-LT; Figure 2 on Fashion-MNIST-LT with 5 epochs;
-warm-up at most a quarter of a run) and `gpu` (the
+Budgets: `smoke` (CI: two epochs on a 512-image subset of CIFAR-10-LT IR 100, every method and
+the Figure 2 alphas, scored on the first 2,000 test images), `cpu` (30 epochs: every method on
+CIFAR-10-LT IR 100; 10 epochs: Softmax and LADE with 3 training seeds on Fashion-MNIST-LT;
+Figure 2 on Fashion-MNIST-LT with 5 epochs; warm-up at most a quarter of a run) and `gpu` (the
 authors' 200-epoch step schedule, lr 0.2, batch 256, every method on CIFAR-10-LT IR 100/50/10).
 
-Every training run is a part: its result is written to `<output>/parts/` as soon as it finishes,
-an interrupted training resumes from its last epoch checkpoint, and finished parts are skipped,
-so a long budget can run in pieces (`--datasets`, `--methods`, `--seeds`) and each run merges all
-parts of its budget into `accuracy_<budget>.{json,md,png}` and `figure2_<budget>.{json,md,png}`.
+Every training run is a part: its scores are written to `<output>/parts/<budget>/` as soon as it
+finishes, and its model's validation and test logits to `<output>/logits/<budget>/<part>.npz`
+(Figure 2 runs: `.../logits/<budget>/figure2/<part>.npz`; see `save_logits`), so that scoring
+and the label-shift estimation benchmarks rerun from them without training. An interrupted
+training resumes from its last epoch checkpoint and finished parts are skipped, so a long budget
+can run in pieces (`--datasets`, `--methods`, `--seeds`); each run merges all parts of its budget
+into `accuracy_<budget>.{json,md,png}` and `figure2_<budget>.{json,md,png}`
+(`accuracy_report.py`). The parts of one output folder share one `--val-per-class`: a run that
+would mix two refuses to start.
 
     .venv/bin/python benchmarks/accuracy.py --budget smoke
     .venv/bin/python benchmarks/accuracy.py --budget cpu [--datasets cifar10_lt_ir100]
-        [--methods softmax,lade_class] [--seeds 0] [--skip-figure2] [--only-merge]
+        [--methods softmax,lade_class] [--seeds 0] [--skip-figure2] [--only-merge] [--rescore]
+        [--val-per-class N]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,184 +61,83 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from accuracy_plan import (
+    BUDGETS,
+    DATASETS,
+    EVAL_SEEDS,
+    METHODS,
+    TRAININGS,
+    Budget,
+    Dataset,
+    Method,
+    default_val_per_class,
+    figure2_alphas,
+)
+from accuracy_report import check_val_per_class, write_reports
+from harness import (
+    CIFAR10_TARBALL,
+    LOGIT_ARRAYS,
+    RESULTS_DIR,
+    extracted_cifar10,
+    machine_description,
+    progress_logger,
+    read_logits,
+    write_json,
+    write_logits,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from lade_tf.process_settings import configure_tensorflow
 
-SHARED_DATA = Path(os.environ.get("LADE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-DEFAULT_TARBALL = SHARED_DATA / "cifar10-jpeg.tar.xz"
-DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "accuracy"
+DEFAULT_OUTPUT = RESULTS_DIR / "accuracy"
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "lade-tf-bench"
-BUDGETS = ("smoke", "cpu", "gpu")
-SHIFTS = ("F50", "F25", "F10", "F5", "F2", "U", "B2", "B5", "B10", "B25", "B50")
-FIGURE2_ALPHAS = (0.0, 0.1, 0.5, 1.0, 2.0)
-SMOKE_FIGURE2_ALPHAS = (0.0, 1.0)
-EVAL_SEEDS = (0, 1, 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A long-tailed training split made by `pipeline.prepare`, and the model trained on it."""
-
-    source: str  # "cifar10" (the shared tarball) or "fashion_mnist"
-    imbalance_ratio: int
-    arch: str
-
-
-DATASETS = {
-    "cifar10_lt_ir100": Dataset("cifar10", 100, "resnet32_bbn"),
-    "cifar10_lt_ir50": Dataset("cifar10", 50, "resnet32_bbn"),
-    "cifar10_lt_ir10": Dataset("cifar10", 10, "resnet32_bbn"),
-    "fmnist_lt_ir100": Dataset("fashion_mnist", 100, "small_cnn"),
-}
-
-#: Training runs: loss and its options. Methods are a training run plus an inference rule.
-TRAININGS = {
-    "ce": {"loss": "ce"},
-    "balanced_softmax": {"loss": "balanced_softmax"},
-    "lade_sample": {"loss": "lade", "importance": "sample"},
-    "lade_class": {"loss": "lade", "importance": "class"},
-}
-# No separate logit-adjusted (tau 1) training: `logit_adjusted_loss(tau=1)` and
-# `balanced_softmax_loss` compute the same CE(f + log p_s) (tests/benchmarks checks it), and both
-# predict with f + log p_t, so a second training would repeat the first step for step.
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """How one row of the table predicts: which training run, which rule."""
-
-    label: str
-    training: str
-    rule: str  # "raw", "known_prior" or "posthoc_uniform"
-
-
-METHODS = {
-    "softmax": Method("Softmax (CE)", "ce", "raw"),
-    "pc_softmax": Method("PC Softmax (CE + known p_t)", "ce", "known_prior"),
-    "posthoc_la": Method("Post-hoc logit adjustment (CE, tau 1)", "ce", "posthoc_uniform"),
-    "lade_class": Method("LADE, importance=class (+ known p_t)", "lade_class", "known_prior"),
-    "lade_sample": Method("LADE, importance=sample (+ known p_t)", "lade_sample", "known_prior"),
-    "balanced_softmax": Method(
-        "Balanced Softmax = logit-adjusted loss, tau 1 (+ known p_t)",
-        "balanced_softmax",
-        "known_prior",
-    ),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Epochs, recipe and the parts a budget runs by default."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    schedule: str
-    warmup_epochs: float
-    max_train_examples: int | None
-    plan: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]]  # dataset -> (methods, seeds)
-    figure2_dataset: str
-    figure2_epochs: int
-    #: Datasets trained for other than `epochs` (Fashion-MNIST-LT on the CPU budget).
-    dataset_epochs: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-    def epochs_for(self, dataset_name: str) -> int:
-        """Training epochs on one dataset."""
-        return self.dataset_epochs.get(dataset_name, self.epochs)
-
-    def warmup_for(self, epochs: int) -> float:
-        """Warm-up epochs of a run of `epochs`: the budget's, at most a quarter of the run."""
-        return min(self.warmup_epochs, epochs / 4)
-
-
-_ALL = tuple(METHODS)
-BUDGET_SETTINGS = {
-    "smoke": Budget(
-        2, 64, 0.05, "cosine", 1.0, 512, {"cifar10_lt_ir100": (_ALL, (0,))}, "cifar10_lt_ir100", 2
-    ),
-    "cpu": Budget(
-        30,
-        128,
-        0.1,
-        "cosine",
-        5.0,
-        None,
-        {
-            "cifar10_lt_ir100": (_ALL, (0,)),
-            "fmnist_lt_ir100": (("softmax", "pc_softmax", "lade_class"), (0, 1, 2)),
-        },
-        "fmnist_lt_ir100",
-        5,
-        # 30 epochs of the small CNN took 22 min per training on the 2-core machine; it has
-        # converged long before (see the README).
-        {"fmnist_lt_ir100": 10},
-    ),
-    "gpu": Budget(
-        200,
-        256,
-        0.2,
-        "step",
-        5.0,
-        None,
-        {
-            "cifar10_lt_ir100": (_ALL, (0,)),
-            "cifar10_lt_ir50": (_ALL, (0,)),
-            "cifar10_lt_ir10": (_ALL, (0,)),
-        },
-        "cifar10_lt_ir100",
-        200,
-    ),
-}
-
-
-def log(message: str) -> None:
-    """One progress line on stderr with the wall-clock time."""
-    print(f"[accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+EVAL_BATCH = 500
+log = progress_logger("accuracy")
 
 
 # --------------------------------------------------------------------------- data
 
 
-def prepared_examples(name: str, work_dir: Path, tarball: Path) -> Path:
-    """The examples directory of a dataset, prepared once with `pipeline.prepare` and reused."""
+def prepared_examples(name: str, val_per_class: int, work_dir: Path, tarball: Path) -> Path:
+    """The examples directory of a dataset, prepared once with `pipeline.prepare` and reused.
+
+    One directory per validation size: the validation images are taken before the training
+    split, so each size gives a different training set.
+    """
     from pipeline.prepare import prepare_examples
     from pipeline.split_plan import PrepareConfig
 
     dataset = DATASETS[name]
-    output = work_dir / "data" / name
+    output = work_dir / "data" / f"{name}-val{val_per_class}"
     if (output / "class_info.json").exists():
         return output
     if dataset.source == "cifar10":
-        tree = work_dir / "cifar10-jpeg"
-        if not (tree / "test").is_dir():
-            if not tarball.exists():
-                raise SystemExit(
-                    f"error: {tarball} not found: expected the shared CIFAR-10 "
-                    "tarball (pass --tarball)"
-                )
-            log(f"extracting {tarball} to {work_dir}")
-            work_dir.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["tar", "-xJf", str(tarball), "-C", str(work_dir)], check=True)
-        source = f"folder:{tree}"
+        source = f"folder:{extracted_cifar10(tarball, work_dir, log)}"
     else:
         source = dataset.source
-    log(f"preparing {name} from {source} (IR {dataset.imbalance_ratio}, 20 val per class)")
+    log(
+        f"preparing {name} from {source} (IR {dataset.imbalance_ratio}, "
+        f"{val_per_class} val per class)"
+    )
     prepare_examples(
         source,
         str(output),
-        PrepareConfig(imbalance_ratio=dataset.imbalance_ratio),
+        PrepareConfig(imbalance_ratio=dataset.imbalance_ratio, val_per_class=val_per_class),
         pipeline_args=["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
     )
     return output
 
 
-def split_arrays(examples: Path, split: str, image_shape: Sequence[int]) -> tuple[Any, np.ndarray]:
-    """(tf.data batches of the split in file order, its labels as int64 [N])."""
+def split_arrays(
+    examples: Path, split: str, image_shape: Sequence[int], limit: int | None = None
+) -> tuple[Any, np.ndarray]:
+    """(tf.data batches of the split in file order, its labels as int64 [N]); with `limit`,
+    only its first `limit` examples."""
     from lade_tf.records import split_file_pattern
-    from lade_tf.training import eval_dataset
+    from lade_tf.tf_training import eval_dataset
 
-    data = eval_dataset(split_file_pattern(str(examples), split), image_shape, 500)
+    data = eval_dataset(split_file_pattern(str(examples), split), image_shape, EVAL_BATCH)
+    if limit is not None:
+        data = data.unbatch().take(limit).batch(EVAL_BATCH)
     labels = np.concatenate([batch_labels.numpy() for _, batch_labels in data])
     return data, labels
 
@@ -245,7 +149,7 @@ def train_config(
     budget: Budget, dataset: Dataset, training: str, seed: int, epochs: int, **overrides
 ):
     """The TrainConfig of one training run of `epochs` under a budget."""
-    from lade_tf.training import TrainConfig
+    from lade_tf.train_config import TrainConfig
 
     options = dict(TRAININGS[training])
     options.update(overrides)
@@ -265,9 +169,11 @@ def train_config(
     )
 
 
-def train_and_predict(config, examples: Path, checkpoint_dir: Path) -> dict[str, Any]:
+def train_and_predict(
+    config, examples: Path, checkpoint_dir: Path, max_test_examples: int | None = None
+) -> dict[str, Any]:
     """Trains one config and returns its test and val logits, labels and training speed."""
-    from lade_tf import training
+    from lade_tf import tf_training as training
     from lade_tf.records import read_class_info, split_file_pattern
 
     info = read_class_info(str(examples))
@@ -282,7 +188,7 @@ def train_and_predict(config, examples: Path, checkpoint_dir: Path) -> dict[str,
         max_examples=config.max_train_examples,
     )
     val, val_labels = split_arrays(examples, "val", shape)
-    test, test_labels = split_arrays(examples, "test", shape)
+    test, test_labels = split_arrays(examples, "test", shape, max_test_examples)
     started = time.perf_counter()
     model = training.train_model(config, train, val, counts, shape, checkpoint_dir, None, verbose=2)
     history = training.read_history(checkpoint_dir)
@@ -344,33 +250,27 @@ def logit_statistics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     }
 
 
-# --------------------------------------------------------------------------- parts
+# --------------------------------------------------------------------------- saved logits
 
 
-def save_logits(path: Path, run: Mapping[str, Any]) -> None:
-    """Keeps a run's logits and labels, so its methods can be scored again without training."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
+def logits_path(output: Path, budget: str, kind: str, name: str) -> Path:
+    """Where the logits of one part's model live (beside the results, not in the work dir)."""
+    folder = output / "logits" / budget
+    return (folder if kind == "accuracy" else folder / kind) / f"{name}.npz"
+
+
+def save_logits(path: Path, run: Mapping[str, Any], val_per_class: int) -> None:
+    """Keeps a trained model's outputs (`harness.write_logits`): its methods can be scored, and
+    target priors estimated, again without training."""
+    write_logits(
         path,
-        counts=np.asarray(run["counts"]),
-        **{k: run[k] for k in ("test_logits", "test_labels", "val_logits", "val_labels")},
+        **{key: run[key] for key in LOGIT_ARRAYS},
+        counts=run["counts"],
+        val_per_class=val_per_class,
     )
 
 
-def rescore_parts(output: Path, work_dir: Path, budget: str) -> None:
-    """Scores every finished accuracy part again from its saved logits (after a rule change)."""
-    for path in sorted((output / "parts" / budget / "accuracy").glob("*.json")):
-        saved = work_dir / "logits" / budget / f"{path.stem}.npz"
-        if not saved.exists():
-            log(f"{path.stem}: no saved logits in {saved}, kept as it is")
-            continue
-        part = json.loads(path.read_text())
-        with np.load(saved) as arrays:
-            run = {k: arrays[k] for k in arrays.files}
-        run["counts"] = [int(n) for n in run["counts"]]
-        part["methods"] = {name: score_method(METHODS[name], run) for name in part["methods"]}
-        write_json(path, part)
-        log(f"{path.stem}: rescored")
+# --------------------------------------------------------------------------- parts
 
 
 def part_path(output: Path, budget: str, kind: str, name: str) -> Path:
@@ -378,12 +278,23 @@ def part_path(output: Path, budget: str, kind: str, name: str) -> Path:
     return output / "parts" / budget / kind / f"{name}.json"
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Writes JSON atomically (a finished part is never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+def rescore_part(path: Path, saved: Path, methods: Iterable[str]) -> None:
+    """Scores `methods` of one finished part from its saved logits and rewrites the part."""
+    part = json.loads(path.read_text())
+    run = read_logits(saved)
+    part["methods"] = {name: score_method(METHODS[name], run) for name in dict.fromkeys(methods)}
+    write_json(path, part)
+
+
+def rescore_parts(output: Path, budget: str) -> None:
+    """Scores every finished accuracy part again from its saved logits (after a rule change)."""
+    for path in sorted((output / "parts" / budget / "accuracy").glob("*.json")):
+        saved = logits_path(output, budget, "accuracy", path.stem)
+        if not saved.exists():
+            log(f"{path.stem}: no saved logits in {saved}, kept as it is")
+            continue
+        rescore_part(path, saved, json.loads(path.read_text())["methods"])
+        log(f"{path.stem}: rescored")
 
 
 def run_accuracy_part(
@@ -394,25 +305,37 @@ def run_accuracy_part(
     seed: int,
     args: argparse.Namespace,
 ) -> None:
-    """Trains one run (unless its part exists) and writes the scores of its methods."""
-    path = part_path(args.output, budget_name, "accuracy", f"{dataset_name}-{training}-s{seed}")
+    """Trains one run (unless its part exists) and writes the scores of its methods.
+
+    A finished part that lacks some of `methods` gets them from its saved logits, or else from
+    its training resumed at its last checkpoint; the methods it had are scored again with them.
+    """
+    name = f"{dataset_name}-{training}-s{seed}"
+    path = part_path(args.output, budget_name, "accuracy", name)
+    saved = logits_path(args.output, budget_name, "accuracy", name)
+    done: list[str] = []
     if path.exists():
-        done = json.loads(path.read_text())
-        if set(methods) <= set(done["methods"]):
+        done = list(json.loads(path.read_text())["methods"])
+        if set(methods) <= set(done):
             log(f"{path.name}: done before, skipped")
             return
-    budget = BUDGET_SETTINGS[budget_name]
-    examples = prepared_examples(dataset_name, args.work_dir, args.tarball)
+        if saved.exists():
+            rescore_part(path, saved, [*done, *methods])
+            log(f"{name}: scored {', '.join(methods)} from its saved logits")
+            return
+    budget = BUDGETS[budget_name]
+    examples = prepared_examples(dataset_name, args.val_per_class, args.work_dir, args.tarball)
     epochs = budget.epochs_for(dataset_name)
     config = train_config(budget, DATASETS[dataset_name], training, seed, epochs)
-    checkpoints = args.work_dir / "checkpoints" / budget_name / path.stem
     log(
         f"training {training} on {dataset_name}, seed {seed}, {epochs} epochs "
         f"({DATASETS[dataset_name].arch})"
     )
-    run = train_and_predict(config, examples, checkpoints)
-    save_logits(args.work_dir / "logits" / budget_name / f"{path.stem}.npz", run)
-    scores = {name: score_method(METHODS[name], run) for name in methods}
+    run = train_and_predict(
+        config, examples, checkpoint_dir(args, budget_name, name), budget.max_test_examples
+    )
+    save_logits(saved, run, args.val_per_class)
+    scores = {m: score_method(METHODS[m], run) for m in dict.fromkeys([*done, *methods])}
     write_json(
         path,
         {
@@ -420,35 +343,41 @@ def run_accuracy_part(
             "training": training,
             "seed": seed,
             "budget": budget_name,
+            "val_per_class": args.val_per_class,
             "config": config.to_dict(),
             "train_seconds": run["train_seconds"],
             "train_images_per_s": run["train_images_per_s"],
             "infer_images_per_s": run["infer_images_per_s"],
             "final_epoch": run["final_epoch"],
-            "machine": machine(),
+            "machine": machine_description(gpus=True),
             "methods": scores,
         },
     )
-    uniform = {name: round(100 * s["shift"]["U"]["mean"], 1) for name, s in scores.items()}
-    log(f"{path.stem}: {run['train_seconds']:.0f} s training, uniform accuracy {uniform}")
+    uniform = {m: round(100 * s["shift"]["U"]["mean"], 1) for m, s in scores.items()}
+    log(f"{name}: {run['train_seconds']:.0f} s training, uniform accuracy {uniform}")
 
 
 def run_figure2_part(budget_name: str, alpha: float, args: argparse.Namespace) -> None:
     """Trains LADE with one alpha (unless done) and records its logit statistics."""
-    budget = BUDGET_SETTINGS[budget_name]
+    budget = BUDGETS[budget_name]
     dataset_name = budget.figure2_dataset
-    path = part_path(args.output, budget_name, "figure2", f"{dataset_name}-alpha{alpha:g}")
+    name = f"{dataset_name}-alpha{alpha:g}"
+    path = part_path(args.output, budget_name, "figure2", name)
     if path.exists():
         log(f"{path.name}: done before, skipped")
         return
-    examples = prepared_examples(dataset_name, args.work_dir, args.tarball)
+    examples = prepared_examples(dataset_name, args.val_per_class, args.work_dir, args.tarball)
     config = train_config(
         budget, DATASETS[dataset_name], "lade_class", 0, budget.figure2_epochs, alpha=alpha
     )
     log(f"Figure 2: LADE alpha {alpha:g} on {dataset_name}, {config.epochs} epochs")
     run = train_and_predict(
-        config, examples, args.work_dir / "checkpoints" / budget_name / f"figure2-{path.stem}"
+        config,
+        examples,
+        checkpoint_dir(args, budget_name, f"figure2-{name}"),
+        budget.max_test_examples,
     )
+    save_logits(logits_path(args.output, budget_name, "figure2", name), run, args.val_per_class)
     stats = logit_statistics(run["test_logits"], run["test_labels"])
     accuracy = float(np.mean(run["test_logits"].argmax(1) == run["test_labels"]))
     write_json(
@@ -457,6 +386,7 @@ def run_figure2_part(budget_name: str, alpha: float, args: argparse.Namespace) -
             "dataset": dataset_name,
             "alpha": alpha,
             "budget": budget_name,
+            "val_per_class": args.val_per_class,
             "epochs": config.epochs,
             "num_classes": len(run["counts"]),
             "uniform_accuracy_raw_logits": accuracy,
@@ -465,259 +395,14 @@ def run_figure2_part(budget_name: str, alpha: float, args: argparse.Namespace) -
         },
     )
     log(
-        f"{path.stem}: positive {stats['positive']:.3f}, negative {stats['negative']:.3f}, "
+        f"{name}: positive {stats['positive']:.3f}, negative {stats['negative']:.3f}, "
         f"log C {math.log(len(run['counts'])):.3f}"
     )
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import tensorflow as tf
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
-            )
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
-
-
-# --------------------------------------------------------------------------- merge and report
-
-
-def load_parts(output: Path, budget: str, kind: str) -> list[dict[str, Any]]:
-    """Every finished part of one kind for a budget."""
-    folder = output / "parts" / budget / kind
-    return (
-        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-        if folder.is_dir()
-        else []
-    )
-
-
-def merge_accuracy(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per dataset and method: mean and std of each distribution and of the uniform metrics.
-
-    With one training seed the std is over the 3 test subsamplings; with several it is over the
-    training seeds (of each seed's subsampling mean), and `subsampling_std` keeps the former.
-    """
-    by_key: dict[tuple[str, str], list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]] = {}
-    for part in parts:
-        for name, scores in part["methods"].items():
-            by_key.setdefault((part["dataset"], name), []).append((part["seed"], scores, part))
-    merged: dict[str, Any] = {}
-    order = {name: i for i, name in enumerate(METHODS)}
-    for (dataset, name), runs in sorted(by_key.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        runs.sort(key=lambda run: run[0])
-        seeds = [seed for seed, _, _ in runs]
-        shift = {}
-        for dist in SHIFTS:
-            means = np.array([s["shift"][dist]["mean"] for _, s, _ in runs])
-            sub_std = float(np.mean([s["shift"][dist]["std"] for _, s, _ in runs]))
-            shift[dist] = {
-                "mean": float(means.mean()),
-                "std": float(means.std()) if len(runs) > 1 else sub_std,
-                "subsampling_std": sub_std,
-            }
-        shift_means = [shift[d]["mean"] for d in SHIFTS]
-        uniform = {}
-        for metric in runs[0][1]["uniform"]:
-            values = np.array([s["uniform"][metric] for _, s, _ in runs], dtype=np.float64)
-            uniform[metric] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values)) if len(runs) > 1 else 0.0,
-            }
-        merged.setdefault(dataset, {})[name] = {
-            "label": METHODS[name].label,
-            "seeds": seeds,
-            "shift": shift,
-            "mean_of_11": float(np.mean(shift_means)),
-            "uniform": uniform,
-            "train_seconds": [p["train_seconds"] for _, _, p in runs],
-            "train_images_per_s": [p["train_images_per_s"] for _, _, p in runs],
-            "epochs": runs[0][2]["config"]["epochs"],
-        }
-    return merged
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
-
-
-def accuracy_markdown(merged: Mapping[str, Any], budget: str) -> str:
-    """The tables of one budget: 11 distributions, then uniform-test metrics, per dataset."""
-    lines = [
-        f"# Accuracy under label shift (budget `{budget}`)",
-        "",
-        f"Top-1 %, mean over {len(EVAL_SEEDS)} test subsamplings (and over training seeds "
-        "where there are several); `largest std`: the largest of the 11 standard deviations "
-        "(over subsamplings, or over training seeds where there are several). Command: "
-        f"`.venv/bin/python benchmarks/accuracy.py --budget {budget}`.",
-        "",
-    ]
-    for dataset, methods in merged.items():
-        first = next(iter(methods.values()))
-        lines += [
-            f"## {dataset} ({first['epochs']} epochs, {DATASETS[dataset].arch})",
-            "",
-            "| Method | seeds | " + " | ".join(SHIFTS) + " | mean of 11 | largest std |",
-            "|---|---|" + "---:|" * (len(SHIFTS) + 2),
-        ]
-        for name, row in methods.items():
-            cells = [_pct(row["shift"][d]["mean"]) for d in SHIFTS]
-            largest_std = max(row["shift"][d]["std"] for d in SHIFTS)
-            lines.append(
-                f"| {row['label']} | {len(row['seeds'])} | "
-                + " | ".join(cells)
-                + f" | {_pct(row['mean_of_11'])} | {_pct(largest_std)} |"
-            )
-        lines += [
-            "",
-            "Uniform test set:",
-            "",
-            "| Method | accuracy | many | medium | few | ECE % | NLL | train s | train img/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, row in methods.items():
-            u = {k: v["mean"] for k, v in row["uniform"].items()}
-            lines.append(
-                f"| {row['label']} | {_pct(u['accuracy'])} | {_pct(u['many'])} | "
-                f"{_pct(u['medium'])} | {_pct(u['few'])} | {_pct(u['ece'])} | "
-                f"{u['nll']:.3f} | {np.mean(row['train_seconds']):.0f} | "
-                f"{np.mean(row['train_images_per_s']):.0f} |"
-            )
-        lines.append("")
-        verdict = importance_verdict(methods)
-        if verdict:
-            lines += [verdict, ""]
-    return "\n".join(lines)
-
-
-def importance_verdict(methods: Mapping[str, Any]) -> str | None:
-    """Which LADE importance variant has the better mean over the 11 distributions."""
-    if "lade_sample" not in methods or "lade_class" not in methods:
-        return None
-    sample, cls = methods["lade_sample"]["mean_of_11"], methods["lade_class"]["mean_of_11"]
-    better = "sample" if sample >= cls else "class"
-    return (
-        f"LADE importance: sample {_pct(sample)} vs class {_pct(cls)} (mean of 11): "
-        f"`{better}` is better here by {100 * abs(sample - cls):.1f} points."
-    )
-
-
-def plot_accuracy(merged: Mapping[str, Any], path: Path) -> None:
-    """Accuracy vs distribution, one panel per dataset, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = len(merged)
-    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 4.8), squeeze=False)
-    for ax, (dataset, methods) in zip(axes[0], merged.items()):
-        x = np.arange(len(SHIFTS))
-        for name, row in methods.items():
-            means = np.array([row["shift"][d]["mean"] for d in SHIFTS]) * 100
-            stds = np.array([row["shift"][d]["std"] for d in SHIFTS]) * 100
-            style = "--" if METHODS[name].rule != "known_prior" else "-"
-            ax.plot(x, means, style, marker="o", markersize=3, label=row["label"])
-            ax.fill_between(x, means - stds, means + stds, alpha=0.15)
-        ax.set_xticks(x, SHIFTS)
-        ax.set_xlabel("test distribution (F: as skewed as train ... U ... B: reversed)")
-        ax.set_ylabel("top-1 accuracy %")
-        ax.set_title(f"{dataset}, {next(iter(methods.values()))['epochs']} epochs")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def merge_figure2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Figure 2 rows sorted by alpha."""
-    rows = sorted(parts, key=lambda p: p["alpha"])
-    return {
-        "dataset": rows[0]["dataset"] if rows else None,
-        "log_C": math.log(rows[0]["num_classes"]) if rows else None,
-        "rows": [
-            {
-                k: p[k]
-                for k in ("alpha", "positive", "negative", "uniform_accuracy_raw_logits", "epochs")
-            }
-            for p in rows
-        ],
-    }
-
-
-def figure2_markdown(fig2: Mapping[str, Any], budget: str) -> str:
-    """Figure 2 as a table."""
-    lines = [
-        f"# Figure 2 check (budget `{budget}`): LADE logits vs alpha on {fig2['dataset']}",
-        "",
-        f"log C = {fig2['log_C']:.3f}. Mean over the test set of the positive-sample "
-        "logit f(x)[y] and of the negative-sample logits f(x)[c != y].",
-        "",
-        "| alpha | epochs | positive | negative | accuracy % (raw logits) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for row in fig2["rows"]:
-        lines.append(
-            f"| {row['alpha']:g} | {row['epochs']} | {row['positive']:.3f} | "
-            f"{row['negative']:.3f} | {_pct(row['uniform_accuracy_raw_logits'])} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot_figure2(fig2: Mapping[str, Any], path: Path) -> None:
-    """Positive and negative mean logits vs alpha with the log C line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    alphas = [row["alpha"] for row in fig2["rows"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(alphas, [r["positive"] for r in fig2["rows"]], "o-", label="positive f(x)[y]")
-    ax.plot(alphas, [r["negative"] for r in fig2["rows"]], "s-", label="negative f(x)[c≠y]")
-    ax.axhline(fig2["log_C"], color="grey", linestyle="--", label="log C")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("mean logit")
-    ax.set_title(f"LADE logits vs alpha ({fig2['dataset']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_reports(output: Path, budget: str) -> None:
-    """Merges every part of a budget into JSON + Markdown + PNG and prints the tables."""
-    accuracy_parts = load_parts(output, budget, "accuracy")
-    if accuracy_parts:
-        merged = merge_accuracy(accuracy_parts)
-        write_json(output / f"accuracy_{budget}.json", {"budget": budget, "datasets": merged})
-        text = accuracy_markdown(merged, budget)
-        (output / f"accuracy_{budget}.md").write_text(text)
-        plot_accuracy(merged, output / f"accuracy_{budget}.png")
-        print(text)
-    figure2_parts = load_parts(output, budget, "figure2")
-    if figure2_parts:
-        fig2 = merge_figure2(figure2_parts)
-        write_json(output / f"figure2_{budget}.json", {"budget": budget, **fig2})
-        text = figure2_markdown(fig2, budget)
-        (output / f"figure2_{budget}.md").write_text(text)
-        plot_figure2(fig2, output / f"figure2_{budget}.png")
-        print(text)
+def checkpoint_dir(args: argparse.Namespace, budget_name: str, name: str) -> Path:
+    """The epoch checkpoints of one training run (apart for each validation size)."""
+    return args.work_dir / "checkpoints" / budget_name / f"val{args.val_per_class}" / name
 
 
 # --------------------------------------------------------------------------- command line
@@ -737,8 +422,10 @@ def _names(text: str | None, allowed: Iterable[str], what: str) -> tuple[str, ..
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
+    from pipeline.flags import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", choices=BUDGETS, default="smoke")
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="smoke")
     parser.add_argument(
         "--datasets", help=f"subset of {', '.join(DATASETS)} (default: the budget's)"
     )
@@ -754,7 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rescore",
         action="store_true",
-        help="train nothing; score the finished parts again from their saved logits, then merge",
+        help="train nothing; score the finished parts again from their saved logits "
+        "(<output>/logits/<budget>/), then merge",
+    )
+    parser.add_argument(
+        "--val-per-class",
+        type=positive_int,
+        default=default_val_per_class(),
+        metavar="N",
+        help="balanced validation images per class, taken before the training split; at least "
+        "one, as the validation logits are kept (default: pipeline.prepare's, %(default)s); one "
+        "value per --output folder",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
@@ -763,25 +460,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WORK,
         help="prepared data and checkpoints (default: %(default)s)",
     )
-    parser.add_argument("--tarball", type=Path, default=DEFAULT_TARBALL)
+    parser.add_argument("--tarball", type=Path, default=CIFAR10_TARBALL)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the selected parts of a budget, then merges every finished part of it."""
     args = build_parser().parse_args(argv)
-    budget = BUDGET_SETTINGS[args.budget]
+    budget = BUDGETS[args.budget]
     datasets = _names(args.datasets, DATASETS, "datasets")
     methods = _names(args.methods, METHODS, "methods")
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     except ValueError:
         raise SystemExit(f"error: --seeds {args.seeds!r}: expected integers like 0,1,2") from None
+    configure_tensorflow()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
     if args.rescore:
-        rescore_parts(args.output, args.work_dir, args.budget)
+        rescore_parts(args.output, args.budget)
         args.only_merge = True
+    if not args.only_merge:
+        check_val_per_class(args.output, args.budget, args.val_per_class)
     if not args.only_merge and not args.only_figure2:
         for dataset_name, (planned, planned_seeds) in budget.plan.items():
             if datasets is not None and dataset_name not in datasets:
@@ -798,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"({', '.join(budget.plan)}): nothing trained for it"
                 )
     if not args.only_merge and not args.skip_figure2:
-        for alpha in SMOKE_FIGURE2_ALPHAS if args.budget == "smoke" else FIGURE2_ALPHAS:
+        for alpha in figure2_alphas(args.budget):
             run_figure2_part(args.budget, alpha, args)
     write_reports(args.output, args.budget)
     log(f"done in {time.perf_counter() - started:.0f} s; reports in {args.output}")

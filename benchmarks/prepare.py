@@ -2,9 +2,9 @@
 
 Runs the CLI as a subprocess (so the time includes interpreter start and imports, as a user sees
 it) on Fashion-MNIST (70,000 images from the Debian idx files) and on the CIFAR-10 image folder
-(60,000 JPEGs, extracted from ../shared/data/cifar10-jpeg.tar.xz to a temporary directory), once
-per Beam mode. Prints a table and writes JSON. The machine may be shared: the load average before
-and after each run is recorded with it.
+(60,000 JPEGs, extracted from the shared cifar10-jpeg.tar.xz, in ../shared/data or
+LADE_SHARED_DATA, to a temporary directory), once per Beam mode. Prints a table and writes JSON.
+The machine may be shared: the load average before and after each run is recorded with it.
 
     .venv/bin/python benchmarks/prepare.py [--datasets fashion_mnist,cifar10]
         [--modes in_memory,multi_processing,dask] [--workers 2] [--output FILE]
@@ -15,18 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+from harness import (
+    CIFAR10_TARBALL,
+    REPO_ROOT,
+    RESULTS_DIR,
+    extracted_cifar10,
+    machine_description,
+    markdown_table,
+    write_json,
+)
+
+from lade_tf.process_settings import configure_tensorflow
+
 DATASETS = ("fashion_mnist", "cifar10")
 MODES = ("in_memory", "multi_processing", "multi_threading", "dask")
 SOURCE_IMAGES = {"fashion_mnist": 70_000, "cifar10": 60_000}
@@ -78,14 +86,13 @@ def run_once(source: str, mode: str, workers: int, work_dir: Path) -> dict:
 
 
 def main(argv=None) -> int:
+    """Runs every selected dataset in every selected Beam mode, prints the table, writes JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--modes", default="in_memory,multi_processing")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cifar-tarball", type=Path, default=DEFAULT_TARBALL)
-    parser.add_argument(
-        "--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "prepare.json"
-    )
+    parser.add_argument("--cifar-tarball", type=Path, default=CIFAR10_TARBALL)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "prepare.json")
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     modes = [m for m in args.modes.split(",") if m]
@@ -93,6 +100,8 @@ def main(argv=None) -> int:
         bad = [v for v in (datasets if name == "dataset" else modes) if v not in allowed]
         if bad:
             parser.error(f"unknown {name} {bad}: expected {allowed}")
+    # The CLI runs inherit the entry points' TensorFlow settings.
+    configure_tensorflow()
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
@@ -100,10 +109,9 @@ def main(argv=None) -> int:
         sources = {"fashion_mnist": "fashion_mnist"}
         if "cifar10" in datasets:
             start = time.perf_counter()
-            with tarfile.open(args.cifar_tarball) as tar:
-                tar.extractall(tmp, filter="data")
+            tree = extracted_cifar10(args.cifar_tarball, tmp)
             print(f"extracted {args.cifar_tarball.name} in {time.perf_counter() - start:.1f} s")
-            sources["cifar10"] = f"folder:{tmp / 'cifar10-jpeg'}"
+            sources["cifar10"] = f"folder:{tree}"
         for dataset in datasets:
             for mode in modes:
                 run = run_once(sources[dataset], mode, args.workers, tmp)
@@ -122,28 +130,25 @@ def main(argv=None) -> int:
                     flush=True,
                 )
 
-    print(
-        "\n| dataset | Beam mode | workers | wall s | source images/s | in-process pipeline s "
-        "| CPU s | load avg before->after |\n|---|---|---|---|---|---|---|---|"
+    print()
+    table = markdown_table(
+        ["dataset", "Beam mode", "workers", "wall s", "source images/s"]
+        + ["in-process pipeline s", "CPU s", "load avg before->after"],
+        (
+            [r["dataset"], r["mode"], r["workers"], r["wall_s"], r["images_per_s"]]
+            + [r["pipeline_s"], r["cpu_s"], f"{r['load_before']}->{r['load_after']}"]
+            for r in results
+        ),
     )
-    for r in results:
-        print(
-            f"| {r['dataset']} | {r['mode']} | {r['workers']} | {r['wall_s']} | "
-            f"{r['images_per_s']} | {r['pipeline_s']} | {r['cpu_s']} | "
-            f"{r['load_before']}->{r['load_after']} |"
-        )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "results": results,
-            },
-            indent=1,
-        )
+    print("\n".join(table))
+    write_json(
+        args.output,
+        {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": machine_description(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "results": results,
+        },
     )
     print(f"wrote {args.output}")
     return 0

@@ -1,69 +1,71 @@
-"""Unknown target prior: known-prior vs EM vs calibrated EM vs BBSE accuracy on the 11 shifts.
+"""Unknown target prior: how close each estimate of p_t comes to knowing it, on the 11 shifts.
 
-For each trained model (CE -> PC Softmax, LADE by default) the benchmark scores the shift
-protocol (`pipeline.shift_evaluator.compute_shift_report`, i.e. `lade_tf.shift_eval`, 3
-subsampling seeds) with the known target prior and with the prior estimated from the unlabeled
-shifted test set by EM on the uncalibrated posteriors, by EM after BCTS fitted on the validation
-split (the served default, Dirichlet-MAP with the default strength), and by BBSE; it reports
-each estimate's L1 / Jensen-Shannon error, the gap to the known prior per distribution against
-the targets (LADE + calibrated EM within 2 points of LADE with the known prior on all 11
-distributions, PC Softmax + calibrated EM within 3), and checks that each served
-`estimate_prior` signature gives the library's estimate.
+For each trained model (CE -> PC Softmax, LADE) the benchmark scores the shift protocol
+(`pipeline.shift_scoring.compute_shift_report`, i.e. `lade_tf.shift_eval`, 3 subsampling
+seeds) with the known target prior and with the prior estimated from the unlabeled shifted test
+set by EM on the uncalibrated posteriors, by EM after the default calibration fitted on the
+validation split (Dirichlet calibration, Dirichlet-MAP EM: what the served `estimate_prior`
+runs), and by BBSE, against the targets (LADE + calibrated EM within 2 points of LADE with the
+known prior on every distribution, PC Softmax + calibrated EM within 3, and never more than 0.5
+points below plain EM). The estimator study then measures each step that closes the gap: every
+calibration (none, temperature, BCTS, Dirichlet) fitted on validation splits of 20, 50 and all
+images per class (three seeded draws of the smaller ones).
 
-Models: trained here on the examples with `pipeline.trainer.train_and_save` (the Trainer's own
-code: same TrainConfig defaults as the default `pipeline/run.py` run, 6 epochs; every training
-flag of `pipeline.flags` applies), resumed from their checkpoints and reused when finished, or
-given with `--model LOSS=DIR` (a `python -m pipeline.trainer` output directory, or a Trainer's
-model_run directory). Examples: `--examples-dir` (`python -m pipeline.prepare` output, with a
-val split), else Fashion-MNIST-LT IR 100 prepared once into the work directory.
+Models: by default the default `pipeline/run.py` models (the Trainer's own code,
+`pipeline.trainer.train_and_save`, with the TrainConfig defaults on the default data, Fashion-
+MNIST-LT IR 100 with `PrepareConfig`'s validation split), trained into the work directory,
+resumed from their checkpoints and reused when finished; their validation and test logits are
+kept under `benchmarks/results/prior_estimation/logits/` so a rerun needs no training. Or saved
+logits (`--logits LOSS=FILE.npz`, e.g. what `benchmarks/accuracy.py` keeps for the CIFAR-10-LT
+models) with a `--name` for the result files.
 
-    .venv/bin/python benchmarks/prior_estimation.py [--examples-dir DIR] [--losses ce,lade]
-        [--model lade=OUT_DIR] [--work-dir DIR] [--output benchmarks/results] [--epochs 6 ...]
+    .venv/bin/python benchmarks/prior_estimation.py [--losses ce,lade] [--work-dir DIR]
+    .venv/bin/python benchmarks/prior_estimation.py --name cifar10_lt_ir100 \\
+        --logits ce=benchmarks/results/accuracy/logits/cpu/cifar10_lt_ir100-ce-s0.npz \\
+        --logits lade=benchmarks/results/accuracy/logits/cpu/cifar10_lt_ir100-lade_class-s0.npz
 
-Writes `prior_estimation.json`, `prior_estimation.md` and `prior_estimation.png` to --output.
+Writes `<name>.json`, `<name>.md` and `<name>.png` under benchmarks/results/prior_estimation/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import harness
 import numpy as np
+from prior_estimation_report import gap_table, write_results
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-#: Largest allowed drop (accuracy points) from the known prior to calibrated EM, per model.
-TARGET_GAPS = {"lade": 2.0, "ce": 3.0}
-ESTIMATORS = ("EM", "calibrated EM", "BBSE")
-RESULT_NAME = "prior_estimation"
+RESULTS = harness.RESULTS_DIR / "prior_estimation"
+DEFAULT_NAME = "fmnist_lt_ir100"
+CALIBRATIONS_STUDIED = ("none", "temperature", "bcts", "dirichlet")
+STUDY_VAL_PER_CLASS = (20, 50, 100)
+STUDY_DRAWS = (0, 1, 2)
 SEEDS = (0, 1, 2)
 
-
-def log(message: str) -> None:
-    """One progress line on stderr with the wall-clock time."""
-    print(f"[prior_estimation {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = harness.progress_logger("prior_estimation")
 
 
-def default_examples(work_dir: Path) -> Path:
-    """Fashion-MNIST-LT IR 100 (20 val images per class), prepared once under work_dir."""
+def default_examples(work_dir: Path, val_per_class: int | None) -> Path:
+    """The default run's data (Fashion-MNIST-LT IR 100, `PrepareConfig()`, or another validation
+    split size), prepared once."""
     from pipeline.prepare import prepare_examples
     from pipeline.split_plan import PrepareConfig
 
-    output = work_dir / "data" / "fashion_mnist_lt_ir100"
+    config = PrepareConfig()
+    if val_per_class is not None:
+        config = PrepareConfig(val_per_class=val_per_class)
+    output = work_dir / "data" / f"fashion_mnist_lt_ir100_val{config.val_per_class}"
     if not (output / "class_info.json").exists():
         log(f"preparing Fashion-MNIST-LT IR 100 into {output}")
         prepare_examples(
             "fashion_mnist",
             str(output),
-            PrepareConfig(imbalance_ratio=100),
+            config,
             pipeline_args=["--runner=FnApiRunner", "--direct_running_mode=in_memory"],
         )
     return output
@@ -85,14 +87,18 @@ def split_arrays(examples: Path, split: str, info: Mapping[str, Any]):
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def trained_output(loss: str, examples: Path, work_dir: Path, args: argparse.Namespace) -> Path:
-    """Trains `loss` like the pipeline's Trainer (resuming, or reusing a finished identical run)
-    and returns its output directory (serving_model/, model_run/, checkpoints/)."""
-    from pipeline.flags import training_config_from_args
+def trained_output(loss: str, examples: Path, work_dir: Path, seed: int) -> Path:
+    """Trains `loss` with the default TrainConfig (and `seed`) like the pipeline's Trainer
+    (resuming, or reusing a finished identical run on the same data) and returns its output
+    directory."""
+    import json
+    import shutil
+
+    from lade_tf.train_config import TrainConfig
     from pipeline.trainer import MODEL_FILE, TRAIN_CONFIG_FILE, train_and_save
 
-    config = training_config_from_args(args, loss)
-    output = work_dir / "models" / loss
+    config = TrainConfig(loss=loss, seed=seed)
+    output = work_dir / "models" / examples.name / f"{loss}-s{seed}"
     run_dir = output / "model_run"
     if (run_dir / MODEL_FILE).exists() and json.loads(
         (run_dir / TRAIN_CONFIG_FILE).read_text()
@@ -101,10 +107,7 @@ def trained_output(loss: str, examples: Path, work_dir: Path, args: argparse.Nam
         return output
     for stale in ("serving_model", "model_run"):
         shutil.rmtree(output / stale, ignore_errors=True)  # the export refuses a full directory
-    if json.dumps(config.to_dict()) != _read_text(output / "config.json"):
-        shutil.rmtree(output / "checkpoints", ignore_errors=True)  # another config: start over
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.json").write_text(json.dumps(config.to_dict()))
     log(f"{loss}: training {config.epochs} epochs ({config.arch}, batch {config.batch_size})")
     started = time.perf_counter()
     train_and_save(
@@ -119,42 +122,38 @@ def trained_output(loss: str, examples: Path, work_dir: Path, args: argparse.Nam
     return output
 
 
-def _read_text(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
+def logits_of_trained_model(
+    loss: str, examples: Path, work_dir: Path, name: str, seed: int
+) -> tuple[dict[str, Any], Path]:
+    """Trains (or reuses) the default-run model of `loss`, writes its logits file under RESULTS
+    and returns (the logits, its serving SavedModel directory)."""
+    import json
 
-
-def load_run(output: Path, loss: str):
-    """(raw-logits model, train counts, tau, serving SavedModel dir or None) of a trainer output
-    directory or of a Trainer model_run directory."""
     import keras
 
     import lade_tf.layers  # noqa: F401  (registers the serialisable custom objects)
     import lade_tf.losses  # noqa: F401
     import lade_tf.models  # noqa: F401
-    from lade_tf.training import TrainConfig
-    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE, TRAIN_CONFIG_FILE, model_tau
+    from lade_tf.records import read_class_info
+    from pipeline.trainer import CLASS_INFO_FILE, MODEL_FILE
 
-    run_dir = output / "model_run" if (output / "model_run").is_dir() else output
-    if not (run_dir / MODEL_FILE).exists():
-        raise SystemExit(
-            f"error: {run_dir / MODEL_FILE} not found: expected a pipeline.trainer "
-            "output directory or a Trainer model_run directory"
-        )
-    config = TrainConfig.from_dict(json.loads((run_dir / TRAIN_CONFIG_FILE).read_text()))
-    if config.loss != loss:
-        raise SystemExit(
-            f"error: {run_dir} was trained with loss {config.loss!r}, given as {loss!r}"
-        )
+    output = trained_output(loss, examples, work_dir, seed)
+    run_dir = output / "model_run"
+    model = keras.models.load_model(run_dir / MODEL_FILE, compile=False)
+    info = read_class_info(str(examples))
     counts = [
         int(n) for n in json.loads((run_dir / CLASS_INFO_FILE).read_text())["counts"]["train"]
     ]
-    serving = output / "serving_model"
-    return (
-        keras.models.load_model(run_dir / MODEL_FILE, compile=False),
-        counts,
-        model_tau(config),
-        serving if serving.is_dir() else None,
-    )
+    arrays = {}
+    for split in ("val", "test"):
+        images, labels = split_arrays(examples, split, info)
+        arrays[f"{split}_logits"] = model.predict(images, batch_size=1000, verbose=0)
+        arrays[f"{split}_labels"] = labels
+    path = RESULTS / "logits" / f"{name}-{loss}.npz"
+    val_per_class = int(info["counts"]["val"][0])
+    harness.write_logits(path, counts=counts, val_per_class=val_per_class, **arrays)
+    log(f"{loss}: logits kept in {path}")
+    return harness.read_logits(path), output / "serving_model"
 
 
 def served_estimate_gap(serving_dir: Path, images: np.ndarray, logits: np.ndarray) -> float:
@@ -173,190 +172,196 @@ def served_estimate_gap(serving_dir: Path, images: np.ndarray, logits: np.ndarra
     return float(np.abs(served.numpy()[0] - estimator.estimate(logits)).max())
 
 
-def gap_table(report: Mapping[str, Any], losses: Sequence[str]) -> dict[str, Any]:
-    """Known-prior accuracy minus each estimator's, in points, per model and distribution, and
-    whether calibrated EM meets its target."""
-    from pipeline.shift_evaluator import LOSS_DISPLAY_NAMES
+def _validation_draw(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of a seeded balanced subset of `per_class` validation images per class."""
+    rng = np.random.default_rng(seed)
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+                for c in range(int(labels.max()) + 1)
+            ]
+        )
+    )
 
-    gaps: dict[str, Any] = {}
-    for loss in losses:
-        model = LOSS_DISPLAY_NAMES[loss]
-        known = report["methods"][model]
-        by_estimator = {}
-        for estimator in ESTIMATORS:
-            row = report["methods"].get(f"{model} + {estimator}")
-            if row is not None:
-                by_estimator[estimator] = {
-                    d: 100 * (known[d]["mean"] - row[d]["mean"]) for d in report["distributions"]
+
+def estimator_study(run: Mapping[str, Any], loss: str) -> list[dict[str, Any]]:
+    """Each calibration on each validation-split size: the worst and mean gap to the known prior
+    over the 11 distributions, the worst deficit to plain EM, and the mean L1 error of the
+    estimate (the worst over the draws of a smaller split)."""
+    from lade_tf.shift_eval import evaluate_under_shift
+
+    logits, labels, counts = run["test_logits"], run["test_labels"], run["counts"]
+    known = evaluate_under_shift(logits, labels, counts, loss, seeds=SEEDS)
+    plain = evaluate_under_shift(
+        logits, labels, counts, loss, seeds=SEEDS, estimate="em", calibration="none"
+    )
+    available = int(np.bincount(run["val_labels"]).min())
+    sizes = [(n, STUDY_DRAWS) for n in STUDY_VAL_PER_CLASS if n < available]
+    sizes.append((available, (None,)))
+    rows = []
+    for calibration in CALIBRATIONS_STUDIED:
+        for per_class, draws in sizes:
+            if calibration == "none" and per_class != available:
+                continue  # plain EM reads no validation split
+            worst = deficit = -np.inf
+            mean_gaps, l1 = [], []
+            for draw in draws:
+                rows_kept = (
+                    np.arange(len(run["val_labels"]))
+                    if draw is None
+                    else _validation_draw(run["val_labels"], per_class, draw)
+                )
+                estimated = evaluate_under_shift(
+                    logits,
+                    labels,
+                    counts,
+                    loss,
+                    seeds=SEEDS,
+                    estimate="em",
+                    calibration=calibration,
+                    val_logits=run["val_logits"][rows_kept],
+                    val_labels=run["val_labels"][rows_kept],
+                )
+                gaps = [100 * (known[d]["mean"] - estimated[d]["mean"]) for d in known]
+                worst = max(worst, max(gaps))
+                deficit = max(
+                    deficit, max(100 * (plain[d]["mean"] - estimated[d]["mean"]) for d in known)
+                )
+                mean_gaps.append(np.mean(gaps))
+                l1.append(np.mean([estimated[d]["prior_l1"] for d in known]))
+            rows.append(
+                {
+                    "calibration": calibration,
+                    "val_per_class": per_class,
+                    "draws": len(draws),
+                    "worst_gap": float(worst),
+                    "mean_gap": float(np.mean(mean_gaps)),
+                    "worst_deficit_to_plain_em": float(deficit),
+                    "mean_l1": float(np.mean(l1)),
                 }
-        calibrated = by_estimator.get("calibrated EM", {})
-        target = TARGET_GAPS.get(loss)
-        worst = max(calibrated.values()) if calibrated else None
-        gaps[model] = {
-            "gaps": by_estimator,
-            "target": target,
-            "worst_calibrated_gap": worst,
-            "target_met": None if target is None or worst is None else worst <= target,
-        }
-    return gaps
-
-
-def gap_markdown(gaps: Mapping[str, Any], distributions: Sequence[str]) -> str:
-    """The gap table as Markdown (points below the known-prior accuracy; negative = above)."""
-    lines = [
-        "## Gap to the known prior (accuracy points, known minus estimated)",
-        "",
-        "| Model + estimator | " + " | ".join(distributions) + " | Worst | Target |",
-        "|---|" + "---:|" * (len(distributions) + 2),
-    ]
-    for model, entry in gaps.items():
-        for estimator, by_dist in entry["gaps"].items():
-            cells = [f"{by_dist[d]:+.1f}" for d in distributions]
-            target = ""
-            if estimator == "calibrated EM" and entry["target"] is not None:
-                target = f"<= {entry['target']:g}: {'met' if entry['target_met'] else 'MISSED'}"
-            lines.append(
-                f"| {model} + {estimator} | "
-                + " | ".join(cells)
-                + f" | {max(by_dist.values()):+.1f} | {target} |"
             )
-    return "\n".join(lines) + "\n"
+            log(
+                f"{loss}: {calibration} on {per_class} val/class: worst gap {worst:.2f}, "
+                f"deficit to plain EM {deficit:.2f}"
+            )
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.flags import add_training_flags
-
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(
         prog="benchmarks/prior_estimation.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--examples-dir",
-        type=Path,
-        default=None,
-        help="pipeline.prepare output with train, val and test splits (default: "
-        "Fashion-MNIST-LT IR 100 prepared into the work directory)",
+        "--losses", default="ce,lade", help="losses of the default-run models (default ce,lade)"
     )
     parser.add_argument(
-        "--losses", default="ce,lade", help="comma-separated losses to evaluate (default ce,lade)"
-    )
-    parser.add_argument(
-        "--model",
+        "--logits",
         action="append",
         default=[],
-        metavar="LOSS=DIR",
-        help="use this trained model for LOSS instead of training one",
+        metavar="LOSS=FILE",
+        help="score these saved logits (benchmarks/harness.write_logits format) instead of "
+        "training; repeatable",
     )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help=f"stem of the result files (default {DEFAULT_NAME}, with -val<N> and -s<seed> "
+        "when those differ from the defaults)",
+    )
+    parser.add_argument(
+        "--val-per-class",
+        type=int,
+        default=None,
+        help="validation images per class of the default-run data (default: PrepareConfig's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument(
         "--work-dir",
         type=Path,
         default=Path("/tmp/lade-prior-estimation"),
         help="prepared data, trained models and checkpoints (reused)",
     )
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    add_training_flags(parser)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: prints the accuracy, error and gap tables and writes JSON, Markdown, PNG."""
-    from pipeline.flags import PIPELINE_DEFAULTS, parse_args
-    from pipeline.shift_evaluator import (
-        compute_shift_report,
-        json_safe,
-        plot_report,
-        report_markdown,
-    )
+    """Entry point: prints the tables and writes JSON, Markdown and PNG."""
+    from lade_tf.process_settings import configure_tensorflow
 
-    args = parse_args(build_parser(), argv, unset_defaults=PIPELINE_DEFAULTS)
-    losses = [loss.strip() for loss in args.losses.split(",") if loss.strip()]
-    given = {}
-    for item in args.model:
-        loss, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"error: --model {item!r}: expected LOSS=DIR")
-        given[loss] = Path(path)
+    args = build_parser().parse_args(argv)
+    if args.name is None:
+        args.name = DEFAULT_NAME + "".join(
+            suffix
+            for suffix, given in (
+                (f"-val{args.val_per_class}", args.val_per_class is not None),
+                (f"-s{args.seed}", args.seed != 0),
+            )
+            if given
+        )
+    configure_tensorflow()
+    from pipeline.shift_scoring import compute_shift_report
+
     started = time.perf_counter()
-    examples = args.examples_dir or default_examples(args.work_dir)
-    from lade_tf.records import read_class_info
+    runs: dict[str, dict[str, Any]] = {}
+    served_gaps: dict[str, float] = {}
+    source = ""
+    if args.logits:
+        for item in args.logits:
+            loss, _, path = item.partition("=")
+            if not path or not Path(path).exists():
+                raise SystemExit(f"error: --logits {item!r}: expected LOSS=FILE of an .npz")
+            runs[loss] = harness.read_logits(Path(path))
+        source = ", ".join(args.logits)
+    else:
+        from lade_tf.priors import shifted_test_counts, subsample_by_counts
+        from lade_tf.records import read_class_info
 
-    info = read_class_info(str(examples))
-    if sum(info["counts"].get("val", [])) == 0:
-        raise SystemExit(
-            f"error: {examples} has no val split: calibration and BBSE are fitted "
-            "on it (prepare with --val-per-class > 0)"
-        )
-    test_images, test_labels = split_arrays(examples, "test", info)
-    val_images, val_labels = split_arrays(examples, "val", info)
-    logits, val_logits, counts, taus, served_gaps = {}, {}, {}, {}, {}
-    for loss in losses:
-        output = given.get(loss) or trained_output(loss, examples, args.work_dir, args)
-        model, counts[loss], taus[loss], serving = load_run(output, loss)
-        logits[loss] = np.asarray(
-            model.predict(test_images, batch_size=1000, verbose=0), np.float64
-        )
-        val_logits[loss] = np.asarray(
-            model.predict(val_images, batch_size=1000, verbose=0), np.float64
-        )
-        if serving is not None:
-            from lade_tf.priors import shifted_test_counts, subsample_by_counts
-
+        examples = default_examples(args.work_dir)
+        val_per_class = int(read_class_info(str(examples))["counts"]["val"][0])
+        test_images, test_labels = split_arrays(examples, "test", read_class_info(str(examples)))
+        for loss in [name.strip() for name in args.losses.split(",") if name.strip()]:
+            runs[loss], serving = logits_of_trained_model(
+                loss, examples, args.work_dir, val_per_class
+            )
             kept = subsample_by_counts(
                 test_labels,
-                shifted_test_counts(counts[loss], int(np.bincount(test_labels).min()), "B50"),
+                shifted_test_counts(runs[loss]["counts"], 1000, "B50"),
                 seed=0,
             )
-            served_gaps[loss] = served_estimate_gap(serving, test_images[kept], logits[loss][kept])
+            served_gaps[loss] = served_estimate_gap(
+                serving, test_images[kept], runs[loss]["test_logits"][kept]
+            )
+        source = f"default-run models trained on {examples}"
     log("scoring 11 distributions x 3 seeds")
-    scoring = time.perf_counter()
+    first = next(iter(runs.values()))
     report = compute_shift_report(
-        logits,
-        test_labels,
-        counts,
+        {loss: run["test_logits"] for loss, run in runs.items()},
+        first["test_labels"],
+        {loss: run["counts"] for loss, run in runs.items()},
         seeds=SEEDS,
-        val_logits_by_loss=val_logits,
-        val_labels=val_labels,
-        tau_by_loss=taus,
+        val_logits_by_loss={loss: run["val_logits"] for loss, run in runs.items()},
+        val_labels=first["val_labels"],
     )
-    scoring = time.perf_counter() - scoring
-    gaps = gap_table(report, losses)
-    notes = [
-        f"Examples: {examples} (train counts {counts[losses[0]]}, "
-        f"{len(val_labels)} val, {len(test_labels)} test images).",
-        f"Scoring took {scoring:.0f} s; {time.perf_counter() - started:.0f} s in all.",
-        *[
-            f"Served estimate_prior vs library on one B50 batch ({loss}): max difference {gap:.2g}."
-            for loss, gap in served_gaps.items()
-        ],
-        *[
-            f"{model}: calibrated EM worst gap {entry['worst_calibrated_gap']:+.1f} points "
-            f"(target <= {entry['target']:g}: {'met' if entry['target_met'] else 'MISSED'})."
-            for model, entry in gaps.items()
-            if entry["target"] is not None
-        ],
-    ]
-    markdown = report_markdown(
-        report, title="Unknown target prior: estimation vs known prior", notes=notes
-    )
-    markdown += "\n" + gap_markdown(gaps, report["distributions"])
-    args.output.mkdir(parents=True, exist_ok=True)
+    study = {loss: estimator_study(run, loss) for loss, run in runs.items()}
     document = {
+        "name": args.name,
+        "source": source,
         "report": report,
-        "gaps": gaps,
+        "gaps": gap_table(report, list(runs)),
+        "study": study,
         "served_estimate_gaps": served_gaps,
-        "examples": str(examples),
-        "losses": losses,
+        "val_per_class": {loss: run["val_per_class"] for loss, run in runs.items()},
+        "train_counts": {loss: run["counts"] for loss, run in runs.items()},
         "seeds": list(SEEDS),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": harness.machine_description(),
         "seconds": time.perf_counter() - started,
     }
-    paths = {kind: args.output / f"{RESULT_NAME}.{kind}" for kind in ("json", "md", "png")}
-    paths["json"].write_text(json.dumps(json_safe(document), indent=1, allow_nan=False) + "\n")
-    paths["md"].write_text(markdown)
-    plot_report(report, paths["png"])
-    print(markdown)
-    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(write_results(document, args.output / args.name))
     return 0
 
 

@@ -15,8 +15,9 @@ Run with the torch environment (.venv-torch, `scripts/setup.sh --torch`); it nee
     .venv-torch/bin/python benchmarks/torch_resnet32.py --count-params
     .venv-torch/bin/python benchmarks/torch_resnet32.py --serve      # JSON-lines worker
 
-`--serve` reads one command per line on stdin ("train <steps> <warmup>", "infer <steps>
-<warmup>", "quit") and answers each with one JSON line on stdout: images/s of SGD training
+`--serve` first reports its thread count and `parameter_counts` in one JSON line, then reads one
+command per line on stdin ("train <steps> <warmup>", "infer <steps> <warmup>", "quit") and
+answers each with one JSON line on stdout: images/s of SGD training
 (momentum 0.9, coupled weight decay 5e-4, cross-entropy, batch `--batch`, `--classes` classes) on
 synthetic in-memory batches, or of inference (eval mode, `torch.inference_mode`, batch
 `--infer-batch`). "quit" answers with the process's peak RSS.
@@ -164,7 +165,12 @@ def peak_rss_mb() -> float:
 def serve(args: argparse.Namespace) -> None:
     """The JSON-lines command loop of `--serve` (see the module docstring)."""
     worker = Worker(args.classes, args.batch, args.infer_batch)
-    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    ready = {
+        "ready": True,
+        "threads": torch.get_num_threads(),
+        "parameters": parameter_counts(worker.model),
+    }
+    print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         command, *numbers = line.split()
         if command == "quit":

@@ -155,10 +155,14 @@ class _ServingModule(tf.Module):
             rows, message="estimate_prior needs at least one image from the target distribution"
         )
         estimator = self._estimator
-        scale, offset = estimator.affine_posterior()
-        # Calibrated log-posteriors for the reference prior p_r, as TargetPriorEstimator computes
-        # them: (f + b + log p_r) / T + beta folded into one scale and one offset.
-        posterior = tf.nn.softmax(tf.cast(raw, tf.float64) * scale + tf.constant(offset), axis=-1)
+        offset, matrix, bias = estimator.posterior_map()
+        # Calibrated posteriors for the reference prior p_r, as TargetPriorEstimator computes
+        # them: softmax(log_softmax(f + b + log p_r) @ M^T + beta).
+        log_posterior = tf.nn.log_softmax(tf.cast(raw, tf.float64) + tf.constant(offset), axis=-1)
+        posterior = tf.nn.softmax(
+            tf.matmul(log_posterior, tf.constant(matrix), transpose_b=True) + tf.constant(bias),
+            axis=-1,
+        )
         reference = tf.constant(estimator.reference_prior, tf.float64)
         strength = tf.constant(estimator.prior_strength, tf.float64)
         pseudo_counts = strength * tf.constant(estimator.source_prior, tf.float64)
@@ -287,7 +291,7 @@ def export_serving_model(
         alpha: LADE regulariser weight, recorded in the metadata (None if not applicable).
         prior_estimator: the `estimate_prior` signature's estimator, an EM
             `TargetPriorEstimator` for the same counts, loss and tau, fitted on the validation
-            split (calibration, default BCTS); its constants are baked into the graph. Default:
+            split (calibration, default Dirichlet); its constants are baked into the graph. Default:
             uncalibrated (calibration "none") EM with the default Dirichlet prior strength.
         metadata: extra JSON-serialisable entries for the metadata asset (e.g. the training
             configuration); keys must not collide with the reserved ones.

@@ -9,7 +9,7 @@ import tensorflow as tf
 from lade_tf.recipe import steps_per_epoch
 from lade_tf.records import parse_dataset
 
-# `steps_per_epoch` lives in lade_tf.recipe (no TensorFlow); importable from here as before.
+# `steps_per_epoch` lives in lade_tf.recipe (no TensorFlow) and is part of this module's API.
 __all__ = [
     "augment_batch",
     "augment_image",

@@ -22,10 +22,8 @@ EM_TOLERANCE = 1e-6
 EM_MAX_ITERATIONS = 100
 #: Pseudo-count strength of the Dirichlet prior of MAP-EM where a default is needed (the served
 #: `estimate_prior`, `lade_tf.prior_estimation`): worth 10 target images, so one image moves the
-#: estimate at most 2 / 11 (L1) from the source prior, while 1000 images outweigh it 100 to 1.
-#: Measured on Fashion-MNIST-LT B50 batches (calibrated MLP, L1 to the truth for 1 / 8 / 64 /
-#: 1000 images): 1.55 / 1.02 / 0.45 / 0.12, against 1.66 / 0.73 / 0.34 / 0.11 for plain EM,
-#: whose one-image answer is one-hot; strength 5 or 20 trade these the other way.
+#: estimate at most 2 / 11 (L1) from the source prior, while 1000 images outweigh it 100 to 1
+#: (plain EM's one-image answer is one-hot; README, Unknown target prior, has the measurements).
 DEFAULT_PRIOR_STRENGTH = 10.0
 
 

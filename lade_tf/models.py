@@ -34,8 +34,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     TensorFlow's fused kernel (FusedBatchNormV3 and its fused gradient).
 
     Keras 3 normalises with separate moment, subtract, scale and shift ops (about 10 ops forward
-    and more backward per layer); the fused kernel is one op each way, and on 2 CPU cores it made
-    the BBN ResNet-32 training step 1.2-2x faster (benchmarks/throughput.py, README "Speed").
+    and more backward per layer); the fused kernel is one op each way, which makes the training
+    step faster on CPUs (benchmarks/throughput.py; the README's "Speed" has the measurements).
     Same results up to float rounding: the normalisation uses the biased batch variance and the
     moving averages are updated as Keras does (the kernel's Bessel-corrected variance is
     converted back). Inference, other backends, synchronised (multi-replica) batch norm, masks

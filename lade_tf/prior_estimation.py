@@ -9,14 +9,16 @@ ShiftEvaluator and the export (as the `estimate_prior` graph) share:
    softmax(f + tau log p_s) at p_r = p_s for the logit-adjusted loss. The reference prior p_r is
    the label distribution of the validation split when a calibration is fitted there (so the
    calibrated posteriors are posteriors for that split), else the training prior p_s.
-2. Calibration fitted on the validation split (`lade_tf.calibration.Calibrator`):
-       z_cal = z / T + beta          (BCTS by default; "temperature": beta = 0; "none": identity)
+2. Calibration fitted on the validation split (`lade_tf.calibration.Calibrator`), a linear map
+   of log-probabilities:
+       z_cal = log_softmax(z) @ M^T + beta    (Dirichlet calibration by default: M fitted;
+                                               BCTS / temperature: M = I / T; "none": identity)
 3. EM on softmax(z_cal) with p_r as the source prior, as a MAP estimate under a Dirichlet prior
    centred on the training prior p_s with `prior_strength` pseudo-images
    (`lade_tf.label_shift.estimate_target_prior`), or BBSE.
 
-Steps 1 and 2 together are affine in f: z_cal = f / T + c with c = (b + log p_r) / T + beta, the two
-constants the serving graph bakes in (`affine_posterior`). NumPy only.
+Steps 1 and 2 together are z_cal = log_softmax(f + c) @ M^T + beta with c = b + log p_r: the
+three constants the serving graph bakes in (`posterior_map`). NumPy only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lade_tf.calibration import CALIBRATIONS, DEFAULT_CALIBRATION, Calibrator, softmax
+from lade_tf.calibration import (
+    CALIBRATIONS,
+    DEFAULT_CALIBRATION,
+    Calibrator,
+    log_softmax,
+    softmax,
+)
 from lade_tf.checks import check_choice, check_labels, check_logits
 from lade_tf.label_shift import (
     DEFAULT_PRIOR_STRENGTH,
@@ -39,7 +47,9 @@ from lade_tf.layers import correction_offset
 from lade_tf.priors import source_prior
 
 #: Version tag of `TargetPriorEstimator.to_config` documents.
-CONFIG_FORMAT = "lade_tf.prior_estimation/1"
+CONFIG_FORMAT = "lade_tf.prior_estimation/2"
+#: Earlier formats `from_config` still reads (the same keys; affine calibrations only).
+READABLE_FORMATS = ("lade_tf.prior_estimation/1", CONFIG_FORMAT)
 
 
 class TargetPriorEstimator:
@@ -47,7 +57,7 @@ class TargetPriorEstimator:
 
     Formula (C classes, f raw logits [N, C], b the inference-rule offset of the training loss):
         z     = f + b + log p_r                  (log p_r(y|x) up to a row constant)
-        z_cal = calibration(z) = z / T + beta     (fitted on validation logits and labels)
+        z_cal = calibration(z)                   (fitted on validation logits and labels)
         em:   pi <- (sum_i q_i + lambda * p_s) / (N + lambda),
               q_i(y) ∝ softmax(z_cal_i)(y) * pi(y) / p_r(y)   (Dirichlet-MAP EM; lambda = 0: EM)
         bbse: M p_t = mu with the validation confusion matrix of argmax z_cal (Lipton et al.)
@@ -58,7 +68,7 @@ class TargetPriorEstimator:
         train_loss: the loss the model was trained with (`lade_tf.losses.LOSS_NAMES`).
         tau: the logit-adjusted loss's temperature (1.0 for other losses).
         method: "em" (default) or "bbse".
-        calibration: "bcts" (default), "temperature" or "none".
+        calibration: "dirichlet" (default), "bcts", "temperature" or "none".
         prior_strength: lambda, the Dirichlet pseudo-count of MAP-EM; None gives
             DEFAULT_PRIOR_STRENGTH for EM (0 for BBSE, which takes no prior).
         tol, max_iter: EM stopping rule.
@@ -141,8 +151,8 @@ class TargetPriorEstimator:
 
         Args:
             val_logits: raw logits f [M, C] of the validation split.
-            val_labels: its labels [M]; every class must occur (the reference prior and BCTS's
-                per-class bias need them).
+            val_labels: its labels [M]; every class must occur (the reference prior and the
+                calibration's per-class parameters need them).
 
         Returns:
             self.
@@ -171,25 +181,22 @@ class TargetPriorEstimator:
             self._val_labels = labels
         return self
 
-    def affine_posterior(self) -> tuple[float, np.ndarray]:
-        """(a, c) with calibrated posterior logits z_cal = a * f + c: a = 1 / T,
-        c = (b + log p_r) / T + beta, float64 [C].
+    def posterior_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(c, M, beta) with calibrated posterior logits z_cal = log_softmax(f + c) @ M^T + beta
+        (for p_r, up to a row constant): c = b + log p_r [C], M [C, C], beta [C], float64.
 
         Raises:
             ValueError: if a calibration still has to be fitted.
         """
         calibrator = self._require_fitted()
-        inverse_temperature = 1.0 / calibrator.temperature
-        offset = (self._offset + np.log(self.reference_prior)) * inverse_temperature
-        if calibrator.bias is not None:
-            offset = offset + np.asarray(calibrator.bias, np.float64)
-        return inverse_temperature, offset
+        matrix, bias = calibrator.linear_map(self.num_classes)
+        return self._offset + np.log(self.reference_prior), matrix, bias
 
     def posterior_logits(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated log-posteriors z_cal [N, C] (for p_r, up to a row constant) of raw logits."""
         logits = check_logits(logits, self.num_classes)
-        inverse_temperature, offset = self.affine_posterior()
-        return logits * inverse_temperature + offset
+        offset, matrix, bias = self.posterior_map()
+        return log_softmax(logits + offset) @ matrix.T + bias
 
     def posteriors(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated posteriors softmax(z_cal) [N, C] of raw logits, for the prior p_r."""
@@ -219,13 +226,13 @@ class TargetPriorEstimator:
         )
 
     def to_config(self) -> dict[str, Any]:
-        """JSON-safe description: the options, the fitted calibration and the affine form.
+        """JSON-safe description: the options, the fitted calibration and `posterior_map`.
 
         `from_config` rebuilds an EM estimator from it (BBSE's validation predictions are not
         stored).
         """
         calibrator = self._require_fitted()
-        inverse_temperature, offset = self.affine_posterior()
+        offset, matrix, bias = self.posterior_map()
         return {
             "format": CONFIG_FORMAT,
             "method": self.method,
@@ -238,8 +245,9 @@ class TargetPriorEstimator:
             "prior_strength": self.prior_strength,
             "tolerance": self.tol,
             "max_iterations": self.max_iter,
-            "posterior_scale": inverse_temperature,
             "posterior_offset": offset.tolist(),
+            "posterior_matrix": matrix.tolist(),
+            "posterior_bias": bias.tolist(),
         }
 
     @classmethod
@@ -249,9 +257,10 @@ class TargetPriorEstimator:
         Raises:
             ValueError: for another format, method "bbse", or inconsistent values.
         """
-        if config.get("format") != CONFIG_FORMAT:
+        if config.get("format") not in READABLE_FORMATS:
             raise ValueError(
-                f"prior estimation format {config.get('format')!r}: expected {CONFIG_FORMAT!r}"
+                f"prior estimation format {config.get('format')!r}: expected one of "
+                f"{READABLE_FORMATS}"
             )
         if config["method"] != "em":
             raise ValueError(

@@ -76,8 +76,9 @@ def evaluate_under_shift(
         estimate: None, "em" (Saerens et al. 2002, Dirichlet-MAP) or "bbse" (Lipton et al. 2018).
         val_logits, val_labels: labelled validation logits [M, C] and labels [M]; needed by
             "bbse" and by calibration; every class must occur.
-        calibration: "bcts" (Alexandari et al. 2020), "temperature" or "none", fitted on val
-            before EM or BBSE; None means DEFAULT_CALIBRATION ("bcts") when estimating.
+        calibration: "dirichlet" (Kull et al. 2019), "bcts" (Alexandari et al. 2020),
+            "temperature" or "none", fitted on val before EM or BBSE; None means
+            `lade_tf.calibration.DEFAULT_CALIBRATION` when estimating.
         prior_strength: EM's Dirichlet pseudo-count (None: the estimator's default,
             DEFAULT_PRIOR_STRENGTH; 0: plain maximum-likelihood EM).
 

@@ -12,9 +12,7 @@ Runners (`beam_pipeline_args(runner=...)`):
                    Needs Java; Beam starts a Flink job server jar.
     spark          SparkRunner; add `--spark_master_url=spark://HOST:7077` and an environment
                    type as for Flink. Needs Java; Beam starts a Spark job server jar.
-    dataflow       DataflowRunner; add `--project=P --region=R --temp_location=gs://B/tmp`
-                   and `--extra_package=dist/lade_tf-0.1.0-py3-none-any.whl` (`uv build
-                   --wheel`; the project has a pyproject.toml, no setup.py) or
+    dataflow       DataflowRunner; add `--project=P --region=R --temp_location=gs://B/tmp` and
                    `--sdk_container_image=IMAGE` (the repository's Dockerfile) so workers can
                    import `lade_tf` and `pipeline`. pipeline.prepare / LongTailExampleGen read
                    and write plain file paths, so they need a file system that the driver and

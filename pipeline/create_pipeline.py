@@ -5,7 +5,8 @@ loss -> ShiftEvaluator -> Pusher (docs/design.md section 4), and a Resolver with
 LatestBlessedModelStrategy that gives the ShiftEvaluator the latest blessed model as its baseline.
 Nothing here runs anything; `run.py` picks the runner. User code is referenced by function path
 (`pipeline.trainer.run_fn`), never by `module_file`, so every process (Beam workers, a
-Kubeflow/Vertex container) imports the installed package (see STACK_NOTES).
+Kubeflow/Vertex container) imports the same package: TFX's `module_file=` would package the
+module and install it with `python -m pip`, which uv environments do not have.
 
 With `runtime_parameters=True` (the Kubeflow / Vertex compile), epochs, alpha and the blessing
 margins are TFX RuntimeParameters (RUNTIME_PARAMETERS names them), so a compiled spec can be

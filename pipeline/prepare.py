@@ -292,7 +292,7 @@ def prepare_examples(
         source: a `--source` string or a resolved `Source`.
         output_dir: the examples directory to create (Split-train/, Split-val/, Split-test/,
             class_info.json). Written under a temporary sibling name and renamed when complete.
-        config: how to draw the splits (defaults: IR 100, exp, 20 val per class, seed 0).
+        config: how to draw the splits (default: `PrepareConfig()`).
         pipeline_args: Beam options (see `pipeline.beam_args.beam_pipeline_args`), used when
             `pipeline` is None.
         pipeline: a Beam pipeline to run in (e.g. the one TFX gives a component); it must be

@@ -234,7 +234,7 @@ def _run_shift_evaluation(
     notes = [
         f"Test split: {len(labels)} images, {logits_by_loss[push].shape[1]} classes; "
         f"shifted sets subsampled with seeds 0..{num_seeds - 1}.",
-        f"Validation split: {len(val_labels)} images (BCTS calibration, BBSE)."
+        f"Validation split: {len(val_labels)} images (the calibration of calibrated EM, BBSE)."
         if val_labels is not None
         else "No validation split: the calibrated-EM and BBSE rows are left out.",
         *[

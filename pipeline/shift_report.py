@@ -149,9 +149,9 @@ def report_markdown(
         "(n/a: no such class). F = forward (as skewed as training, ratio 50..2), "
         "U = uniform, B = backward (reversed). Estimated target priors, from the unlabeled "
         "shifted test set: EM (Saerens et al. 2002, Dirichlet-MAP centred on the training "
-        "prior) on the model's uncalibrated posteriors; calibrated EM: the same after BCTS "
-        "(Alexandari et al. 2020) fitted on the validation split; BBSE (Lipton et al. "
-        "2018) with the validation confusion matrix.",
+        "prior) on the model's uncalibrated posteriors; calibrated EM: the same after "
+        "Dirichlet calibration (Kull et al. 2019) fitted on the validation split; BBSE "
+        "(Lipton et al. 2018) with the validation confusion matrix.",
         "",
     ]
     return "\n".join(lines)

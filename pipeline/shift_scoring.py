@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lade_tf.calibration import DEFAULT_CALIBRATION
 from lade_tf.priors import SHIFT_NAMES
 from lade_tf.shift_eval import ESTIMATION_ERROR_KEYS, evaluate_under_shift, uniform_summary
 
@@ -30,7 +31,7 @@ LOSS_DISPLAY_NAMES = {
 #: How each estimated-prior variant is evaluated: row-name suffix, estimation method, calibration.
 ESTIMATED_PRIORS = {
     "em": (" + EM", "em", "none"),
-    "calibrated_em": (" + calibrated EM", "em", "bcts"),
+    "calibrated_em": (" + calibrated EM", "em", DEFAULT_CALIBRATION),
     "bbse": (" + BBSE", "bbse", "none"),
 }
 #: Estimated-prior variants that need the validation split.
@@ -45,7 +46,8 @@ class Method:
         name: row name in the report ("Softmax", "PC Softmax", "LADE + calibrated EM", ...).
         loss: the loss the model was trained with.
         prior: "none" (plain model output), "known" (true p_t), or an estimated p_t: "em"
-            (uncalibrated EM), "calibrated_em" (BCTS on val, then EM) or "bbse".
+            (uncalibrated EM), "calibrated_em" (the default calibration on val, then EM) or
+            "bbse".
     """
 
     name: str

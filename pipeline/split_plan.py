@@ -44,7 +44,7 @@ class PrepareConfig:
     imbalance_ratio: float = 100.0
     n_max: int | None = None
     profile: str = "exp"
-    val_per_class: int = 20
+    val_per_class: int = 200
     seed: int = 0
     class_order: str = "label"
     test_fraction: float | None = None

@@ -6,7 +6,7 @@ split (validating on the eval split, the balanced `val` split in this pipeline) 
 
 - `fn_args.serving_model_dir`: the serving SavedModel (`lade_tf.export.export_serving_model`),
   with the inference rule of the trained loss (tau included) and an `estimate_prior` signature
-  whose calibration (BCTS) is fitted on the validation split (`prior_estimator`);
+  whose calibration (Dirichlet) is fitted on the validation split (`prior_estimator`);
 - `fn_args.model_run_dir`: `model.keras` (raw pixels -> raw logits, float32, uncompiled),
   `train_config.json` (the config actually trained, tuned values included), a copy of the
   examples' `class_info.json`, `history.json` (metrics per epoch) and TensorBoard logs in `logs/`.

@@ -39,6 +39,15 @@ ensure_uv() {
   command -v uv >/dev/null 2>&1 || { log "uv could not be installed; install it (https://docs.astral.sh/uv/) and rerun"; exit 1; }
 }
 
+# The wheel holds the library alone (pyproject.toml); the pipeline and the server run from this
+# checkout. A .pth file puts the checkout on the path of every process of the environment, Beam
+# workers and TFX executors included, which import `pipeline.*` by module name.
+link_checkout() {  # $1 = venv dir
+  local site
+  site=$("$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "$ROOT" > "$site/lade_tf_checkout.pth"
+}
+
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 make_env() {  # $1 = venv dir, $2 = python minor, $3 = requirements file, $4 = editable (yes/no)
@@ -54,6 +63,7 @@ make_env() {  # $1 = venv dir, $2 = python minor, $3 = requirements file, $4 = e
   uv pip install --quiet -p "$venv/bin/python" -r "$req"
   if [ "$editable" = yes ]; then
     uv pip install --quiet -p "$venv/bin/python" --no-deps -e .
+    link_checkout "$venv"
   fi
   echo "$stamp" > "$venv/.setup-stamp"
 }

@@ -12,7 +12,7 @@
 # Extra arguments go to the first pytest run (e.g. -k losses, -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --lib --jax --torch
+scripts/setup.sh --lib --jax
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export CI="${CI:-}"
 

@@ -51,7 +51,7 @@ def long_tailed_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
 def trained_logits(
     directory: Path, loss: str, *, tau: float = 1.0, seed: int = 0, epochs: int = 15
 ) -> dict[str, np.ndarray]:
-    """A 196-64-10 MLP trained with `loss` (Adam, 15 epochs, about 3-8 s on 2 busy cores).
+    """A 196-64-10 MLP trained with `loss` (Adam, 15 epochs, a few seconds).
 
     Returns:
         test_logits [10000, 10], test_labels, val_logits [200, 10], val_labels.

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from scipy.optimize import minimize, minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, softmax
 
 from lade_tf import calibration
 from tests.lib.gaussian_classes import SOURCE, GaussianClasses
@@ -81,7 +81,7 @@ def test_calibrate_logits_formula_and_errors():
 def test_calibrator_fit_apply_and_round_trip(digits_classifier):
     _, val_logits, val_labels = digits_classifier["val"]
     _, test_logits, _ = digits_classifier["test"]
-    bcts = calibration.Calibrator.fit(val_logits, val_labels)  # BCTS is the default
+    bcts = calibration.Calibrator.fit(val_logits, val_labels, "bcts")
     temperature, bias = calibration.fit_bcts(val_logits, val_labels)
     assert bcts.method == "bcts" and bcts.temperature == temperature
     np.testing.assert_allclose(bcts.apply(test_logits), test_logits / temperature + bias)
@@ -104,6 +104,12 @@ def test_calibrator_fit_apply_and_round_trip(digits_classifier):
         (dict(method="bcts", temperature=1.0), "bias = None with calibration = 'bcts'"),
         (dict(method="none", temperature=2.0), "temperature = 2.0 with calibration = 'none'"),
         (dict(method="temperature", temperature=-1.0), "temperature = -1.0"),
+        (dict(method="dirichlet", bias=(0.0, 0.0)), "matrix / l2 with calibration = 'dirichlet'"),
+        (
+            dict(method="dirichlet", bias=(0.0, 0.0), matrix=((1.0,),), l2=0.1),
+            r"matrix of shape \(1, 1\): expected \[2, 2\]",
+        ),
+        (dict(method="bcts", bias=(0.0, 0.0), l2=0.1), "matrix / l2 with calibration = 'bcts'"),
     ],
 )
 def test_calibrator_rejects_inconsistent_parameters(kwargs, message):
@@ -119,3 +125,105 @@ def test_calibration_errors():
         calibration.fit_temperature(logits, [0, 1])
     with pytest.raises(ValueError, match="finite"):
         calibration.fit_temperature(np.array([[np.nan, 0.0]]), [0])
+
+
+def _dirichlet_objective(params, features, labels, l2):
+    """Kull et al.'s Dirichlet calibration NLL with the off-diagonal and bias L2 penalty,
+    written with SciPy's log_softmax."""
+    num_classes = features.shape[1]
+    matrix = params[: num_classes**2].reshape(num_classes, num_classes)
+    bias = params[num_classes**2 :]
+    scores = log_softmax(features @ matrix.T + bias, axis=1)
+    off = ~np.eye(num_classes, dtype=bool)
+    return -scores[np.arange(len(labels)), labels].mean() + l2 * (
+        np.sum(matrix[off] ** 2) + np.sum(bias**2)
+    )
+
+
+def test_fit_dirichlet_matches_scipy_on_the_same_objective(digits_classifier):
+    _, val_logits, val_labels = digits_classifier["val"]
+    features = log_softmax(val_logits, axis=1)
+    start = np.concatenate([np.eye(10).ravel(), np.zeros(10)])
+    for l2 in (1e-3, 1e-1):
+        matrix, bias = calibration.fit_dirichlet(val_logits, val_labels, l2)
+        ours = _dirichlet_objective(
+            np.concatenate([matrix.ravel(), bias]), features, val_labels, l2
+        )
+        reference = minimize(
+            _dirichlet_objective, start, args=(features, val_labels, l2), method="BFGS",
+            options={"gtol": 1e-10, "maxiter": 5000},
+        )  # fmt: skip
+        assert ours == pytest.approx(reference.fun, abs=1e-7)
+        # Nearly separable digits leave the unpenalised diagonal flat: compare what the fits
+        # predict, not their parameters.
+        np.testing.assert_allclose(
+            softmax(features @ matrix.T + bias, axis=1),
+            softmax(features @ reference.x[:100].reshape(10, 10).T + reference.x[100:], axis=1),
+            atol=2e-3,
+        )
+
+
+def test_dirichlet_l2_is_chosen_by_stratified_cross_validation(digits_classifier):
+    _, val_logits, val_labels = digits_classifier["val"]
+    grid = (1e-3, 1e-1, 10.0)
+    chosen = calibration.choose_dirichlet_l2(val_logits, val_labels, grid, folds=3)
+    features = log_softmax(val_logits, axis=1)
+    fold = np.empty(len(val_labels), int)
+    for c in range(10):
+        members = np.flatnonzero(val_labels == c)
+        fold[members] = np.arange(members.size) % 3
+    start = np.concatenate([np.eye(10).ravel(), np.zeros(10)])
+    held_out_nll = []
+    for l2 in grid:
+        total = 0.0
+        for k in range(3):
+            train, held = fold != k, fold == k
+            fitted = minimize(
+                _dirichlet_objective, start, args=(features[train], val_labels[train], l2),
+                method="L-BFGS-B",
+            ).x  # fmt: skip
+            total += len(val_labels[held]) * _dirichlet_objective(
+                fitted, features[held], val_labels[held], 0.0
+            )
+        held_out_nll.append(total)
+    assert chosen == grid[int(np.argmin(held_out_nll))]
+    # Fewer examples of a class than folds: no split, the strongest penalty.
+    few = np.flatnonzero(val_labels == 0)[:2]
+    keep = np.concatenate([few, np.flatnonzero(val_labels != 0)])
+    assert calibration.choose_dirichlet_l2(val_logits[keep], val_labels[keep], grid) == 10.0
+
+
+def test_dirichlet_undoes_per_class_miscalibration_that_bcts_cannot():
+    """Scores distorted by a different temperature per class (the shape of a long-tailed model's
+    miscalibration): the Dirichlet map recovers the true posteriors, one temperature cannot."""
+    model, rng = GaussianClasses(), np.random.default_rng(5)
+    scale = np.array([2.5, 1.0, 0.6, 1.8, 0.8])
+    labels, x = model.sample(np.full(5, 0.2), 4000, rng)
+    test_labels, test_x = model.sample(np.full(5, 0.2), 4000, rng)
+
+    def distorted(points):
+        return np.log(model.posterior(points, np.full(5, 0.2))) * scale
+
+    true_nll = -np.log(model.posterior(test_x, np.full(5, 0.2)))[np.arange(4000), test_labels]
+    nll = {}
+    for method in ("dirichlet", "bcts"):
+        fitted = calibration.Calibrator.fit(distorted(x), labels, method)
+        scores = log_softmax(fitted.apply(distorted(test_x)), axis=1)
+        nll[method] = -scores[np.arange(4000), test_labels].mean()
+    assert nll["dirichlet"] < true_nll.mean() + 0.01 < nll["bcts"]
+
+
+def test_every_calibration_is_a_linear_map_of_log_probabilities(digits_classifier):
+    _, val_logits, val_labels = digits_classifier["val"]
+    _, test_logits, _ = digits_classifier["test"]
+    for method in calibration.CALIBRATIONS:
+        fitted = calibration.Calibrator.fit(val_logits, val_labels, method)
+        matrix, bias = fitted.linear_map(10)
+        mapped = log_softmax(test_logits, axis=1) @ matrix.T + bias
+        np.testing.assert_allclose(
+            log_softmax(mapped, axis=1), log_softmax(fitted.apply(test_logits), axis=1), atol=1e-9
+        )
+        assert calibration.Calibrator.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
+    assert calibration.DEFAULT_CALIBRATION == "dirichlet"
+    default = calibration.Calibrator.fit(val_logits, val_labels)
+    assert default.method == "dirichlet" and default.l2 in calibration.DIRICHLET_L2_GRID

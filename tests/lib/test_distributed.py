@@ -97,7 +97,7 @@ def distributed_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout)
 
 
-# Float32 summation order is all that may differ. Measured on an AMD EPYC (TF 2.16 and 2.21,
+# Float32 summation order is all that may differ. Measured with TF 2.16 and 2.21 (
 # oneDNN on and off, the same to the bit): loss gap 9.5e-7 on a loss of 10.4 (one float32 ulp,
 # 9.2e-8 relative), weight gap 2.4e-7 after a step of 1.2 (2e-7 relative). The tolerances leave
 # 100x and 50x of margin; without the gather the gaps are 1.03 (0.1 relative) and 0.41 (0.31).

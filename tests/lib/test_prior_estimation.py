@@ -183,24 +183,34 @@ def test_source_posteriors_follow_the_inference_rule():
         )
 
 
-def test_config_round_trip_and_affine_form(ce_model):
-    estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce").fit(
-        ce_model["val_logits"], ce_model["val_labels"]
-    )
-    config = json.loads(json.dumps(estimator.to_config(), allow_nan=False))
-    rebuilt = TargetPriorEstimator.from_config(config)
-    batch = ce_model["test_logits"][:300]
-    np.testing.assert_array_equal(rebuilt.estimate(batch), estimator.estimate(batch))
-    # The documented affine form: z = (f - log p_s + log p_r) / T + beta.
-    calibration = config["calibration"]
-    log_source = np.log(priors.source_prior(TRAIN_COUNTS))
-    reference = np.bincount(ce_model["val_labels"]) / len(ce_model["val_labels"])
-    expected = (batch - log_source + np.log(reference)) / calibration["temperature"] + np.asarray(
-        calibration["bias"]
-    )
-    np.testing.assert_allclose(estimator.posterior_logits(batch), expected, atol=1e-10)
-    assert config["prior_strength"] == label_shift.DEFAULT_PRIOR_STRENGTH
-    np.testing.assert_allclose(config["prior_centre"], priors.source_prior(TRAIN_COUNTS))
+def test_config_round_trip_and_posterior_map(ce_model):
+    for method in ("dirichlet", "bcts"):
+        estimator = TargetPriorEstimator(TRAIN_COUNTS, "ce", calibration=method).fit(
+            ce_model["val_logits"], ce_model["val_labels"]
+        )
+        config = json.loads(json.dumps(estimator.to_config(), allow_nan=False))
+        rebuilt = TargetPriorEstimator.from_config(config)
+        batch = ce_model["test_logits"][:300]
+        np.testing.assert_array_equal(rebuilt.estimate(batch), estimator.estimate(batch))
+        # The documented form, from the stored calibration: z = f - log p_s + log p_r, then
+        # Dirichlet: log_softmax(z) W^T + b; BCTS: z / T + b (equal up to a row constant).
+        calibration = config["calibration"]
+        log_source = np.log(priors.source_prior(TRAIN_COUNTS))
+        reference = np.bincount(ce_model["val_labels"]) / len(ce_model["val_labels"])
+        z = batch - log_source + np.log(reference)
+        if method == "dirichlet":
+            log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            expected = log_probs @ np.asarray(calibration["matrix"]).T + calibration["bias"]
+        else:
+            expected = z / calibration["temperature"] + np.asarray(calibration["bias"])
+        ours = estimator.posterior_logits(batch)
+        np.testing.assert_allclose(
+            ours - ours.mean(axis=1, keepdims=True),
+            expected - expected.mean(axis=1, keepdims=True),
+            atol=1e-9,
+        )
+        assert config["prior_strength"] == label_shift.DEFAULT_PRIOR_STRENGTH
+        np.testing.assert_allclose(config["prior_centre"], priors.source_prior(TRAIN_COUNTS))
 
 
 @pytest.mark.parametrize(

@@ -246,7 +246,7 @@ def test_uniform_summary_against_numpy(digits_logits):
         (dict(estimate="bbse"), "val_logits and val_labels"),
         (dict(calibration="bcts"), "only serve a prior estimate"),
         (dict(prior_strength=5.0), "only serve a prior estimate"),
-        (dict(estimate="em"), "calibration = 'bcts': pass both val_logits and val_labels"),
+        (dict(estimate="em"), "calibration = 'dirichlet': pass both val_logits and val_labels"),
         (
             dict(
                 estimate="em",

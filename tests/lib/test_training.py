@@ -420,7 +420,7 @@ json.dump(results, sys.stdout)
 """
 
 # Float32 summation order is all that may differ between one device and two replicas. Measured
-# on an AMD EPYC (AVX-512) with TF 2.16 and 2.21, oneDNN on and off (all four within a few float32
+# with TF 2.16 and 2.21, oneDNN on and off (all four within a few float32
 # ulps of each other): loss relative gap <= 5e-7, gradient gap <= 2e-6 of the gradient norm,
 # batch-norm moving statistics <= 2.4e-7. The tolerances leave 40x (loss), 50x (gradients) and
 # 40x (moving statistics) of margin; the negative controls sit 18x to 2000x above them.

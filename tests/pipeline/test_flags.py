@@ -228,7 +228,7 @@ def test_example_gen_gets_only_the_data_flags_that_are_set():
         "source": "fashion_mnist",
         "imbalance_ratio": 100.0,
         "profile": "exp",
-        "val_per_class": 20,
+        "val_per_class": 200,
         "seed": 0,
     }
     assert example_gen_args(
@@ -250,7 +250,7 @@ def test_example_gen_gets_only_the_data_flags_that_are_set():
         "source": "folder:/data/x",
         "imbalance_ratio": 50.0,
         "profile": "exp",
-        "val_per_class": 20,
+        "val_per_class": 200,
         "seed": 4,
         "class_order": "random",
         "test_fraction": 0.2,

@@ -50,12 +50,12 @@ TRAINING_FLAGS = [
     "--seed",
     "1",
 ]
-# Float32 summation order is all that may differ. Measured on an AMD EPYC (TF 2.16, oneDNN on and
+# Float32 summation order is all that may differ. Measured with TF 2.16 (oneDNN on and
 # off): loss and val_loss relative gaps <= 2.3e-7, weight gaps <= 2.8e-6 of an epoch's update.
 # The tolerances leave margins of 87x (losses) and 36x (weights).
 LOSS_RTOL = 2e-5
 # The validation loss after the second epoch amplifies the last bits of the weights: measured up to
-# 2.1e-4 relative with oneDNN off (AMD EPYC, TensorFlow 2.16), 3.4e-8 after the first epoch. The
+# 2.1e-4 relative with oneDNN off (TensorFlow 2.16), 3.4e-8 after the first epoch. The
 # training losses above stay at LOSS_RTOL and carry the synchronisation check.
 VAL_LOSS_RTOL = 2e-3
 WEIGHT_RTOL = 1e-4
@@ -181,7 +181,7 @@ def test_two_workers_take_the_same_steps_as_one_worker(digits_examples_dir, tmp_
     assert update > 1e-2  # the second epoch really moved the weights
     # After the first epoch the weights agree to WEIGHT_RTOL of an epoch's update; after the second
     # the summation-order differences have gone through more steps: measured up to 1.04e-2 with
-    # oneDNN off (AMD EPYC, TensorFlow 2.16), so 5e-2 there (an unsynchronised worker is off by
+    # oneDNN off (TensorFlow 2.16), so 5e-2 there (an unsynchronised worker is off by
     # the order of a whole update).
     for epoch, rtol in ((0, WEIGHT_RTOL), (1, 5e-2)):
         gap = np.linalg.norm(after["multi"][epoch] - after["single"][epoch]) / update

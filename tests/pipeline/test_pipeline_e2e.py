@@ -13,6 +13,7 @@ import gzip
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -167,12 +168,18 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     assert "Component Trainer_lade is running." in stderr and "Epoch 2/2" in stdout
     assert "Training small_cnn with lade on CPU:0: 1 replica(s)" in stdout  # the device line
     assert "Unable to register cu" not in stderr and "INFO:absl:Running launcher" not in stderr
+    # Printed commands name this environment's interpreter, so they work pasted as they are.
     trainer_logs = next(output_dir.glob("pipeline_root/Trainer_lade/model_run/*/logs"))
-    assert f"TensorBoard:  tensorboard --logdir {trainer_logs}" in stdout
-    assert (
-        f"python -m serving.server --model_name lade --model_base_path "
+    python = shlex.quote(sys.executable)
+    assert f"TensorBoard:  {python} -m tensorboard.main --logdir {trainer_logs}" in stdout
+    serve = (
+        f"{python} -m serving.server --model_name lade --model_base_path "
         f"{output_dir / 'serving_model'} --rest_api_port 8501"
-    ) in stdout
+    )
+    assert serve in stdout
+    for command in (f"{python} -m tensorboard.main --help", f"{serve} --help"):
+        pasted = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+        assert pasted.returncode == 0, (command, pasted.stderr[-2000:])
 
     report = json.loads((report_dir / "shift_report.json").read_text())
     assert set(report) == {"distributions", "methods", "uniform", "blessing"}
@@ -230,7 +237,7 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
     assert "| LADE |" in (report_dir / "shift_report.md").read_text()
 
 
-# Measured with these flags over training seeds 0, 1, 2 (AMD EPYC, TF 2.16): LADE on the uniform
+# Measured with these flags over training seeds 0, 1, 2 (TF 2.16): LADE on the uniform
 # test 0.679 / 0.629 / 0.631, plain Softmax 0.438 / 0.421 / 0.455; on B50 (1:50 backward shift)
 # PC Softmax minus Softmax 0.447 / 0.339 / 0.273 and LADE minus Softmax 0.437 / 0.474 / 0.408.
 # |mean logsumexp f - log C| of the LADE model 0.184 / 0.247 / 0.176 (log_partition_gap).

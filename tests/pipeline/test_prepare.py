@@ -511,13 +511,13 @@ def _reference_idx(path: Path) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_fashion_mnist_with_the_default_counts(fashion_mnist_dir, tmp_path):
-    """The default preparation of the full Fashion-MNIST: n_max 5980 (6000 - 20 val), IR 100."""
+    """The default preparation of the full Fashion-MNIST: n_max 5800 (6000 - 200 val), IR 100."""
     output = tmp_path / "fmnist"
     info = prepare_examples("fashion_mnist", str(output), pipeline_args=IN_MEMORY)
-    assert info["n_max"] == 5980
-    assert info["counts"]["train"] == long_tail_counts(5980, 10, 100.0)
-    assert sum(info["counts"]["train"]) == 14_837
-    assert info["counts"]["val"] == [20] * 10 and info["counts"]["test"] == [1000] * 10
+    assert info["n_max"] == 5800
+    assert info["counts"]["train"] == long_tail_counts(5800, 10, 100.0)
+    assert sum(info["counts"]["train"]) == 14_392
+    assert info["counts"]["val"] == [200] * 10 and info["counts"]["test"] == [1000] * 10
     train_images = _reference_idx(fashion_mnist_dir / "train-images-idx3-ubyte.gz")
     train_labels = _reference_idx(fashion_mnist_dir / "train-labels-idx1-ubyte.gz")
     test_images = _reference_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz")
