@@ -4,7 +4,9 @@ The SavedModel is standard: a `tf.Module` whose `tf.function`s become signatures
 stock TensorFlow ops, so `tf.saved_model.load` and TF Serving load it without this package. Every
 signature applies the one inference rule, `lade_tf.layers.PriorCorrection`, to the raw logits:
 
-- `serving_default(images, target_prior)` -> `probabilities`, `logits` (adjusted), `class_ids`
+- `serving_default(images, target_prior)` -> `probabilities`, `logits` (adjusted), `class_ids`,
+  and `posteriors`: the calibrated source posteriors for the estimator's reference prior, what a
+  tracker of a drifting prior (`lade_tf.prior_tracking`) needs per image, whatever prior was sent
 - `predict_uniform(images)`               -> the same with p_t uniform
 - `predict_encoded(image_bytes, target_prior)` -> the same on PNG/JPEG/GIF/BMP bytes, decoded and
   resized to the model's input height, width and channels
@@ -47,7 +49,7 @@ SIGNATURE_NAMES = (
     "estimate_prior",
     "class_info",
 )
-PREDICTION_OUTPUTS = ("probabilities", "logits", "class_ids")
+PREDICTION_OUTPUTS = ("probabilities", "logits", "class_ids", "posteriors")
 _RESERVED_METADATA_KEYS = (
     "format",
     "class_names",
@@ -111,7 +113,21 @@ class _ServingModule(tf.Module):
             "probabilities": tf.nn.softmax(adjusted, axis=-1),
             "logits": adjusted,
             "class_ids": tf.argmax(adjusted, axis=-1, output_type=tf.int64),
+            # What a tracker of a drifting prior needs per image, whatever prior was sent.
+            "posteriors": tf.cast(self._posteriors(raw_logits), tf.float32),
         }
+
+    def _posteriors(self, raw_logits):
+        """Calibrated posteriors for the estimator's reference prior p_r, float64 [batch, C], as
+        TargetPriorEstimator.posteriors computes them: softmax(log_softmax(f + c) @ M^T + beta)."""
+        offset, matrix, bias = self._estimator.posterior_map()
+        log_posterior = tf.nn.log_softmax(
+            tf.cast(raw_logits, tf.float64) + tf.constant(offset), axis=-1
+        )
+        return tf.nn.softmax(
+            tf.matmul(log_posterior, tf.constant(matrix), transpose_b=True) + tf.constant(bias),
+            axis=-1,
+        )
 
     def _tiled(self, prior: np.ndarray, rows):
         row = tf.constant(np.asarray(prior, np.float32)[None, :])
@@ -155,14 +171,7 @@ class _ServingModule(tf.Module):
             rows, message="estimate_prior needs at least one image from the target distribution"
         )
         estimator = self._estimator
-        offset, matrix, bias = estimator.posterior_map()
-        # Calibrated posteriors for the reference prior p_r, as TargetPriorEstimator computes
-        # them: softmax(log_softmax(f + b + log p_r) @ M^T + beta).
-        log_posterior = tf.nn.log_softmax(tf.cast(raw, tf.float64) + tf.constant(offset), axis=-1)
-        posterior = tf.nn.softmax(
-            tf.matmul(log_posterior, tf.constant(matrix), transpose_b=True) + tf.constant(bias),
-            axis=-1,
-        )
+        posterior = self._posteriors(raw)
         reference = tf.constant(estimator.reference_prior, tf.float64)
         strength = tf.constant(estimator.prior_strength, tf.float64)
         pseudo_counts = strength * tf.constant(estimator.source_prior, tf.float64)

@@ -1,1 +1,1 @@
-import lade_tf  # noqa: F401  (sets the oneDNN default before TensorFlow loads)
+"""A TF-Serving-compatible model server for this project's SavedModels, and its client."""

@@ -29,8 +29,8 @@ from google.protobuf import (
     wrappers_pb2,
 )
 
-from serving.model_manager import read_text_file
-from serving.status import ServingError, invalid_argument
+from serving.errors import ServingError, invalid_argument
+from serving.storage import read_text_file
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -205,6 +205,15 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self.requests = 0
         self.batches = 0
+
+    def stop(self) -> None:
+        """Stops the queue's worker (call on the event loop); requests still queued fail."""
+        if self._worker is not None:
+            self._worker.cancel()
+        for task in self._pending:
+            if not task.future.done():
+                task.future.set_exception(ServingError("UNAVAILABLE", "The server is stopping"))
+        self._pending.clear()
 
     async def submit(self, inputs: Tensors) -> dict:
         """Queues one request and waits for its outputs.

@@ -1,4 +1,5 @@
-"""Command-line flags of `python -m serving.server`, with TF Serving's names and meanings.
+"""Command-line flags of `python -m serving.server`, with TF Serving's names and meanings, and
+their translation into the server's settings (`options_from_args`, `model_configs_from_args`).
 
 Every flag of TF Serving's model server (tensorflow_serving/model_servers/main.cc) is accepted,
 in TF Serving's underscore spelling and in the hyphenated one. Each is either honoured, accepted
@@ -11,11 +12,23 @@ the flag, the value and why). Booleans take TF Serving's forms: `--flag`, `--fla
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TypeVar
 
-from serving.batching import BATCH_LEVEL_SIGNATURES
+from serving.batching import (
+    BATCH_LEVEL_SIGNATURES,
+    BatchingOptions,
+    read_batching_parameters_file,
+)
+from serving.model_manager import ModelConfig, read_model_config_file
+from serving.monitoring import MonitoringOptions, read_monitoring_config_file
+from serving.server_core import ServerOptions
+from serving.storage import base_path_problem, is_remote
+
+log = logging.getLogger("serving")
+_T = TypeVar("_T")
 
 
 class StartupError(Exception):
@@ -63,6 +76,17 @@ def seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
         return value + 0.0  # -0.0 is 0
 
     return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds > 0")
+    return value
 
 
 def bool_flag(text: str) -> bool:
@@ -180,26 +204,28 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     def switch(name: str, help: str, default: bool = False) -> None:
         flag(name, type=bool_flag, nargs="?", const=True, default=default, help=help)
 
+    defaults = ServerOptions()
     port = integer_flag(0, 65535)
     flag(
         "port",
         type=port,
-        default=8500,
-        help="gRPC port (default 8500; 0: no gRPC TCP port, which needs --grpc_socket_path, "
-        "as in TF Serving)",
+        default=defaults.port,
+        help=f"gRPC port (default {defaults.port}; 0: no gRPC TCP port, which needs "
+        "--grpc_socket_path, as in TF Serving)",
     )
     flag(
         "rest-api-port",
         type=port,
-        default=8501,
-        help="REST port (default 8501; 0: REST off, as in TF Serving); must differ from --port",
+        default=defaults.rest_api_port,
+        help=f"REST port (default {defaults.rest_api_port}; 0: REST off, as in TF Serving); "
+        "must differ from --port",
     )
     flag("grpc-socket-path", default="", help="also serve gRPC on this UNIX socket path")
     flag(
         "host",
-        default="127.0.0.1",
-        help="address both APIs bind (default 127.0.0.1; 0.0.0.0 exposes the server to the "
-        "network; TF Serving binds gRPC to 0.0.0.0 and REST to localhost)",
+        default=defaults.host,
+        help=f"address both APIs bind (default {defaults.host}; 0.0.0.0 exposes the server to "
+        "the network; TF Serving binds gRPC to 0.0.0.0 and REST to localhost)",
     )
     flag("model-name", default="default", help="model name in request paths")
     flag(
@@ -213,21 +239,22 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     flag(
         "model-config-file-poll-wait-seconds",
-        default=0.0,
+        default=defaults.model_config_file_poll_wait_seconds,
         type=seconds_flag("read the file once", "TF Serving reserves negative values for testing"),
-        help="seconds between re-reads of --model-config-file (default 0: the file is read "
-        "exactly once, at start-up, and never re-read); a model a re-read adds is loaded at "
-        "once",
+        help="seconds between re-reads of --model-config-file (default "
+        f"{defaults.model_config_file_poll_wait_seconds:g}: the file is read exactly once, at "
+        "start-up, and never re-read); a model a re-read adds is loaded at once",
     )
     flag(
         "file-system-poll-wait-seconds",
-        default=1.0,
+        default=defaults.file_system_poll_wait_seconds,
         type=seconds_flag(
             "poll once",
             "a negative value makes TF Serving disable polling and wait for a model at start-up",
         ),
-        help="seconds between polls of the model base paths for new versions (default 1; 0: "
-        "poll exactly once, loading the versions there at start-up, and never again; "
+        help="seconds between polls of the model base paths for new versions (default "
+        f"{defaults.file_system_poll_wait_seconds:g}; 0: poll exactly once, loading the "
+        "versions there at start-up, and never again; "
         "negative values, TF Serving's 'no polling, wait for a model at start-up', are not "
         "supported)",
     )
@@ -247,19 +274,44 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     flag(
         "max-request-bytes",
         type=integer_flag(1),
-        default=64 * 2**20,
+        default=defaults.max_request_bytes,
         help="larger REST bodies get HTTP 413, larger gRPC messages RESOURCE_EXHAUSTED",
+    )
+    flag(
+        "max-request-batch-size",
+        type=integer_flag(1),
+        default=defaults.max_request_batch_size,
+        help="most rows (images) one predict request may carry, counted along the batch axis of "
+        f"its inputs (default {defaults.max_request_batch_size}); a larger request is refused "
+        "with INVALID_ARGUMENT (HTTP 400) naming the limit, before its tensors are built",
+    )
+    flag(
+        "rest-api-header-timeout-seconds",
+        type=positive_seconds,
+        default=defaults.rest_api_header_timeout_seconds,
+        help="seconds a REST connection may take to send a request's line and headers, counted "
+        "from when it opens or its previous response was sent; it is closed after that, so an "
+        "idle keep-alive connection is too "
+        f"(default {defaults.rest_api_header_timeout_seconds:g})",
+    )
+    flag(
+        "rest-api-body-timeout-seconds",
+        type=positive_seconds,
+        default=defaults.rest_api_body_timeout_seconds,
+        help="seconds a REST request may take to send its whole body once its headers are in "
+        f"(default {defaults.rest_api_body_timeout_seconds:g}); a slower one gets HTTP 408 "
+        "and its connection is closed",
     )
     flag(
         "rest-api-num-threads",
         type=integer_flag(1),
-        default=max(4, os.cpu_count() or 1),
+        default=defaults.num_threads,
         help="threads running requests (REST and gRPC)",
     )
     flag(
         "rest-api-timeout-in-ms",
         type=integer_flag(1),
-        default=30000,
+        default=round(defaults.timeout_seconds * 1000),
         help="per-request deadline (REST and gRPC)",
     )
     switch(
@@ -350,3 +402,117 @@ def check_flags(args: argparse.Namespace) -> None:
             f"--rest_api_port {args.rest_api_port}: the same as --port (gRPC); "
             "give the REST API another port (default 8501) or 0 to turn it off"
         )
+
+
+def _read_flag_file(flag: str, path: str, read: Callable[[str], _T]) -> _T:
+    """`read(path)`; its ValueError becomes a StartupError naming the flag and the file."""
+    try:
+        return read(path)
+    except ValueError as error:
+        raise StartupError(f"{flag} {path}: {error}") from None
+
+
+def model_configs_from_args(args: argparse.Namespace) -> list[ModelConfig]:
+    """The served models: the config file if given, else --model-name/--model-base-path.
+
+    Raises:
+        StartupError: neither is given, the config file cannot be read or parsed, or a base path
+            is a file, a dangling link or a directory that cannot be listed.
+    """
+    if args.model_config_file:
+        if args.model_base_path:
+            log.warning("--model-config-file given: ignoring --model-name/--model-base-path")
+        path = args.model_config_file
+        configs = _read_flag_file("--model-config-file", path, read_model_config_file)
+        sources = [
+            f"--model-config-file {path}: model {c.name!r}: base_path {c.base_path!r}"
+            for c in configs
+        ]
+    elif args.model_base_path:
+        base_path = args.model_base_path
+        if not is_remote(base_path):
+            base_path = os.path.abspath(base_path)
+        configs = [ModelConfig(name=args.model_name, base_path=base_path)]
+        sources = [f"--model-base-path {args.model_base_path}"]
+    else:
+        raise StartupError("give --model-base-path (and --model-name) or --model-config-file")
+    for config, source in zip(configs, sources):
+        problem = base_path_problem(config.base_path)
+        if problem is not None:
+            raise StartupError(f"{source} {problem}")
+    return configs
+
+
+def batching_from_args(args: argparse.Namespace) -> BatchingOptions | None:
+    """Batching options from --enable-batching / --batching-parameters-file (None: no batching).
+
+    Raises:
+        StartupError: the batching parameters file cannot be read or holds bad parameters.
+    """
+    if args.batching_parameters_file:
+        return _read_flag_file(
+            "--batching-parameters-file",
+            args.batching_parameters_file,
+            read_batching_parameters_file,
+        )
+    return BatchingOptions() if args.enable_batching else None
+
+
+def monitoring_from_args(args: argparse.Namespace) -> MonitoringOptions:
+    """Monitoring options from --monitoring_config_file (default: no metrics endpoint).
+
+    Raises:
+        StartupError: the file cannot be read or parsed, or asks for metrics with REST off.
+    """
+    if not args.monitoring_config_file:
+        return MonitoringOptions()
+    options = _read_flag_file(
+        "--monitoring_config_file", args.monitoring_config_file, read_monitoring_config_file
+    )
+    if options.prometheus_path is not None and args.rest_api_port == 0:
+        raise StartupError(
+            f"--monitoring_config_file {args.monitoring_config_file}: Prometheus metrics are "
+            "served on the REST port, but --rest_api_port is 0 (off); give it a port"
+        )
+    return options
+
+
+def channel_arguments_from_args(args: argparse.Namespace) -> tuple[tuple[str, int | str], ...]:
+    """--grpc_channel_arguments as (name, value) pairs.
+
+    Raises:
+        StartupError: an entry is not name=value.
+    """
+    try:
+        return tuple(parse_channel_arguments(args.grpc_channel_arguments))
+    except ValueError as error:
+        raise StartupError(f"--grpc_channel_arguments {args.grpc_channel_arguments}: {error}")
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    """ServerOptions from parsed flags (files are read and checked here).
+
+    Raises:
+        StartupError: a bad flag value or file.
+    """
+    check_flags(args)
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port,
+        grpc_socket_path=args.grpc_socket_path,
+        max_request_bytes=args.max_request_bytes,
+        max_request_batch_size=args.max_request_batch_size,
+        rest_api_header_timeout_seconds=args.rest_api_header_timeout_seconds,
+        rest_api_body_timeout_seconds=args.rest_api_body_timeout_seconds,
+        num_threads=args.rest_api_num_threads,
+        timeout_seconds=args.rest_api_timeout_in_ms / 1e3,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        batching=batching_from_args(args),
+        monitoring=monitoring_from_args(args),
+        enable_cors_support=args.rest_api_enable_cors_support,
+        grpc_channel_arguments=channel_arguments_from_args(args),
+        serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+    )

@@ -1,6 +1,6 @@
 """TF Serving's gRPC API: PredictionService (Predict, GetModelMetadata) and ModelService
-(GetModelStatus, HandleReloadConfigRequest), on the same event loop, models and inference path
-(`serving.inference`) as the REST API.
+(GetModelStatus, HandleReloadConfigRequest), over the same `ServerCore` (event loop, models,
+inference path) as the REST API.
 
 Tensors are read with `tf.make_ndarray` and written with `tf.make_tensor_proto`; responses use
 the typed value fields (float_val, int64_val, ...) unless --enable_serialization_as_tensor_content
@@ -11,6 +11,7 @@ there).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -24,10 +25,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.inference import InferenceCore
-from serving.model_manager import DEFAULT_SIGNATURE, ModelConfig, parse_model_config
+from serving.errors import ServingError, grpc_status_code, invalid_argument
+from serving.model_manager import parse_model_config
 from serving.monitoring import Metrics, RequestRecord, log_access
-from serving.status import ServingError, grpc_status_code, invalid_argument
+from serving.server_core import ServerCore
+from serving.signature_inputs import DEFAULT_SIGNATURE
 
 log = logging.getLogger("serving")
 
@@ -108,6 +110,10 @@ class _Rpc:
             return response
         except ServingError as error:
             failure = _recorded(record, error)
+        except asyncio.CancelledError:
+            # The client cancelled the call or went away: counted as that, not as a failure.
+            _recorded(record, ServingError("CANCELLED", "the client cancelled the call"))
+            raise
         except Exception as error:  # noqa: BLE001 - still a gRPC status, like TF Serving
             log.exception("gRPC %s failed", method)
             internal = ServingError("INTERNAL", f"{type(error).__name__}: {error}")
@@ -135,14 +141,12 @@ def _recorded(record: RequestRecord, error: ServingError) -> ServingError:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService over the shared InferenceCore."""
+    """tensorflow.serving.PredictionService over the shared ServerCore."""
 
-    def __init__(
-        self, core: InferenceCore, metrics: Metrics | None, as_tensor_content: bool = False
-    ):
+    def __init__(self, core: ServerCore):
         self.core = core
-        self.rpc = _Rpc(metrics)
-        self.as_tensor_content = as_tensor_content
+        self.rpc = _Rpc(core.metrics)
+        self.as_tensor_content = core.options.serialize_as_tensor_content
 
     async def Predict(self, request, context):  # noqa: N802 - the gRPC method name
         """Runs the signature the request's ModelSpec names on its input TensorProtos."""
@@ -156,6 +160,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         record.model = name
         loaded = self.core.manager.resolve(name, version, label)
         record.version = loaded.version
+        inference = self.core.inference
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         record.signature = signature_name
         if signature_name not in loaded.signatures:
@@ -164,10 +169,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
         signature = loaded.signatures[signature_name]
         outputs_wanted = self._output_filter(request, loaded, signature_name)
-        tensors = await self.core.run(
+        tensors = await inference.run(
             lambda: {key: to_ndarray(key, value) for key, value in request.inputs.items()}
         )
-        outputs = await self.core.predict(loaded, signature, tensors)
+        outputs = await inference.predict(loaded, signature, tensors)
 
         def respond():
             response = predict_pb2.PredictResponse()
@@ -180,7 +185,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 )
             return response
 
-        return await self.core.run(respond)
+        return await inference.run(respond)
 
     @staticmethod
     def _output_filter(request, loaded, signature_name: str) -> list[str]:
@@ -240,23 +245,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """tensorflow.serving.ModelService: model status and config reloads.
+    """tensorflow.serving.ModelService: model status and config reloads, over the ServerCore."""
 
-    Args:
-        core: the shared inference core (its manager answers status requests).
-        metrics: Prometheus metrics, or None.
-        reload: applies a new model config list (as a re-read of --model_config_file does).
-    """
-
-    def __init__(
-        self,
-        core: InferenceCore,
-        metrics: Metrics | None,
-        reload: Callable[[list[ModelConfig]], Awaitable[None]],
-    ):
+    def __init__(self, core: ServerCore):
         self.core = core
-        self.rpc = _Rpc(metrics)
-        self.reload = reload
+        self.rpc = _Rpc(core.metrics)
 
     async def GetModelStatus(self, request, context):  # noqa: N802 - the gRPC method name
         """The state of every version of a model, or of one version (a label lists all)."""
@@ -276,34 +269,24 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 configs = parse_model_config(text_format.MessageToString(request.config))
             except ValueError as error:
                 raise invalid_argument(str(error)) from None
-            await self.reload(configs)
+            await self.core.reload(configs)
             return model_management_pb2.ReloadConfigResponse()
 
         return await self.rpc.call(_MODEL_SERVICE, "HandleReloadConfigRequest", context, body)
 
 
-def build_grpc_server(
-    core: InferenceCore,
-    metrics: Metrics | None,
-    reload: Callable[[list[ModelConfig]], Awaitable[None]],
-    *,
-    max_request_bytes: int,
-    channel_arguments: list[tuple[str, int | str]] = (),
-    as_tensor_content: bool = False,
-) -> grpc.aio.Server:
-    """A grpc.aio server with both services (call on the serving event loop; add ports, then
-    start it)."""
+def build_grpc_server(core: ServerCore) -> grpc.aio.Server:
+    """A grpc.aio server with both services over `core`, configured by its options (call on the
+    serving event loop; add ports, then start it)."""
     options = [
         ("grpc.so_reuseport", 0),  # a port already in use is an error, not shared
-        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_receive_message_length", core.options.max_request_bytes),
         ("grpc.max_send_message_length", -1),
-        *channel_arguments,
+        *core.options.grpc_channel_arguments,
     ]
     server = grpc.aio.server(options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, metrics, as_tensor_content), server
+        PredictionServicer(core), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(core, metrics, reload), server
-    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core), server)
     return server

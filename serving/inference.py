@@ -1,10 +1,10 @@
 """Running a signature for a request: the one code path the REST and gRPC front ends share.
 
-A front end resolves the model version and signature (`InferenceCore.resolve`), turns its
-request into NumPy tensors (JSON for REST, TensorProtos for gRPC), and awaits
-`InferenceCore.predict`, which checks the tensors against the signature (names, dtypes, shapes),
-then runs the signature in the thread pool, through a batcher when batching is on, under the
-request deadline.
+A front end resolves the model version (`ModelManager.resolve`) and signature, turns its request
+into NumPy tensors (JSON for REST, TensorProtos for gRPC), and awaits `InferenceCore.predict`,
+which checks the tensors against the signature (`serving.signature_inputs.check_inputs`: names,
+dtypes, shapes, rows, target priors), then runs the signature in the thread pool, through a
+batcher when batching is on, under the request deadline.
 """
 
 from __future__ import annotations
@@ -12,46 +12,17 @@ from __future__ import annotations
 import asyncio
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from serving.batching import Batcher, BatchingOptions, batchable
-from serving.json_tensor import _DTYPE_STRINGS, check_shape
-from serving.model_manager import LoadedVersion, ModelManager, Signature
-from serving.status import ServingError, invalid_argument
+from serving.errors import ServingError
+from serving.model_manager import ModelManager
+from serving.servable import LoadedVersion, Signature
+from serving.signature_inputs import check_inputs
 
 _T = TypeVar("_T")
-
-
-def dtype_string(dtype: str) -> str:
-    """TensorFlow's name for a dtype in messages (DataTypeString: float32 -> "float")."""
-    return _DTYPE_STRINGS.get(dtype, dtype)
-
-
-def check_inputs(signature: Signature, tensors: Mapping[str, np.ndarray]) -> None:
-    """INVALID_ARGUMENT unless `tensors` are exactly the signature's inputs, with its dtypes and
-    shapes (TF Serving's messages where it has one: VerifyRequestInputsSize, the session's
-    "Expects arg[i] to be float but double is provided")."""
-    expected = sorted(signature.inputs)
-    sent = sorted(tensors)
-    if sent != expected:
-        extra = sorted(set(sent) - set(expected))
-        missing = sorted(set(expected) - set(sent))
-        raise invalid_argument(
-            f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-            f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
-        )
-    for index, name in enumerate(expected):
-        spec, tensor = signature.inputs[name], tensors[name]
-        got = "string" if tensor.dtype.kind in "OSU" else tensor.dtype.name
-        if got != spec.dtype:
-            raise invalid_argument(
-                f"Expects arg[{index}] ('{name}') to be {dtype_string(spec.dtype)} but "
-                f"{dtype_string(got)} is provided"
-            )
-        check_shape(name, tensor, spec)
 
 
 class InferenceCore:
@@ -62,6 +33,7 @@ class InferenceCore:
         num_threads: threads running signatures (and REST's JSON work).
         timeout_seconds: per-request deadline (DEADLINE_EXCEEDED after it).
         batching: batching options, or None for no batching.
+        max_batch_size: the most rows (images) a request may carry.
     """
 
     def __init__(
@@ -70,10 +42,12 @@ class InferenceCore:
         num_threads: int,
         timeout_seconds: float,
         batching: BatchingOptions | None = None,
+        max_batch_size: int | None = None,
     ):
         self.manager = manager
         self.timeout_seconds = timeout_seconds
         self.batching = batching
+        self.max_batch_size = max_batch_size
         self.executor = ThreadPoolExecutor(num_threads, thread_name_prefix="inference")
         self._batchers: weakref.WeakKeyDictionary[LoadedVersion, dict] = weakref.WeakKeyDictionary()
         self._batch_threads: asyncio.Semaphore | None = None
@@ -84,19 +58,12 @@ class InferenceCore:
             self._batch_threads = asyncio.Semaphore(self.batching.num_batch_threads)
 
     def shutdown(self) -> None:
-        """Stops the thread pool; queued work is cancelled."""
+        """Stops the batchers and the thread pool (call on the event loop); queued work is
+        cancelled."""
+        for per_version in list(self._batchers.values()):
+            for batcher in per_version.values():
+                batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def resolve(
-        self, name: str, version: int | None, label: str | None, signature_name: str
-    ) -> tuple[LoadedVersion, Signature]:
-        """The loaded version and signature a request names ("" = serving_default).
-
-        Raises:
-            ServingError: NOT_FOUND / INVALID_ARGUMENT with TF Serving's messages.
-        """
-        loaded = self.manager.resolve(name, version, label)
-        return loaded, loaded.signature(signature_name)
 
     async def run(self, function: Callable[..., _T], *args) -> _T:
         """`function(*args)` in the thread pool, under the request deadline."""
@@ -117,7 +84,7 @@ class InferenceCore:
             ServingError: INVALID_ARGUMENT for inputs the signature does not take, the
                 signature's own errors with their codes, DEADLINE_EXCEEDED.
         """
-        check_inputs(signature, tensors)
+        check_inputs(signature.inputs, tensors, self.max_batch_size)
         if self.batching is None or not batchable(signature.name):
             return await self.run(signature.run, tensors)
         batcher = self._batcher(loaded, signature, tensors)

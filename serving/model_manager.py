@@ -3,10 +3,15 @@
 Each model has a base path whose numeric sub-directories are versions (SavedModels). A poll of
 the file system (TF Serving's FileSystemStoragePathSource) loads the versions the model's version
 policy asks for (default: the latest one) and unloads the others; a new version is loaded before
-the old one is unloaded, so the model never stops answering (and a version that fails to load
-leaves the previous one serving). Version labels come from the model config. Status and metadata
-are rendered as the JSON of TF Serving's GetModelStatusResponse and GetModelMetadataResponse
-protos.
+the old one is unloaded, so the model never stops answering. A version that fails to load is
+END in the model status, with the canonical code TensorFlow gives the failure (DATA_LOSS for a
+corrupt saved_model.pb, as in TF Serving), and is retried once its files change. Under the
+"latest" policy the newest versions that do load are served instead, at start-up too: where TF
+Serving refuses to start, this server falls back and says so in the status, the log and the
+`load_attempt_count` metric (a model none of whose versions loads still stops the start-up, see
+`ModelManager.unavailable_models`). Version labels come from the model config. Status and
+metadata are rendered as the JSON of TF Serving's GetModelStatusResponse and
+GetModelMetadataResponse protos.
 
 Local config files and base paths are checked without TensorFlow, which is imported (a matter of
 seconds) only when the first version loads, so a bad flag or file is reported at once. Paths with
@@ -17,21 +22,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
-import numpy as np
 from google.protobuf import json_format, text_format
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.json_tensor import TensorSpec, snippet
-from serving.status import ServingError, from_tensorflow_error, invalid_argument
+from serving.errors import ServingError, invalid_argument
+from serving.servable import LoadedVersion, load_error_code
 from serving.storage import (
-    base_path_problem,  # noqa: F401 - part of this module's interface (server.py)
-    join,
     numbered_subdirectories,
-    read_bytes,
     read_text_file,
     tree_stamp,
 )
@@ -40,9 +42,6 @@ if TYPE_CHECKING:
     from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 log = logging.getLogger("serving")
-
-DEFAULT_SIGNATURE = "serving_default"
-_SERVE_TAG = "serve"
 
 
 @dataclass(frozen=True)
@@ -109,79 +108,10 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
     return parse_model_config(read_text_file(path))
 
 
-@dataclass
-class Signature:
-    """A callable signature of a loaded version and its input specs."""
-
-    name: str
-    inputs: dict[str, TensorSpec]
-    function: object
-
-    def run(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the signature; TensorFlow errors become ServingErrors with their code."""
-        import tensorflow as tf
-
-        try:
-            feeds = {
-                name: tf.constant(value, dtype=self.inputs[name].dtype)
-                for name, value in tensors.items()
-            }
-            outputs = self.function(**feeds)
-            return {name: value.numpy() for name, value in outputs.items()}
-        except tf.errors.OpError as error:
-            raise from_tensorflow_error(error) from None
-        except (TypeError, ValueError) as error:
-            raise invalid_argument(snippet(str(error))) from None
-
-
-class LoadedVersion:
-    """One loaded SavedModel version: its signatures and its signature_def map as JSON."""
-
-    def __init__(self, model_name: str, version: int, path: str):
-        import tensorflow as tf
-
-        self.model_name = model_name
-        self.version = version
-        self.path = path
-        self._saved_model = tf.saved_model.load(path, tags=[_SERVE_TAG])
-        self.signatures: dict[str, Signature] = {}
-        for name, function in self._saved_model.signatures.items():
-            specs = function.structured_input_signature[1]
-            self.signatures[name] = Signature(
-                name,
-                {
-                    key: TensorSpec(
-                        spec.dtype.name,
-                        None if spec.shape.rank is None else tuple(spec.shape.as_list()),
-                    )
-                    for key, spec in specs.items()
-                },
-                function,
-            )
-        self.signature_def_map = self._read_signature_defs(path)
-
-    @staticmethod
-    def _read_signature_defs(path: str) -> get_model_metadata_pb2.SignatureDefMap:
-        from tensorflow.core.protobuf import saved_model_pb2
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        saved_model = saved_model_pb2.SavedModel()
-        saved_model.ParseFromString(read_bytes(join(path, "saved_model.pb")))
-        signature_defs = get_model_metadata_pb2.SignatureDefMap()
-        for meta_graph in saved_model.meta_graphs:
-            if _SERVE_TAG in meta_graph.meta_info_def.tags:
-                for key, value in meta_graph.signature_def.items():
-                    signature_defs.signature_def[key].CopyFrom(value)
-        return signature_defs
-
-    def signature(self, name: str) -> Signature:
-        """The named signature ("" = serving_default), or INVALID_ARGUMENT as in TF Serving."""
-        name = name or DEFAULT_SIGNATURE
-        if name not in self.signatures:
-            raise invalid_argument(
-                f'Serving signature name: "{snippet(name)}" not found in signature def'
-            )
-        return self.signatures[name]
+def _versions_text(versions) -> str:
+    """Version numbers for a log line, newest first: 'version 2', 'versions 4, 3'."""
+    numbers = sorted(versions, reverse=True)
+    return ("version " if len(numbers) == 1 else "versions ") + ", ".join(map(str, numbers))
 
 
 @dataclass
@@ -199,6 +129,7 @@ class ModelVersions:
         self.available: dict[int, LoadedVersion] = {}
         self.states: dict[int, VersionState] = {}
         self._failed: dict[int, tuple] = {}  # version -> tree stamp of the failed load
+        self.load_attempts: Counter[tuple[str, str]] = Counter()  # (path, success|fail) -> n
         self._path_problem: str | None = None
         self.polled = False  # whether `sync` has looked at the base path yet
 
@@ -214,8 +145,10 @@ class ModelVersions:
     def sync(self) -> None:
         """One poll: load aspired versions not yet loaded, then unload the others (blocking).
 
-        A base path that turned into a file or cannot be listed is logged (once, not on every
-        poll) and changes nothing: the loaded versions keep serving.
+        Under the "latest" policy a version that fails to load gives its place to the next older
+        one, so the newest versions that load are served (logged as a fallback). A base path that
+        turned into a file or cannot be listed is logged (once, not on every poll) and changes
+        nothing: the loaded versions keep serving.
         """
         self.polled = True
         try:
@@ -230,35 +163,24 @@ class ModelVersions:
                 self.config.name,
                 self.config.base_path,
             )
-        aspired = self.aspired(on_disk)
-        for version in sorted(aspired - set(self.available), reverse=True):
-            path = on_disk[version]
-            stamp = tree_stamp(path)
-            if self._failed.get(version) == stamp:
-                continue  # retried only once its files change
-            self.states[version] = VersionState("LOADING")
-            try:
-                loaded = LoadedVersion(self.config.name, version, path)
-            except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
-                code = from_tensorflow_error(error).code
-                message = (
-                    f"Loading servable: {{name: {self.config.name} version: {version}}} "
-                    f"failed: {type(error).__name__}: {error}"
-                )
-                log.error(message)
-                self.states[version] = VersionState(
-                    "END", code if code != "INTERNAL" else "UNKNOWN", message
-                )
-                self._failed[version] = stamp
-                continue
-            self._failed.pop(version, None)
-            self.available = {**self.available, version: loaded}
-            self.states[version] = VersionState("AVAILABLE")
-            log.info(
-                "Successfully loaded servable version {name: %s version: %d} from %s",
+        loadable = {v: path for v, path in on_disk.items() if not self._failed_unchanged(v, path)}
+        failed_now: list[int] = []
+        while True:
+            aspired = self.aspired(loadable)
+            pending = sorted(aspired - set(self.available), reverse=True)
+            failed = [version for version in pending if not self._load(version, loadable[version])]
+            failed_now += failed
+            if not failed or self.config.policy != "latest":
+                break
+            for version in failed:
+                del loadable[version]
+        if failed_now and self.available:
+            log.warning(
+                "model %s: serving %s, the newest that loads; %s failed to load (the model "
+                "status holds the errors)",
                 self.config.name,
-                version,
-                path,
+                _versions_text(self.available),
+                _versions_text(failed_now),
             )
         # AvailabilityPreservingPolicy: keep old versions until an aspired one is available.
         if aspired and not aspired & set(self.available):
@@ -268,6 +190,45 @@ class ModelVersions:
             self.available = {v: loaded for v, loaded in self.available.items() if v != version}
             self.states[version] = VersionState("END")
             log.info("Unloaded servable version {name: %s version: %d}", self.config.name, version)
+
+    def _failed_unchanged(self, version: int, path: str) -> bool:
+        """Whether `version` failed to load and its files have not changed since: it is retried
+        only once they do."""
+        return version in self._failed and self._failed[version] == tree_stamp(path)
+
+    def _load(self, version: int, path: str) -> bool:
+        """Loads one version; a failure is logged and kept in its state. Whether it loaded."""
+        stamp = tree_stamp(path)
+        self.states[version] = VersionState("LOADING")
+        try:
+            loaded = LoadedVersion(self.config.name, version, path)
+        except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
+            code = load_error_code(error)
+            detail = (
+                error.message
+                if isinstance(error, ServingError)
+                else f"{type(error).__name__}: {error}"
+            )
+            message = (
+                f"Loading servable: {{name: {self.config.name} version: {version}}} "
+                f"failed: {code}: {detail}"
+            )
+            log.error(message)
+            self.states[version] = VersionState("END", code, message)
+            self._failed[version] = stamp
+            self.load_attempts[(path, "fail")] += 1
+            return False
+        self._failed.pop(version, None)
+        self.available = {**self.available, version: loaded}
+        self.states[version] = VersionState("AVAILABLE")
+        self.load_attempts[(path, "success")] += 1
+        log.info(
+            "Successfully loaded servable version {name: %s version: %d} from %s",
+            self.config.name,
+            version,
+            path,
+        )
+        return True
 
     def _report_path_problem(self, problem: str | None) -> None:
         if problem is not None and problem != self._path_problem:
@@ -432,3 +393,21 @@ class ModelManager:
     def loaded_versions(self) -> dict[str, int]:
         """Model name -> number of versions loaded (AVAILABLE) now."""
         return {name: len(model.available) for name, model in list(self.models.items())}
+
+    def load_attempts(self) -> dict[tuple[str, str], int]:
+        """(version path, "success" | "fail") -> SavedModel loads so far, every model."""
+        attempts: Counter[tuple[str, str]] = Counter()
+        for model in list(self.models.values()):
+            attempts.update(model.load_attempts)
+        return dict(attempts)
+
+    def unavailable_models(self) -> list[str]:
+        """One line per model that has versions but none of them loaded, naming each failed
+        version and its error: such a model is up but can answer nothing."""
+        lines = []
+        for name, model in sorted(self.models.items()):
+            failed = {v: s for v, s in model.states.items() if s.error_code != "OK"}
+            if failed and not model.available:
+                errors = "; ".join(s.error_message for _, s in sorted(failed.items(), reverse=True))
+                lines.append(f"model {name!r}: no version loads ({errors})")
+        return lines

@@ -11,7 +11,10 @@ the Prometheus text exposition of:
   suffix) by model_name, version, signature_name, API (predict, classify, regress,
   GetModelMetadata, GetModelStatus), entrypoint (REST or GRPC) and status (the canonical code);
 - `:tensorflow:serving:request_latency_seconds` (histogram) by model_name, API and entrypoint;
-- `:tensorflow:serving:loaded_versions` (gauge): versions AVAILABLE per model, read at scrape.
+- `:tensorflow:serving:loaded_versions` (gauge): versions AVAILABLE per model, read at scrape;
+- `:tensorflow:cc:saved_model:load_attempt_count` (counter, `_total` suffix) by model_path (the
+  version's directory) and status ("success" or "fail"), TensorFlow's own metric of SavedModel
+  loads, which TF Serving exports: a fail count that grows means a pushed version does not load.
 
 Every request, metrics on or not, also gets one access-log line on the `serving.access` logger
 (stderr), in the Common Log Format: `host - - [date] "request line" status bytes`.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
@@ -99,11 +103,16 @@ class Metrics:
 
     Args:
         loaded_versions: called at scrape time; model name -> versions AVAILABLE.
+        load_attempts: called at scrape time; (version path, "success" | "fail") -> loads.
     """
 
-    def __init__(self, loaded_versions):
+    def __init__(
+        self,
+        loaded_versions: Callable[[], dict[str, int]],
+        load_attempts: Callable[[], dict[tuple[str, str], int]],
+    ):
         from prometheus_client import CollectorRegistry, Counter, Histogram
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -131,7 +140,19 @@ class Metrics:
                     family.add_metric([name], count)
                 yield family
 
+        class LoadAttempts:
+            def collect(self):
+                family = CounterMetricFamily(
+                    ":tensorflow:cc:saved_model:load_attempt_count",
+                    "SavedModel loads, by version directory and status (success or fail).",
+                    labels=["model_path", "status"],
+                )
+                for (path, status), count in sorted(load_attempts().items()):
+                    family.add_metric([path, status], count)
+                yield family
+
         self.registry.register(LoadedVersions())
+        self.registry.register(LoadAttempts())
 
     def observe(self, record: RequestRecord) -> None:
         """Counts one finished request and its latency."""

@@ -208,7 +208,10 @@ def test_plan_reproduces_the_standard_fashion_mnist_lt_counts(fashion_mnist_dir)
             r"class '0' \(label 0\) has \d+ readable "
             "training images; 200 go to validation",
         ),
-        (dict(config=PrepareConfig(imbalance_ratio=1000.0, n_max=50)), "no training image"),
+        (
+            dict(config=PrepareConfig(imbalance_ratio=1000.0, n_max=50, val_per_class=20)),
+            "no training image",
+        ),
         (dict(config=PrepareConfig(test_fraction=0.2)), "has its own test split"),
         (dict(test_every=None), "no test split: pass --test-fraction"),
         (
@@ -224,7 +227,8 @@ def test_plan_rejects_what_cannot_be_split(digits, change, message):
     if change.get("mixed_sizes"):
         summaries[1] = summaries[1]._replace(height=9, width=9)
     with pytest.raises(ValueError, match=message):
-        plan_splits(summaries, [str(d) for d in range(10)], change.get("config", PrepareConfig()))
+        config = change.get("config", PrepareConfig(val_per_class=20))  # digits: ~180 per class
+        plan_splits(summaries, [str(d) for d in range(10)], config)
 
 
 def test_plan_resizes_to_an_image_size_and_promotes_grey_to_rgb(digits):

@@ -65,14 +65,14 @@ class ServerProcess:
     """`python -m serving.server ...` as a child process on 127.0.0.1, its gRPC and REST APIs
     on free ports (`grpc_target`, `url`)."""
 
-    def __init__(self, args: list[str], log_path: Path, rest: bool = True):
+    def __init__(self, args: list[str], log_path: Path, rest: bool = True, env: dict | None = None):
         self.log_path = log_path
         self._log = open(log_path, "w", encoding="utf-8")
         self.grpc_target = f"127.0.0.1:{free_port()}"
         ports = ["--port", self.grpc_target.rsplit(":", 1)[1]]
         ports += ["--rest_api_port", str(free_port()) if rest else "0"]
         self._ready_pattern = r"(http://\S+)" if rest else r"gRPC ModelServer at (\S+)"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.server", *ports, *args],
             cwd=REPO_ROOT,
@@ -118,14 +118,15 @@ class ServerProcess:
 
 
 class InProcessServer:
-    """`serving.server.start_server` in this process (REST and gRPC on free ports of 127.0.0.1),
-    its event loop in a thread: for file systems that live in this process, such as ram://."""
+    """`serving.model_server.start_server` in this process (REST and gRPC on free ports of
+    127.0.0.1), its event loop in a thread: for file systems that live in this process, such as
+    ram://, and for reading the server's state (`call_on_loop`)."""
 
     def __init__(self, manager, options, timeout: float = 120.0):
         import asyncio
         import dataclasses
 
-        from serving.server import start_server
+        from serving.model_server import start_server
 
         self.timeout = timeout
         options = dataclasses.replace(
@@ -142,6 +143,14 @@ class InProcessServer:
         import asyncio
 
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(self.timeout)
+
+    def call_on_loop(self, function):
+        """`function()` run on the server's event loop (its state belongs to that thread)."""
+
+        async def call():
+            return function()
+
+        return self._call(call())
 
     def stop(self) -> None:
         self._call(self.server.stop())

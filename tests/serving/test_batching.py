@@ -17,7 +17,7 @@ from serving.batching import (
     parse_batching_parameters,
     read_batching_parameters_file,
 )
-from serving.status import ServingError, invalid_argument
+from serving.errors import ServingError, invalid_argument
 from tests.serving.serving_support import REPO_ROOT
 
 

@@ -10,7 +10,6 @@ gets alone, while serving_default requests are still merged (the batchers' count
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from serving.batching import BATCH_LEVEL_SIGNATURES, BatchingOptions
-from tests.serving.serving_support import http, run_signature
+from tests.serving.serving_support import InProcessServer, http, run_signature
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -26,66 +25,29 @@ ROWS = 8  # images per estimate_prior request; two of them fill a batch exactly
 HTTP_TIMEOUT = 60.0
 
 
-class InProcessServer:
-    """serving.server's ServingApp on 127.0.0.1 and a free port, its event loop in a thread,
-    so that the test can read its batchers' counters."""
-
-    def __init__(self, base_path: str, batching: BatchingOptions):
-        from aiohttp import web
-
-        from serving.model_manager import ModelConfig, ModelManager
-        from serving.server import ServerOptions, ServingApp, bind_socket
-
-        manager = ModelManager([ModelConfig(name="lade", base_path=base_path)])
-        manager.poll()
-        self.app = ServingApp(
-            manager,
-            ServerOptions(
-                timeout_seconds=HTTP_TIMEOUT, file_system_poll_wait_seconds=0.0, batching=batching
-            ),
-        )
-        sock = bind_socket("127.0.0.1", 0)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-        async def start():
-            runner = web.AppRunner(self.app.application(), access_log=None)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            return runner
-
-        self._runner = self._call(start())
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-
-    def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(HTTP_TIMEOUT)
-
-    def batching_stats(self) -> dict:
-        async def read():
-            return self.app.batching_stats()
-
-        return self._call(read())
-
-    def stop(self) -> None:
-        self._call(self._runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(HTTP_TIMEOUT)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def full_batch_server(export_base):
-    """A batching server whose batches close only when they hold 2 * ROWS rows."""
+    """A batching server (in this process, to read its batchers' counters) whose batches close
+    only when they hold 2 * ROWS rows."""
+    from serving.model_manager import ModelConfig, ModelManager
+    from serving.server_core import ServerOptions
+
     server = InProcessServer(
-        str(export_base),
-        BatchingOptions(
-            max_batch_size=2 * ROWS, batch_timeout_micros=20_000_000, num_batch_threads=1
+        ModelManager([ModelConfig(name="lade", base_path=str(export_base))]),
+        ServerOptions(
+            timeout_seconds=HTTP_TIMEOUT,
+            file_system_poll_wait_seconds=0.0,
+            batching=BatchingOptions(
+                max_batch_size=2 * ROWS, batch_timeout_micros=20_000_000, num_batch_threads=1
+            ),
         ),
     )
     yield server
     server.stop()
+
+
+def batching_stats(server: InProcessServer) -> dict:
+    return server.call_on_loop(server.server.core.batching_stats)
 
 
 def predict(url: str, images: np.ndarray, signature: str, **inputs) -> dict:
@@ -144,13 +106,13 @@ def test_concurrent_estimate_prior_requests_are_not_merged(
 ):
     url = full_batch_server.url
     zeros, ones = one_digit_batches(digits_split)
-    before = full_batch_server.batching_stats()
+    before = batching_stats(full_batch_server)
     alone = [predict(url, x, "estimate_prior") for x in (zeros, ones)]
     together = concurrently([lambda x=x: predict(url, x, "estimate_prior") for x in (zeros, ones)])
     for images, single, concurrent in zip((zeros, ones), alone, together):
         assert_estimates_equal(concurrent, single)
         assert_estimates_equal(single, run_signature(saved_model, "estimate_prior", images=images))
-    after = full_batch_server.batching_stats()
+    after = batching_stats(full_batch_server)
     assert ("lade", 1, "estimate_prior") not in after
     assert after == before  # no batcher saw these requests
 
@@ -169,7 +131,7 @@ def test_concurrent_serving_default_requests_are_still_merged(
         for i in range(requests)
     ]
     key = ("lade", 1, "serving_default")
-    before = full_batch_server.batching_stats().get(key, {"requests": 0, "batches": 0})
+    before = batching_stats(full_batch_server).get(key, {"requests": 0, "batches": 0})
     results = concurrently(
         [
             lambda job=job: predict(
@@ -182,7 +144,7 @@ def test_concurrent_serving_default_requests_are_still_merged(
         expected = run_signature(saved_model, "serving_default", images=batch, target_prior=priors)
         for name, value in expected.items():
             np.testing.assert_allclose(served[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-    after = full_batch_server.batching_stats()[key]
+    after = batching_stats(full_batch_server)[key]
     assert after["requests"] - before["requests"] == requests
     assert after["batches"] - before["batches"] == 1  # all four requests ran as one batch
 

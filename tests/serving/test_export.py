@@ -14,8 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from lade_tf.export import SIGNATURE_NAMES, export_serving_model, read_serving_metadata
+from lade_tf.label_shift import DEFAULT_PRIOR_STRENGTH, EM_MAX_ITERATIONS, EM_TOLERANCE
 from lade_tf.prior_estimation import TargetPriorEstimator
-from lade_tf.priors import DEFAULT_PRIOR_STRENGTH, EM_MAX_ITERATIONS, EM_TOLERANCE
 from tests.serving.serving_support import CLASS_NAMES, REPO_ROOT, run_signature
 
 
@@ -70,7 +70,27 @@ def test_signatures_have_the_contract_inputs_and_outputs(saved_model):
             "probabilities": tf.float32,
             "logits": tf.float32,
             "class_ids": tf.int64,
+            "posteriors": tf.float32,
         }
+
+
+def test_posteriors_are_what_a_tracker_needs_whatever_prior_was_sent(
+    saved_model, trained_model, digits_split
+):
+    """Uncalibrated CE export: the posteriors for the training prior are softmax(f); every
+    prediction signature returns them unchanged by the target prior."""
+    images = digits_split["test_x"][:24]
+    logits = raw_logits(trained_model, images)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    priors = np.random.default_rng(3).dirichlet(np.ones(10), size=len(images)).astype(np.float32)
+    for name, inputs in (
+        ("serving_default", dict(images=images, target_prior=priors)),
+        ("predict_uniform", dict(images=images)),
+        ("estimate_prior", dict(images=images)),
+    ):
+        served = run_signature(saved_model, name, **inputs)["posteriors"]
+        np.testing.assert_allclose(served, expected, atol=1e-5, err_msg=name)
 
 
 def test_serving_default_is_pc_softmax(saved_model, trained_model, digits_split):
@@ -226,7 +246,7 @@ def calibrated_exports(tmp_path_factory, trained_model, digits_split):
 @pytest.mark.parametrize("name", ["ce", "logit_adjusted"])
 def test_calibrated_estimate_prior_graph_equals_numpy(calibrated_exports, digits_split, name):
     model, estimator, loaded, path = calibrated_exports[name]
-    assert estimator.calibrator.method == "bcts"
+    assert estimator.calibrator.method == "dirichlet"
     _, _, target = calibration_split(digits_split)
     rng = np.random.default_rng(3)
     for size in (1, 8, 64, len(target)):
@@ -242,19 +262,22 @@ def test_calibrated_estimate_prior_graph_equals_numpy(calibrated_exports, digits
 
 
 def test_calibrated_estimate_prior_against_an_independent_formula(calibrated_exports, digits_split):
-    """BCTS-calibrated posteriors for the balanced val prior, z = (f - log p_s + log p_u) / T + b,
-    then MAP-EM with p_u as the reference and p_s as the Dirichlet centre, written out here."""
+    """Dirichlet-calibrated posteriors for the balanced val prior, z = f - log p_s + log p_u,
+    softmax(W log_softmax(z) + b), then MAP-EM with p_u as the reference and p_s as the Dirichlet
+    centre, written out here; the served posteriors are the calibrated ones."""
     model, estimator, loaded, _ = calibrated_exports["ce"]
     calibration = estimator.to_config()["calibration"]
     _, _, target = calibration_split(digits_split)
     counts = np.asarray(digits_split["counts"], np.float64)
     source, uniform = counts / counts.sum(), np.full(10, 0.1)
-    scores = (raw_logits(model, target) - np.log(source) + np.log(uniform)) / calibration[
-        "temperature"
-    ] + np.asarray(calibration["bias"])
-    expected = numpy_map_em(softmax(scores), uniform, source, DEFAULT_PRIOR_STRENGTH)
-    served = run_signature(loaded, "estimate_prior", images=target)["target_prior"][0]
-    np.testing.assert_allclose(served, expected, atol=1e-5)
+    z = raw_logits(model, target) - np.log(source) + np.log(uniform)
+    log_probs = z - z.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    posteriors = softmax(log_probs @ np.asarray(calibration["matrix"]).T + calibration["bias"])
+    expected = numpy_map_em(posteriors, uniform, source, DEFAULT_PRIOR_STRENGTH)
+    served = run_signature(loaded, "estimate_prior", images=target)
+    np.testing.assert_allclose(served["target_prior"][0], expected, atol=1e-5)
+    np.testing.assert_allclose(served["posteriors"], posteriors, atol=1e-5)
 
 
 def test_logit_adjusted_export_applies_tau(calibrated_exports, digits_split):
@@ -317,7 +340,13 @@ def test_class_info_and_metadata_asset(saved_model, export_base, digits_split):
     np.testing.assert_allclose(metadata["source_prior"], source)
     assert metadata["train_loss"] == "ce" and metadata["alpha"] is None and metadata["tau"] is None
     estimation = metadata["prior_estimation"]
-    assert estimation["calibration"] == {"method": "none", "temperature": 1.0, "bias": None}
+    assert estimation["calibration"] == {
+        "method": "none",
+        "temperature": 1.0,
+        "bias": None,
+        "matrix": None,
+        "l2": None,
+    }
     assert estimation["prior_strength"] == DEFAULT_PRIOR_STRENGTH
     assert (estimation["tolerance"], estimation["max_iterations"]) == (
         EM_TOLERANCE,
@@ -417,10 +446,10 @@ def test_trainer_fits_the_served_estimator_on_the_val_split(trained_model, digit
     expected = TargetPriorEstimator(counts, "ce").fit(
         raw_logits(trained_model, val_images), val_labels
     )
-    assert fitted.calibrator.method == "bcts"
+    assert fitted.calibrator.method == "dirichlet"
     # The trainer predicts in batches of 32, the reference in one batch: oneDNN's kernels differ
-    # with the batch size in the last bits, and the BCTS fit carries that into its parameters
-    # (bias differences up to 2.4e-6 measured on one AMD EPYC host, under 1e-6 on another).
+    # with the batch size in the last bits, and the BCTS fit carries that into its parameters,
+    # hence tolerances well above float32 round-off.
     assert fitted.calibrator.temperature == pytest.approx(expected.calibrator.temperature, rel=1e-5)
     np.testing.assert_allclose(fitted.calibrator.bias, expected.calibrator.bias, atol=2e-5)
     assert prior_estimator(trained_model, None, counts, "ce", 1.0).calibrator.method == "none"

@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
+from serving.errors import ServingError
 from serving.model_manager import (
     ModelConfig,
     ModelManager,
-    base_path_problem,
     parse_model_config,
     read_model_config_file,
 )
-from serving.status import ServingError
+from serving.storage import base_path_problem
 from tests.serving.serving_support import REPO_ROOT
 
 
@@ -141,14 +141,69 @@ def test_new_version_replaces_old_and_a_broken_one_keeps_it_serving(two_versions
     manager.poll()
     assert manager.resolve("m").version == 2  # still serving
     status = {s["version"]: s for s in manager.status_json("m")["model_version_status"]}
-    assert status["3"]["state"] == "END" and status["3"]["status"]["error_code"] != "OK"
-    assert "Loading servable: {name: m version: 3} failed" in status["3"]["status"]["error_message"]
+    assert status["3"]["state"] == "END" and status["3"]["status"]["error_code"] == "DATA_LOSS"
+    assert status["3"]["status"]["error_message"] == (
+        f"Loading servable: {{name: m version: 3}} failed: DATA_LOSS: Can't parse "
+        f"{broken / 'saved_model.pb'} as binary proto"
+    )
     shutil.rmtree(broken)
     shutil.copytree(two_versions / "1", broken)  # files changed: the load is retried
     manager.poll()
     assert manager.resolve("m").version == 3
     states = {s["version"]: s["state"] for s in manager.status_json("m")["model_version_status"]}
     assert states == {"3": "AVAILABLE", "2": "END"}
+
+
+def version_states(manager: ModelManager, name: str) -> dict[str, tuple[str, str]]:
+    return {
+        s["version"]: (s["state"], s["status"]["error_code"])
+        for s in manager.status_json(name)["model_version_status"]
+    }
+
+
+def test_a_broken_newest_version_at_start_up_falls_back_to_the_newest_that_loads(
+    two_versions, caplog
+):
+    for version, damage in (("3", "truncated graph"), ("4", "no graph")):
+        shutil.copytree(two_versions / "1", two_versions / version)
+        graph = two_versions / version / "saved_model.pb"
+        if damage == "no graph":
+            graph.unlink()
+        else:
+            graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    manager = ModelManager([ModelConfig("m", str(two_versions))])
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        manager.poll()
+    assert manager.resolve("m").version == 2
+    assert version_states(manager, "m") == {
+        "4": ("END", "NOT_FOUND"),
+        "3": ("END", "DATA_LOSS"),
+        "2": ("AVAILABLE", "OK"),
+    }
+    assert (
+        "model m: serving version 2, the newest that loads; versions 4, 3 failed to load "
+        "(the model status holds the errors)"
+    ) in caplog.messages
+    assert manager.unavailable_models() == []
+    attempts = manager.load_attempts()
+    assert attempts[(str(two_versions / "3"), "fail")] == 1
+    assert attempts[(str(two_versions / "2"), "success")] == 1
+    manager.poll()  # failed versions are not retried while their files stay the same
+    assert manager.load_attempts() == attempts
+
+
+def test_a_model_none_of_whose_versions_loads_is_reported_unavailable(tmp_path):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    manager = ModelManager(
+        [ModelConfig("m", str(tmp_path / "m")), ModelConfig("empty", str(tmp_path / "empty"))]
+    )
+    manager.poll()
+    assert manager.unavailable_models() == [
+        "model 'm': no version loads (Loading servable: {name: m version: 1} failed: "
+        f"NOT_FOUND: Could not find SavedModel .pb at supplied export directory path: "
+        f"{tmp_path / 'm' / '1'})"
+    ]  # a model with no versions yet is waited for, as TF Serving does, not reported
 
 
 def test_metadata_is_tf_serving_signature_def_json(two_versions):
@@ -167,7 +222,7 @@ def test_metadata_is_tf_serving_signature_def_json(two_versions):
     assert images["name"].endswith(":0")
     assert signature["outputs"]["class_ids"]["dtype"] == "DT_INT64"
     loaded = manager.resolve("m")
-    outputs = loaded.signature("").run(
+    outputs = loaded.signatures["serving_default"].run(
         {"images": np.zeros((2, 8, 8, 1), np.float32), "target_prior": np.ones((2, 10), np.float32)}
     )
     assert outputs["probabilities"].shape == (2, 10)

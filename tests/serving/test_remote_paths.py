@@ -12,8 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.model_manager import ModelManager, base_path_problem, read_model_config_file
-from serving.server import ServerOptions
+from serving.model_manager import ModelManager, read_model_config_file
+from serving.server_core import ServerOptions
+from serving.storage import base_path_problem
 from tests.serving.serving_support import InProcessServer, ServerProcess, http, run_signature
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

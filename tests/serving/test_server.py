@@ -84,7 +84,8 @@ def test_metadata_lists_both_inputs_of_serving_default(server_url):
     inputs = signatures["serving_default"]["inputs"]
     assert set(inputs) == {"images", "target_prior"}
     assert [d["size"] for d in inputs["target_prior"]["tensor_shape"]["dim"]] == ["-1", "10"]
-    assert set(signatures["serving_default"]["outputs"]) == {"probabilities", "logits", "class_ids"}
+    outputs = set(signatures["serving_default"]["outputs"])
+    assert outputs == {"probabilities", "logits", "class_ids", "posteriors"}
 
 
 def test_row_and_columnar_predictions_equal_the_in_process_call(
@@ -206,14 +207,23 @@ BAD_REQUESTS = {
         400,
         "Encountered list at unexpected size",
     ),
-    "negative_prior": (instance(prior=[-0.1] + PRIOR[1:]), 400, "negative entries"),
+    "negative_prior": (
+        instance(prior=[-0.1] + PRIOR[1:]),
+        400,
+        "input tensor 'target_prior' has negative entries: -0.1 at [0,0]; expected finite, "
+        "non-negative class weights with a positive sum in every row",
+    ),
     "nan_prior": (
         b'{"instances": [{"images": %s, "target_prior": [NaN, %s]}]}'
         % (json.dumps(IMAGE).encode(), b", ".join([b"0.1"] * 9)),
         400,
-        "NaN or infinite",
+        "input tensor 'target_prior' has NaN or infinite entries: NaN at [0,0]",
     ),
-    "all_zero_prior": (instance(prior=[0.0] * 10), 400, "sums to 0"),
+    "all_zero_prior": (
+        instance(prior=[0.0] * 10),
+        400,
+        "input tensor 'target_prior' sums to 0 in row 0",
+    ),
     "short_prior": (instance(prior=PRIOR[:9]), 400, "input tensor 'target_prior' has shape"),
     "long_prior": (instance(prior=PRIOR + [0.1]), 400, "input tensor 'target_prior' has shape"),
     "missing_input": ({"inputs": {"images": [IMAGE]}}, 400, "Missing named input: target_prior"),
@@ -390,13 +400,16 @@ def test_concurrent_clients_get_their_own_answers(server_url, saved_model, digit
 
 
 def wait_for_version(url: str, model: str, version: str, seconds: float = 120.0) -> dict:
-    """The model's version states once `version` is AVAILABLE and no version is still changing
-    state (an old version passes through UNLOADING before END)."""
+    """The model's version states once `version` is the one AVAILABLE version and no version is
+    still changing state (a new version is AVAILABLE before the old one passes through
+    UNLOADING to END, so for a moment both are AVAILABLE)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         status, body = http(f"{url}/v1/models/{model}")
         states = {s["version"]: s["state"] for s in body.get("model_version_status", [])}
-        if states.get(version) == "AVAILABLE" and "UNLOADING" not in states.values():
+        settled = {"START", "LOADING", "UNLOADING"}.isdisjoint(states.values())
+        only = [v for v, state in states.items() if state == "AVAILABLE"] == [version]
+        if settled and only:
             return states
         time.sleep(0.25)
     raise AssertionError(f"version {version} of {model} never became AVAILABLE: {body}")

@@ -2,13 +2,13 @@
 
 A bad flag or file ends in one `error: ...` line naming the flag, the value and what was expected,
 with exit status 2 and no traceback; all are found before TensorFlow is imported, so within
-seconds. The poll intervals' 0 ("exactly once", as in TF Serving) is checked in process (no poll
-task is started) and with real servers (a version pushed later is not loaded).
+seconds. The poll intervals' 0 ("exactly once", as in TF Serving) is checked with real servers (a
+version pushed later is not loaded); tests/serving/test_server_core.py checks that no poll task
+is started.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -19,10 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from serving.flags import check_flags
-from serving.server import ServerOptions, ServingApp, build_parser, channel_arguments_from_args
+from serving.flags import build_parser, channel_arguments_from_args, check_flags
 from tests.serving.serving_support import REPO_ROOT, ServerProcess, free_port, http
 
 PROCESS_SECONDS = 120
@@ -337,6 +335,33 @@ def test_every_tf_serving_flag_is_accepted_in_both_forms():
     assert channel_arguments_from_args(channel) == (("a.b", 1), ("c", "x"))
 
 
+@pytest.mark.parametrize("operator_value, applied", [(None, "1"), ("0", "0")])
+def test_tensorflow_settings_are_applied_in_main_not_on_import(operator_value, applied):
+    """Importing the server changes no environment variable and imports neither TensorFlow nor
+    lade_tf; `main` turns oneDNN on before TensorFlow loads, unless the operator chose."""
+    script = (
+        "import os, sys\n"
+        "import serving.server\n"
+        "before = os.environ.get('TF_ENABLE_ONEDNN_OPTS')\n"
+        "assert serving.server.main(['--model-base-path', serving.server.__file__]) == 2\n"
+        "print(before, os.environ['TF_ENABLE_ONEDNN_OPTS'], 'tensorflow' in sys.modules, "
+        "'lade_tf' in sys.modules)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if operator_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = operator_value
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_SECONDS,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == [str(operator_value), applied, "False", "False"]
+
+
 def test_version_prints_and_exits_0():
     result = start("--version")
     assert result.returncode == 0 and result.stdout.startswith("TensorFlow ModelServer: ")
@@ -363,84 +388,6 @@ def test_help_states_what_the_poll_intervals_and_their_0_mean(monkeypatch):
         .file_system_poll_wait_seconds
         == 0
     )
-
-
-class RecordingManager:
-    """Stands in for ModelManager: records the polls and config re-reads the app makes."""
-
-    models: dict = {}
-
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def poll(self, new_only: bool = False) -> None:
-        self.calls.append("poll new models" if new_only else "poll")
-
-    def reconfigure(self, configs) -> None:
-        self.calls.append("reconfigure")
-
-
-def run_app_for(options: ServerOptions, seconds: float) -> tuple[list[str], int]:
-    """The app's start-up and clean-up around `seconds` of running (no socket, no models).
-
-    Returns:
-        the manager calls made while it ran, and how many other asyncio tasks it had started.
-    """
-    manager = RecordingManager()
-
-    async def run() -> int:
-        runner = web.AppRunner(ServingApp(manager, options).application())
-        await runner.setup()  # runs the app's on_startup: where poll tasks would start
-        try:
-            tasks = len(asyncio.all_tasks() - {asyncio.current_task()})
-            await asyncio.sleep(seconds)
-        finally:
-            await runner.cleanup()
-        return tasks
-
-    tasks = asyncio.run(run())
-    return manager.calls, tasks
-
-
-@pytest.fixture()
-def config_file(tmp_path) -> str:
-    path = tmp_path / "models.config"
-    path.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" }} }}\n')
-    return str(path)
-
-
-def test_poll_intervals_of_0_start_no_poll_task_and_never_poll(config_file):
-    calls, tasks = run_app_for(
-        ServerOptions(
-            file_system_poll_wait_seconds=0,
-            model_config_file=config_file,
-            model_config_file_poll_wait_seconds=0,
-        ),
-        1.0,
-    )
-    assert (calls, tasks) == ([], 0)
-
-
-def test_a_positive_file_system_poll_interval_polls_again_and_again(config_file):
-    calls, tasks = run_app_for(
-        ServerOptions(file_system_poll_wait_seconds=0.1, model_config_file=config_file), 1.0
-    )
-    assert tasks == 1
-    assert set(calls) == {"poll"} and len(calls) >= 3  # the config file is never re-read
-
-
-def test_the_config_file_is_re_read_while_the_file_system_poll_is_off(config_file):
-    calls, tasks = run_app_for(
-        ServerOptions(
-            file_system_poll_wait_seconds=0,
-            model_config_file=config_file,
-            model_config_file_poll_wait_seconds=0.1,
-        ),
-        1.0,
-    )
-    assert tasks == 1
-    assert len(calls) >= 6 and calls[:2] == ["reconfigure", "poll new models"]
-    assert set(calls) == {"reconfigure", "poll new models"}  # only added models are polled
 
 
 def model_states(url: str, name: str) -> dict[str, str]:

@@ -1,14 +1,11 @@
-"""JSON <-> tensors for the Predict REST API, with TF Serving's formats and error messages.
+"""JSON request -> tensors for the REST API, with TF Serving's formats and error messages.
 
-Mirrors tensorflow_serving/util/json_tensor.cc: a request carries either `instances` (row format,
-one entry per batch row, objects keyed by input name when the signature has several inputs) or
-`inputs` (columnar format: one value, or an object of input name -> tensor); string inputs may be
-`{"b64": "..."}`. A row request is answered with `predictions` (a list; a list of objects when
-there are several outputs), a columnar one with `outputs` (a value, or an object of output name ->
-tensor). Floats are written with the shortest text that reads back as the same float32/float64,
-NaN/Infinity as bare tokens, outputs whose name ends in `_bytes` as `{"b64": ...}`. As in TF
-Serving 2.18, any number sent to a float input is cast, and int8 / int16 / uint8 inputs take an
-int32 and keep its low bits.
+Mirrors the reading half of tensorflow_serving/util/json_tensor.cc: a predict request carries
+either `instances` (row format, one entry per batch row, objects keyed by input name when the
+signature has several inputs) or `inputs` (columnar format: one value, or an object of input name
+-> tensor); string inputs may be `{"b64": "..."}`. As in TF Serving 2.18, any number sent to a
+float input is cast, and int8 / int16 / uint8 inputs take an int32 and keep its low bits. The
+answer is written by `serving.json_response`, in the format the request used (ROW or COLUMNAR).
 """
 
 from __future__ import annotations
@@ -27,28 +24,21 @@ try:  # about 3x faster than json for large tensors; strict JSON only, so json r
 except ImportError:  # pragma: no cover - optional
     orjson = None
 
-from serving.status import ServingError, invalid_argument
+from serving.errors import SNIPPET_BYTES, ServingError, cut_to_bytes, invalid_argument, snippet
+from serving.signature_inputs import (
+    DEFAULT_SIGNATURE,
+    TensorSpec,
+    check_batch_size,
+    dtype_string,
+    has_batch_axis,
+    shape_text,
+)
 
+#: Request formats (TF Serving's JsonPredictRequestFormat); the response uses the request's.
 ROW = "row"
-_WEB_SAFE = str.maketrans("-_", "+/")
 COLUMNAR = "columnar"
+_WEB_SAFE = str.maketrans("-_", "+/")
 
-#: TensorFlow dtype name -> the name TF Serving's messages use (DataTypeString).
-_DTYPE_STRINGS = {
-    "float32": "float",
-    "float64": "double",
-    "float16": "half",
-    "int8": "int8",
-    "int16": "int16",
-    "int32": "int32",
-    "int64": "int64",
-    "uint8": "uint8",
-    "uint16": "uint16",
-    "uint32": "uint32",
-    "uint64": "uint64",
-    "bool": "bool",
-    "string": "string",
-}
 # The JSON integers each integer dtype accepts, as rapidjson's IsInt / IsUint / IsInt64 /
 # IsUint64 decide in TF Serving; int8, int16 and uint8 take any int32 and keep its low bits
 # (TF Serving fills the TensorProto's int_val, which is truncated to the dtype).
@@ -65,43 +55,7 @@ _TRUNCATED = ("int8", "int16", "uint8")
 #: Float dtypes a JSON number is cast to (rapidjson GetFloat / GetDouble: a static_cast, so a
 #: value beyond float32's range becomes +-inf). TF Serving has no JSON conversion to half.
 _FLOATS = ("float32", "float64")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """What a signature input expects: a TensorFlow dtype name and a shape (None = any size)."""
-
-    dtype: str
-    shape: tuple[int | None, ...] | None
-
-    def shape_text(self) -> str:
-        if self.shape is None:
-            return "[?]"
-        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
-
-
-# ---------------------------------------------------------------------------------------------
-# Requests
-
-
-#: Longest quote of a request in an error message, in UTF-8 bytes (TF Serving's snippet size).
-SNIPPET_BYTES = 256
-#: Longest error message in a response body; a safety net over messages not built from snippets.
-MAX_ERROR_BYTES = 16 * 1024
 _SNIPPET_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=True)
-
-
-def _cut(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` UTF-8 bytes, ending in "..." when something was cut."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", errors="ignore") + "..."
-
-
-def snippet(text: str) -> str:
-    """Request text (a name, a path) quoted in an error message: one line, at most 256 bytes."""
-    return _cut(text.replace("\r", "\\r").replace("\n", "\\n"), SNIPPET_BYTES)
 
 
 def _value_text(value: Any) -> str:
@@ -123,7 +77,7 @@ def _value_text(value: Any) -> str:
         if not pieces:
             return _json_type(value)
         pieces.append("...")
-    return _cut("".join(pieces), SNIPPET_BYTES)
+    return cut_to_bytes("".join(pieces), SNIPPET_BYTES)
 
 
 def _json_type(value: Any) -> str:
@@ -145,7 +99,7 @@ def _json_type(value: Any) -> str:
 def _type_error(value: Any, dtype: str) -> ServingError:
     return invalid_argument(
         f"JSON Value: {_value_text(value)} Type: {_json_type(value)} is not "
-        f"of expected type: {_DTYPE_STRINGS.get(dtype, dtype)}"
+        f"of expected type: {dtype_string(dtype)}"
     )
 
 
@@ -198,8 +152,7 @@ def _scalar(value: Any, dtype: str) -> Any:
         return value
     raise ServingError(
         "UNIMPLEMENTED",
-        f"Conversion of JSON Value: {_value_text(value)} to "
-        f"type: {_DTYPE_STRINGS.get(dtype, dtype)}",
+        f"Conversion of JSON Value: {_value_text(value)} to type: {dtype_string(dtype)}",
     )
 
 
@@ -294,10 +247,6 @@ def _to_array(value: Any, dtype: str, fast: bool) -> np.ndarray:
     return _leaf_array(leaves, dtype).reshape(shape)
 
 
-def _shape_text(shape) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
-
-
 def _rows_from_instances(
     instances: list, specs: Mapping[str, TensorSpec], fast: bool
 ) -> dict[str, np.ndarray]:
@@ -332,7 +281,7 @@ def _rows_from_instances(
                 raise invalid_argument(f"Expecting tensor size: {expected} but got: {len(leaves)}")
             if shapes[name] != shape:
                 raise invalid_argument(
-                    f"Expecting shape {_shape_text(shapes[name])} but got: {_shape_text(shape)}"
+                    f"Expecting shape {shape_text(shapes[name])} but got: {shape_text(shape)}"
                 )
         shapes[name] = shape
         rows[name].append(leaves)
@@ -480,7 +429,10 @@ def classify_regress_examples(document: dict, method: str) -> list:
 
 
 def predict_inputs(
-    document: dict, body: bytes, specs: Mapping[str, TensorSpec]
+    document: dict,
+    body: bytes,
+    specs: Mapping[str, TensorSpec],
+    max_batch_size: int | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Input tensors of a parsed predict request and its format (ROW or COLUMNAR).
 
@@ -488,21 +440,23 @@ def predict_inputs(
         document: the parsed request object (see `parse_json`).
         body: the raw body; when it has no `true`/`false` token the NumPy fast path is safe.
         specs: the signature's inputs, name -> TensorSpec.
+        max_batch_size: the most rows the request may carry (None: any number), checked before
+            any tensor is built.
 
     Raises:
-        ServingError: INVALID_ARGUMENT with TF Serving's message for a malformed request, or for
-            tensors whose dtype or shape the signature does not accept.
+        ServingError: INVALID_ARGUMENT with TF Serving's message for a malformed request, for
+            tensors whose dtype or shape the signature does not accept, or for too many rows.
     """
     if not specs:
         raise invalid_argument("Failed to get input map for signature")
     try:
-        return _predict_inputs(document, body, specs)
+        return _predict_inputs(document, body, specs, max_batch_size)
     except RecursionError:
         raise invalid_argument("JSON Value nested too deeply for any tensor") from None
 
 
 def _predict_inputs(
-    document: dict, body: bytes, specs: Mapping[str, TensorSpec]
+    document: dict, body: bytes, specs: Mapping[str, TensorSpec], max_batch_size: int | None
 ) -> tuple[dict[str, np.ndarray], str]:
     fast = b"true" not in body and b"false" not in body
     if "instances" in document:
@@ -517,109 +471,65 @@ def _predict_inputs(
             raise _format_error(document, "Excepting 'instances' to be an list/array")
         if not instances:
             raise _format_error(document, "No values in 'instances' array")
+        if max_batch_size is not None:
+            check_batch_size(len(instances), max_batch_size, "'instances'")
         tensors, request_format = _rows_from_instances(instances, specs, fast), ROW
     elif "inputs" in document:
+        if max_batch_size is not None:
+            _check_columnar_batch_size(document["inputs"], specs, max_batch_size)
         tensors, request_format = _columns_from_inputs(document["inputs"], specs, fast), COLUMNAR
     else:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
     return tensors, request_format
 
 
-def check_shape(name: str, tensor: np.ndarray, spec: TensorSpec) -> None:
-    """INVALID_ARGUMENT unless `tensor`'s shape fits the signature input `spec`."""
-    if spec.shape is None:
-        return
-    shape = tensor.shape
-    if len(shape) != len(spec.shape) or any(
-        want is not None and want != got for want, got in zip(spec.shape, shape)
-    ):
-        raise invalid_argument(
-            f"input tensor '{name}' has shape {_shape_text(shape)}, but the signature expects "
-            f"{spec.shape_text()} (-1: any size)"
-        )
+def _check_columnar_batch_size(value: Any, specs: Mapping[str, TensorSpec], limit: int) -> None:
+    """The batch-size limit on columnar `inputs`: the length of each batched input's list."""
+    if isinstance(value, dict) and not _is_base64_object(value):
+        named = {name: value.get(name) for name in sorted(specs)}
+    else:
+        named = {name: value for name in sorted(specs)}  # one input (else malformed, named later)
+    for name, tensor in named.items():
+        if isinstance(tensor, list) and has_batch_axis(specs[name]):
+            check_batch_size(len(tensor), limit, f"input '{name}'")
 
 
-# ---------------------------------------------------------------------------------------------
-# Responses
+@dataclass(frozen=True)
+class PredictRequest:
+    """A decoded REST predict request."""
+
+    signature_name: str
+    tensors: dict[str, np.ndarray]
+    request_format: str  # ROW or COLUMNAR: the response uses the same
 
 
-def _leaf_texts(name: str, tensor: np.ndarray) -> np.ndarray:
-    """Every element of `tensor` as its JSON text, same shape."""
-    kind = tensor.dtype.kind
-    if kind == "f":
-        texts = tensor.astype(str)  # shortest text that reads back as the same float32/float64
-        if not np.all(np.isfinite(tensor)):
-            texts = np.where(np.isnan(tensor), "NaN", texts)
-            texts = np.where(np.isposinf(tensor), "Infinity", texts)
-            texts = np.where(np.isneginf(tensor), "-Infinity", texts)
-        return texts
-    if kind in "iu":
-        return tensor.astype(str)
-    if kind == "b":
-        return np.where(tensor, "true", "false")
-    as_bytes = name.endswith("_bytes")
-    texts = np.empty(tensor.shape, dtype=object)
-    flat = texts.reshape(-1)
-    for index, value in enumerate(tensor.reshape(-1)):
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if as_bytes:
-            flat[index] = '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
-        else:
-            flat[index] = json.dumps(value.decode("utf-8", errors="replace"), ensure_ascii=False)
-    return texts
+def decode_predict_request(
+    body: bytes,
+    signatures: Mapping[str, Mapping[str, TensorSpec]] | ServingError,
+    max_batch_size: int | None = None,
+) -> PredictRequest:
+    """A REST predict body decoded for the resolved model version, in TF Serving's order: the
+    JSON's own errors first, then the version's (not found), the signature's, the inputs'.
 
-
-def _nested(texts) -> str:
-    if not isinstance(texts, np.ndarray):
-        return str(texts)
-    if texts.ndim == 0:
-        return str(texts[()])
-    if texts.ndim == 1:
-        return "[" + ", ".join(texts.tolist()) + "]"
-    return "[" + ", ".join(_nested(part) for part in texts) + "]"
-
-
-def predict_response(outputs: Mapping[str, np.ndarray], request_format: str) -> bytes:
-    """The JSON body answering a predict request (MakeJsonFromTensors).
+    Args:
+        body: the request body.
+        signatures: signature name -> its inputs' specs, of the version the path names; or the
+            ServingError resolving that version raised, reported once the JSON has been read.
+        max_batch_size: the most rows the request may carry (None: any number).
 
     Raises:
-        ServingError: INVALID_ARGUMENT when row format is impossible (a scalar output, or
-            outputs with different batch sizes), as in TF Serving.
+        ServingError: as `parse_json`, `signature_name_of` and `predict_inputs`; `signatures`
+            itself; INVALID_ARGUMENT for a signature the version does not have.
     """
-    if not outputs:
-        raise invalid_argument("Cannot convert empty tensor map to JSON")
-    names = sorted(outputs)
-    texts = {name: _leaf_texts(name, np.asarray(outputs[name])) for name in names}
-    if request_format == COLUMNAR:
-        if len(names) == 1:
-            body = _nested(texts[names[0]])
-        else:
-            body = "{" + ", ".join(f"{json.dumps(n)}: {_nested(texts[n])}" for n in names) + "}"
-        return ('{"outputs": ' + body + "}").encode("utf-8")
-    batch = None
-    for name in names:
-        if texts[name].ndim == 0:
-            raise invalid_argument(f"Tensor name: {name} has no shape information ")
-        size = texts[name].shape[0]
-        if batch is not None and size != batch:
-            raise invalid_argument(
-                f"Tensor name: {name} has inconsistent batch size: {size} expecting: {batch}"
-            )
-        batch = size
-    if len(names) == 1:
-        rows = [_nested(row) for row in texts[names[0]]]
-    else:
-        keys = [json.dumps(name) for name in names]
-        rows = [
-            "{"
-            + ", ".join(f"{key}: {_nested(texts[name][i])}" for key, name in zip(keys, names))
-            + "}"
-            for i in range(batch)
-        ]
-    return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8")
-
-
-def error_body(message: str) -> bytes:
-    """`{"error": "<message>"}`, the body of every failed REST call (at most MAX_ERROR_BYTES)."""
-    return json.dumps({"error": _cut(message, MAX_ERROR_BYTES)}).encode("utf-8")
+    document = parse_json(body)
+    signature_name = signature_name_of(document) or DEFAULT_SIGNATURE
+    if isinstance(signatures, ServingError):
+        raise signatures
+    if signature_name not in signatures:
+        raise invalid_argument(
+            f'Serving signature name: "{snippet(signature_name)}" not found in signature def'
+        )
+    tensors, request_format = predict_inputs(
+        document, body, signatures[signature_name], max_batch_size
+    )
+    return PredictRequest(signature_name, tensors, request_format)

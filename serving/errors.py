@@ -1,7 +1,9 @@
-"""Canonical error codes and their HTTP status, as TF Serving's REST server maps them.
+"""Error codes: the canonical codes, their HTTP statuses, and the error every layer raises.
 
 TF Serving answers every failed REST call with `{"error": "<message>"}` and an HTTP status chosen
-from the gRPC/TensorFlow error code (`ToHTTPStatusCode` in tensorflow_serving's http_server.cc).
+from the gRPC/TensorFlow error code (`ToHTTPStatusCode` in tensorflow_serving's http_server.cc),
+and every failed gRPC call with the same code. Request text quoted in a message (a name, a path)
+goes through `snippet`, so a message stays one short line whatever the request held.
 """
 
 from __future__ import annotations
@@ -49,6 +51,25 @@ _CODE_NAMES = {
 }
 
 
+#: Longest quote of a request in an error message, in UTF-8 bytes (TF Serving's snippet size).
+SNIPPET_BYTES = 256
+#: Longest error message in a response body; a safety net over messages not built from snippets.
+MAX_ERROR_BYTES = 16 * 1024
+
+
+def cut_to_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending in "..." when something was cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore") + "..."
+
+
+def snippet(text: str) -> str:
+    """Request text (a name, a path) quoted in an error message: one line, at most 256 bytes."""
+    return cut_to_bytes(text.replace("\r", "\\r").replace("\n", "\\n"), SNIPPET_BYTES)
+
+
 class ServingError(Exception):
     """A failed request: a canonical code (e.g. "INVALID_ARGUMENT") and the message for the body."""
 
@@ -58,6 +79,10 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def __reduce__(self):
+        # Pickled with both arguments: requests decoded in another process raise it there.
+        return type(self), (self.code, self.message)
 
     @property
     def http_status(self) -> int:

@@ -1,4 +1,5 @@
-"""serving.json_tensor: TF Serving's REST JSON formats and error messages (no TensorFlow needed).
+"""serving.json_request: TF Serving's REST JSON request formats and error messages (no TensorFlow
+needed).
 
 Expected strings are the ones tensorflow_serving/util/json_tensor.cc produces and its tests check.
 """
@@ -11,16 +12,16 @@ import json
 import numpy as np
 import pytest
 
-from serving.json_tensor import (
+from serving.errors import ServingError
+from serving.json_request import (
     COLUMNAR,
     ROW,
-    TensorSpec,
+    decode_predict_request,
     parse_json,
     predict_inputs,
-    predict_response,
     signature_name_of,
 )
-from serving.status import ServingError
+from serving.signature_inputs import TensorSpec
 from tests.conftest import import_or_skip
 
 TWO_INPUTS = {
@@ -209,58 +210,6 @@ def test_bad_requests_get_tf_serving_errors(payload, specs, code, message):
     assert message in error.message
 
 
-def test_row_response_single_and_several_outputs():
-    single = json.loads(predict_response({"y": np.float32([[0.2, 1.0], [3.5, 4]])}, ROW))
-    assert single == {"predictions": [[0.2, 1.0], [3.5, 4.0]]}
-    several = json.loads(
-        predict_response(
-            {"class_ids": np.int64([3, 1]), "probabilities": np.float32([[0.25, 0.75], [1, 0]])},
-            ROW,
-        )
-    )
-    assert several == {
-        "predictions": [
-            {"class_ids": 3, "probabilities": [0.25, 0.75]},
-            {"class_ids": 1, "probabilities": [1.0, 0.0]},
-        ]
-    }
-
-
-def test_columnar_response_single_and_several_outputs():
-    assert json.loads(predict_response({"y": np.float32([3.5, 4.0])}, COLUMNAR)) == {
-        "outputs": [3.5, 4.0]
-    }
-    assert json.loads(
-        predict_response({"a": np.int64([1, 2]), "b": np.float32(0.5)}, COLUMNAR)
-    ) == {"outputs": {"a": [1, 2], "b": 0.5}}
-
-
-def test_floats_read_back_exactly_and_special_values_are_tokens():
-    values = np.float32([0.1, 1 / 3, 1e-45, 3.4e38, 16777216, -0.0, np.nan, np.inf, -np.inf])
-    text = predict_response({"y": values}, COLUMNAR).decode()
-    assert "NaN, Infinity, -Infinity" in text and "0.1," in text and "16777216.0" in text
-    decoded = np.float32(json.loads(text)["outputs"])
-    np.testing.assert_array_equal(decoded, values)
-
-
-def test_bytes_outputs_are_b64_and_strings_are_text():
-    body = json.loads(
-        predict_response(
-            {"image_bytes": np.array([b"\x00\xff"], object), "names": np.array([b"zero"], object)},
-            COLUMNAR,
-        )
-    )
-    assert body["outputs"]["image_bytes"] == [{"b64": base64.b64encode(b"\x00\xff").decode()}]
-    assert body["outputs"]["names"] == ["zero"]
-
-
-def test_row_response_needs_a_common_batch_size():
-    with pytest.raises(ServingError, match="inconsistent batch size"):
-        predict_response({"a": np.zeros(2), "b": np.zeros(3)}, ROW)
-    with pytest.raises(ServingError, match="has no shape information"):
-        predict_response({"a": np.float32(1.0)}, ROW)
-
-
 def test_fast_and_exact_paths_agree():
     rng = np.random.default_rng(0)
     images = (rng.random((3, 2, 2)) * 255).round(3)
@@ -288,10 +237,10 @@ class CountingParser:
 
 
 def test_without_orjson_the_standard_parser_gives_the_same_tensors_and_errors(monkeypatch):
-    import serving.json_tensor as json_tensor
+    import serving.json_request as json_request
 
     orjson = import_or_skip("orjson", "the REST server's fast JSON parser (requirements.txt)")
-    assert json_tensor.orjson is orjson
+    assert json_request.orjson is orjson
     # Strict JSON, so orjson itself parses it; numbers where two parsers could disagree.
     body = json.dumps(
         {
@@ -305,12 +254,12 @@ def test_without_orjson_the_standard_parser_gives_the_same_tensors_and_errors(mo
         }
     ).encode()
     counting = CountingParser(orjson)
-    monkeypatch.setattr(json_tensor, "orjson", counting)
+    monkeypatch.setattr(json_request, "orjson", counting)
     with_orjson, _ = parse(body, TWO_INPUTS)
     assert counting.parsed == 1  # the document came from orjson, not from the fallback
     malformed = [b"{", b'{"instances": [1, 2}', b'{"instances": [1.5] "x"}', b"\xff"]
     errors_with = [error_of(text, ONE_INPUT).message for text in malformed]
-    monkeypatch.setattr(json_tensor, "orjson", None)
+    monkeypatch.setattr(json_request, "orjson", None)
     without, _ = parse(body, TWO_INPUTS)
     for name in TWO_INPUTS:
         assert with_orjson[name].dtype == without[name].dtype == np.float32
@@ -394,3 +343,42 @@ def test_a_quoted_value_is_one_line_of_at_most_256_bytes():
     quoted = error.message[len("JSON Value: ") : error.message.index(" Type: Object")]
     assert quoted.endswith("...") and len(quoted.encode()) <= 256 + len("...")
     quoted.encode("utf-8")  # never cut inside a character
+
+
+@pytest.mark.parametrize(
+    "payload, source",
+    [
+        ({"instances": [[1, 2]] * 3}, "'instances'"),
+        ({"inputs": [[1, 2]] * 3}, "input 'x'"),
+        ({"inputs": {"x": [[1, 2]] * 3}}, "input 'x'"),
+    ],
+)
+def test_a_request_over_the_batch_size_limit_is_refused_before_its_tensors_are_built(
+    payload, source
+):
+    specs = {"x": TensorSpec("int32", (None, 2))}
+    body = json.dumps(payload).encode()
+    assert predict_inputs(parse_json(body), body, specs, max_batch_size=3)[0]["x"].shape == (3, 2)
+    with pytest.raises(ServingError) as caught:
+        predict_inputs(parse_json(body), body, specs, max_batch_size=2)
+    assert caught.value.message.startswith(f"Request batch size 3 ({source}) is larger than")
+    # Checked before any value is read: a string where a number belongs is not reached.
+    bad = json.dumps({"inputs": [["a", "b"]] * 3}).encode()
+    with pytest.raises(ServingError, match="batch size 3"):
+        predict_inputs(parse_json(bad), bad, specs, max_batch_size=2)
+
+
+def test_decoding_reports_json_then_version_then_signature_errors_as_tf_serving():
+    signatures = {"serving_default": TWO_INPUTS}
+    not_found = ServingError("NOT_FOUND", "Servable not found for request: Latest(m)")
+    good = json.dumps({"inputs": {"images": [IMAGE], "target_prior": [[1, 2, 3]]}}).encode()
+    request = decode_predict_request(good, signatures)
+    assert request.signature_name == "serving_default" and request.request_format == COLUMNAR
+    assert request.tensors["images"].shape == (1, 2, 2)
+    with pytest.raises(ServingError, match="JSON Parse error"):
+        decode_predict_request(b"{", not_found)
+    with pytest.raises(ServingError, match="Servable not found"):
+        decode_predict_request(good, not_found)
+    other = json.dumps({"signature_name": "other", "inputs": [1]}).encode()
+    with pytest.raises(ServingError, match='Serving signature name: "other" not found'):
+        decode_predict_request(other, signatures)
