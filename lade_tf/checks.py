@@ -234,20 +234,23 @@ def check_prior(
             f"{name} has shape {values.shape}: expected {expected} (one weight per class"
             + (", C >= 2)" if num_classes is None else ")")
         )
-    text = shown(values)
     if not np.isfinite(values).all():
         raise ValueError(
-            f"{name} {text} has NaN or infinite entries: expected finite, non-negative class "
-            "weights"
+            f"{name} {shown(values)} has NaN or infinite entries: expected finite, non-negative "
+            "class weights"
         )
     if (values < 0).any():
-        raise ValueError(f"{name} {text} has negative entries: expected non-negative class weights")
+        raise ValueError(
+            f"{name} {shown(values)} has negative entries: expected non-negative class weights"
+        )
     if not zeros and (values == 0).any():
-        raise ValueError(f"{name} {text} has zero entries: expected a positive weight per class")
+        raise ValueError(
+            f"{name} {shown(values)} has zero entries: expected a positive weight per class"
+        )
     sums = values.sum(axis=-1, keepdims=True)
     if (sums <= 0).any():
         raise ValueError(
-            f"{name} {text} sums to 0"
+            f"{name} {shown(values)} sums to 0"
             + (" (in some row)" if values.ndim == 2 else "")
             + ": expected at least one positive class weight"
         )

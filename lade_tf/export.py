@@ -14,8 +14,11 @@ signature applies the one inference rule, `lade_tf.layers.PriorCorrection`, to t
   it: calibrated Dirichlet-MAP EM (docs/design.md section 7), the graph twin of
   `lade_tf.prior_estimation.TargetPriorEstimator.estimate`, with the calibration fitted on the
   validation split and its constants baked into the graph
-- `class_info(class_ids)` -> `class_names`, `source_prior`, `class_counts`, so a client of plain TF
-  Serving can read the class names and the source prior with a standard Predict call
+- `class_info(class_ids)` -> `class_names`, `source_prior`, `class_counts`, and what a tracker of
+  a drifting prior needs besides the posteriors: `reference_prior` (the prior the posteriors are
+  calibrated for), `reference_confusion` (row `class_id` of the soft confusion matrix of the
+  calibrated validation posteriors, zeros without a validation split) and `prior_strength`, so a
+  client of plain TF Serving reads them with a standard Predict call
 
 `images` are float32 [batch, H, W, C] raw pixel values 0..255 (normalisation is inside the model),
 `target_prior` float32 [batch, num_classes] (each row normalised by the layer; zeros allowed).
@@ -208,10 +211,22 @@ class _ServingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):  # checked before gather (a GPU gather never fails)
             class_ids = tf.identity(class_ids)
+        estimator = self._estimator
+        confusion = estimator.reference_confusion
+        if confusion is None:  # no validation split: no soft-BBSE estimate, zeros say so
+            confusion = np.zeros((self._num_classes, self._num_classes))
         return {
             "class_names": tf.gather(tf.constant(self._class_names), class_ids),
             "source_prior": tf.gather(tf.constant(self._source_prior, tf.float32), class_ids),
             "class_counts": tf.gather(tf.constant(self._class_counts, tf.int64), class_ids),
+            # What a client-side tracker needs besides the served posteriors.
+            "reference_prior": tf.gather(
+                tf.constant(estimator.reference_prior, tf.float32), class_ids
+            ),
+            "reference_confusion": tf.gather(tf.constant(confusion, tf.float32), class_ids),
+            "prior_strength": tf.fill(
+                tf.shape(class_ids), tf.constant(estimator.prior_strength, tf.float32)
+            ),
         }
 
 

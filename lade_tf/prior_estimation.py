@@ -127,6 +127,10 @@ class TargetPriorEstimator:
         self.reference_prior = self.source_prior
         self.calibrator: Calibrator | None = Calibrator() if calibration == "none" else None
         self._val_probs: np.ndarray | None = None
+        #: The joint soft confusion matrix of the calibrated validation posteriors, A[i, j] =
+        #: (1 / M) sum_{k: y_k = j} q_k(i): what a tracker's soft-BBSE local estimate needs
+        #: (`lade_tf.local_estimates.SoftBBSE`); None until fitted on a validation split.
+        self.reference_confusion: np.ndarray | None = None
         self._val_labels: np.ndarray | None = None
 
     @property
@@ -176,8 +180,10 @@ class TargetPriorEstimator:
         scores = val_logits + self._offset + np.log(reference)
         calibrator = Calibrator.fit(scores, labels, self.calibration)
         self.reference_prior, self.calibrator = reference, calibrator
+        calibrated = softmax(calibrator.apply(scores))
+        self.reference_confusion = calibrated.T @ np.eye(self.num_classes)[labels] / len(labels)
         if self.method == "bbse":
-            self._val_probs = softmax(calibrator.apply(scores))
+            self._val_probs = calibrated
             self._val_labels = labels
         return self
 
@@ -248,6 +254,9 @@ class TargetPriorEstimator:
             "posterior_offset": offset.tolist(),
             "posterior_matrix": matrix.tolist(),
             "posterior_bias": bias.tolist(),
+            "reference_confusion": None
+            if self.reference_confusion is None
+            else self.reference_confusion.tolist(),
         }
 
     @classmethod
@@ -285,6 +294,16 @@ class TargetPriorEstimator:
             )
         estimator.reference_prior = reference / reference.sum()
         estimator.calibrator = calibrator
+        confusion = config.get("reference_confusion")
+        if confusion is not None:
+            confusion = np.asarray(confusion, np.float64)
+            size = estimator.num_classes
+            if confusion.shape != (size, size) or not np.isfinite(confusion).all():
+                raise ValueError(
+                    f"reference_confusion of shape {confusion.shape}: expected [{size}, {size}] "
+                    "finite values"
+                )
+            estimator.reference_confusion = confusion
         return estimator
 
     def _require_fitted(self) -> Calibrator:

@@ -44,7 +44,8 @@ run_stage "[3/4] layers with KERAS_BACKEND=jax, TensorFlow installed (.venv-lib)
 run_stage "[4/4] no TensorFlow: Keras on JAX, python -m lade_tf.train (.venv-jax)" \
   env KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q -rs -p no:cacheprovider \
   --durations=5 -m "backend_agnostic or no_tensorflow" tests/no_tensorflow \
-  tests/lib/test_losses.py tests/lib/test_metrics.py tests/lib/test_label_checks.py
+  tests/lib/test_losses.py tests/lib/test_metrics.py tests/lib/test_label_checks.py \
+  tests/lib/test_train_config.py tests/lib/test_prior_tracking.py
 
 echo "== summary${CI:+ (CI=$CI)}"
 printf '%s\n' "${summary[@]}"

@@ -14,6 +14,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
+from lade_tf import online_gradient
 from lade_tf import prior_tracking as pt
 from lade_tf.label_shift import estimate_target_prior
 from tests.conftest import REPO_ROOT
@@ -328,7 +329,7 @@ def test_rogd_step_is_projected_gradient_step_and_falls_back_to_finite_differenc
     local = bbse.estimate(batch)
     expected = pt.project_to_simplex(source - 3.0 * tracker.smooth_gradient(source, local))
     np.testing.assert_array_equal(tracker.update(batch), expected)
-    monkeypatch.setattr(pt, "ROGD_GRADIENT_LIMIT", -1.0)
+    monkeypatch.setattr(online_gradient, "ROGD_GRADIENT_LIMIT", -1.0)
     fallback = pt.ROGDTracker(bbse, source, val_probs, val_labels, lr=3.0)
     grad = pt.finite_gradient(lambda p: fallback.smooth_loss(p, local), source, 1e-2, 3)
     np.testing.assert_array_equal(fallback.update(batch), pt.project_to_simplex(source - 3 * grad))
@@ -387,6 +388,37 @@ def test_batch_em_is_the_library_estimate(digits_stream):
         batch, np.full(10, 0.1), prior_strength=2.0, prior_centre=source
     )
     np.testing.assert_array_equal(local.estimate(batch), expected)
+
+
+def test_make_local_estimator_builds_either_kind_from_the_reference_data(digits_stream):
+    val_probs, val_labels = digits_stream["val_probs"], digits_stream["val_labels"]
+    source, batch = digits_stream["source"], digits_stream["probs"][:10]
+    default = pt.make_local_estimator(val_probs, val_labels, source)
+    assert pt.DEFAULT_LOCAL_ESTIMATOR == "soft_bbse" and isinstance(default, pt.SoftBBSE)
+    np.testing.assert_array_equal(
+        default.estimate(batch), pt.SoftBBSE(val_probs, val_labels).estimate(batch)
+    )
+    em = pt.make_local_estimator(val_probs, val_labels, source, "batch_em", prior_strength=4.0)
+    reference = np.bincount(val_labels) / len(val_labels)
+    expected = estimate_target_prior(batch, reference, prior_strength=4.0, prior_centre=source)
+    np.testing.assert_allclose(em.estimate(batch), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="kind = 'mlls'"):
+        pt.make_local_estimator(val_probs, val_labels, source, "mlls")
+
+
+def test_prior_for_batch_is_map_em_centred_on_the_tracked_prior(digits_stream):
+    batch, source = digits_stream["probs"][30:38], digits_stream["source"]
+    tracked = np.r_[0.0, 0.5, 0.5, np.zeros(7)]
+    centre = np.maximum(tracked, 1e-6) / np.maximum(tracked, 1e-6).sum()
+    expected = estimate_target_prior(batch, source, prior_strength=10.0, prior_centre=centre)
+    estimate = pt.prior_for_batch(batch, tracked, source)
+    np.testing.assert_array_equal(estimate, expected)
+    assert estimate.min() > 0  # a class the tracker ruled out can come back
+    # A strong tracked prior dominates a small batch; a weak one lets the batch speak.
+    strong = pt.prior_for_batch(batch, tracked, source, prior_strength=1e6)
+    np.testing.assert_allclose(strong, centre, atol=1e-4)
+    weak = pt.prior_for_batch(batch, tracked, source, prior_strength=0.0)
+    np.testing.assert_allclose(weak, estimate_target_prior(batch, source), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- UOGD
@@ -611,6 +643,8 @@ def test_trackers_follow_a_drifting_digits_stream(digits_stream):
     assert errors["rogd"] < errors["source"], errors
     assert accuracy["forgetting"] > accuracy["source"]
     # Square wave between the head- and the tail-heavy prior: forgetting beats the history.
+    # Measured (seeds 0..3): source 0.80, history 0.63..0.66, forgetting 0.51..0.54, FLH-FTL
+    # 0.59..0.60.
     trackers = {
         "history": pt.HistoryTracker(source),
         "forgetting": pt.ForgettingTracker(source, half_life=50),
@@ -618,5 +652,6 @@ def test_trackers_follow_a_drifting_digits_stream(digits_stream):
     }
     steps = [head if (t // 15) % 2 == 0 else tail for t in range(60)]
     errors, _ = _run_stream(digits_stream, trackers, steps, 10, seed=1)
-    assert errors["forgetting"] < errors["history"] < errors["source"] + 0.05, errors
-    assert errors["forgetting"] < 0.8 * errors["source"] and errors["flh_ftl"] < errors["source"]
+    assert errors["forgetting"] < errors["history"] < errors["source"], errors
+    assert errors["forgetting"] < 0.75 * errors["source"], errors
+    assert errors["flh_ftl"] < 0.85 * errors["source"], errors

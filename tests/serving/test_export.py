@@ -214,7 +214,7 @@ def calibration_split(digits_split):
 @pytest.fixture(scope="module")
 def calibrated_exports(tmp_path_factory, trained_model, digits_split):
     """The CE model exported as itself and as a tau = 2 logit-adjusted model (logits shifted by
-    -2 log p_s: the same posteriors), each with a BCTS-calibrated estimate_prior."""
+    -2 log p_s: the same posteriors), each with a calibrated (Dirichlet) estimate_prior."""
     import keras
 
     counts = digits_split["counts"]
@@ -457,3 +457,20 @@ def test_trainer_fits_the_served_estimator_on_the_val_split(trained_model, digit
         (val_images[val_labels != 9], val_labels[val_labels != 9])
     ).batch(32)
     assert prior_estimator(trained_model, partial, counts, "ce", 1.0).calibrator.method == "none"
+
+
+def test_class_info_gives_a_client_side_tracker_its_constants(calibrated_exports, digits_split):
+    """The reference prior, the Dirichlet strength and the soft confusion matrix of the calibrated
+    validation posteriors, A[i, j] = mean over the split of q(i) 1[y = j], computed here from the
+    served posteriors of the validation images."""
+    model, estimator, loaded, _ = calibrated_exports["ce"]
+    val_images, val_labels, _ = calibration_split(digits_split)
+    info = run_signature(loaded, "class_info", class_ids=np.arange(10, dtype=np.int64))
+    np.testing.assert_allclose(info["reference_prior"], np.full(10, 0.1), atol=1e-7)
+    np.testing.assert_allclose(info["prior_strength"], DEFAULT_PRIOR_STRENGTH)
+    posteriors = run_signature(loaded, "predict_uniform", images=val_images)["posteriors"]
+    expected = posteriors.T @ np.eye(10)[val_labels] / len(val_labels)
+    np.testing.assert_allclose(info["reference_confusion"], expected, atol=1e-5)
+    np.testing.assert_allclose(
+        info["reference_confusion"], estimator.reference_confusion, atol=1e-6
+    )
