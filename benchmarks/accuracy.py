@@ -79,6 +79,7 @@ from harness import (
     LOGIT_ARRAYS,
     RESULTS_DIR,
     extracted_cifar10,
+    last_layer_arrays,
     machine_description,
     progress_logger,
     read_logits,
@@ -200,6 +201,7 @@ def train_and_predict(
     test_logits = model.predict(test, verbose=0)
     infer_seconds = time.perf_counter() - started
     return {
+        "last_layer": last_layer_arrays(model, val, test),
         "counts": counts,
         "test_logits": test_logits,
         "test_labels": test_labels,
@@ -267,6 +269,7 @@ def save_logits(path: Path, run: Mapping[str, Any], val_per_class: int) -> None:
         **{key: run[key] for key in LOGIT_ARRAYS},
         counts=run["counts"],
         val_per_class=val_per_class,
+        last_layer=run.get("last_layer"),
     )
 
 

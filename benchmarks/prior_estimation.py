@@ -144,14 +144,20 @@ def logits_of_trained_model(
     counts = [
         int(n) for n in json.loads((run_dir / CLASS_INFO_FILE).read_text())["counts"]["train"]
     ]
-    arrays = {}
+    arrays, images = {}, {}
     for split in ("val", "test"):
-        images, labels = split_arrays(examples, split, info)
-        arrays[f"{split}_logits"] = model.predict(images, batch_size=1000, verbose=0)
+        images[split], labels = split_arrays(examples, split, info)
+        arrays[f"{split}_logits"] = model.predict(images[split], batch_size=1000, verbose=0)
         arrays[f"{split}_labels"] = labels
     path = RESULTS / "logits" / f"{name}-{loss}.npz"
     val_per_class = int(info["counts"]["val"][0])
-    harness.write_logits(path, counts=counts, val_per_class=val_per_class, **arrays)
+    harness.write_logits(
+        path,
+        counts=counts,
+        val_per_class=val_per_class,
+        last_layer=harness.last_layer_arrays(model, images["val"], images["test"]),
+        **arrays,
+    )
     log(f"{loss}: logits kept in {path}")
     return harness.read_logits(path), output / "serving_model"
 
@@ -321,12 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lade_tf.priors import shifted_test_counts, subsample_by_counts
         from lade_tf.records import read_class_info
 
-        examples = default_examples(args.work_dir)
-        val_per_class = int(read_class_info(str(examples))["counts"]["val"][0])
+        examples = default_examples(args.work_dir, args.val_per_class)
         test_images, test_labels = split_arrays(examples, "test", read_class_info(str(examples)))
         for loss in [name.strip() for name in args.losses.split(",") if name.strip()]:
             runs[loss], serving = logits_of_trained_model(
-                loss, examples, args.work_dir, val_per_class
+                loss, examples, args.work_dir, args.name, args.seed
             )
             kept = subsample_by_counts(
                 test_labels,

@@ -34,10 +34,14 @@ run_stage() {
     $((seconds / 60)) $((seconds % 60)))")
 }
 
+# One pytest worker per core (pytest-xdist), whole files to a worker so that a file's fixtures
+# are built once; much of the suite waits on servers, pipelines and subprocesses.
+parallel=(-n auto --dist loadfile)
 run_stage "[1/4] full suite, TFX stack (.venv, Python 3.10)" \
-  .venv/bin/python -m pytest -q -rs --durations=15 --ignore=tests/no_tensorflow "$@" tests
+  .venv/bin/python -m pytest -q -rs --durations=15 "${parallel[@]}" --ignore=tests/no_tensorflow \
+  "$@" tests
 run_stage "[2/4] library tests, newest TensorFlow/Keras (.venv-lib, Python 3.11)" \
-  .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider tests/lib
+  .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider "${parallel[@]}" tests/lib
 run_stage "[3/4] layers with KERAS_BACKEND=jax, TensorFlow installed (.venv-lib)" \
   env KERAS_BACKEND=jax .venv-lib/bin/python -m pytest -q -rs -p no:cacheprovider \
   -m backend_agnostic tests/lib/test_layers.py
