@@ -21,6 +21,7 @@ from lade_tf.label_shift import (
 from lade_tf.tracking_checks import (
     STATE_FORMAT,
     TINY,
+    HeldPrior,
     check_state,
     checked_posteriors,
     em_options,
@@ -75,7 +76,7 @@ def running_map_em(
     return pi, responsibilities.sum(axis=0)
 
 
-class _MAPEMTracker:
+class _MAPEMTracker(HeldPrior):
     """What the three MAP-EM trackers share: p_s, p_r, the Dirichlet prior and EM's options."""
 
     kind = ""
@@ -106,16 +107,6 @@ class _MAPEMTracker:
         self.prior_strength = check_prior_strength(prior_strength)
         self.tol, self.max_iter = em_options(tol, max_iter)
         self._prior = self.source_prior.copy()
-
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return self.source_prior.size
-
-    @property
-    def prior(self) -> np.ndarray:
-        """The current estimate [C] (the prior for the next batch); p_s before any update."""
-        return self._prior.copy()
 
     def _options_state(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from lade_tf.checks import check_prior
 from lade_tf.local_estimates import LocalEstimator, local_estimator_from_state
 from lade_tf.tracking_checks import (
     STATE_FORMAT,
+    HeldPrior,
     check_state,
     positive_int,
     positive_number,
@@ -20,7 +21,7 @@ from lade_tf.tracking_checks import (
 )
 
 
-class FLHFTLTracker:
+class FLHFTLTracker(HeldPrior):
     """FLH-FTL (Baby et al. 2023): follow the leading history over follow-the-leader experts,
     as the authors' `FollowLeadingHistoryFollowTheLeaderEstimator`, on per-batch local
     estimates e_t (`SoftBBSE` or `BatchEM`).
@@ -84,16 +85,6 @@ class FLHFTLTracker:
         self.history = np.zeros((0, num_classes))
         self.weights = np.zeros(0)
         self._prior = self.source_prior.copy()
-
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return self.source_prior.size
-
-    @property
-    def prior(self) -> np.ndarray:
-        """The current estimate [C] (the prior for the next batch); p_s before any update."""
-        return self._prior.copy()
 
     @staticmethod
     def experts(history: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from lade_tf.checks import check_labels, check_prior
 from lade_tf.local_estimates import LocalEstimator, SoftBBSE, local_estimator_from_state
 from lade_tf.tracking_checks import (
     STATE_FORMAT,
+    HeldPrior,
     check_state,
     label_distribution,
     positive_int,
@@ -74,7 +75,7 @@ def finite_gradient(
     return np.asarray(rows, dtype=np.float64)
 
 
-class ROGDTracker:
+class ROGDTracker(HeldPrior):
     """ROGD (Wu et al. 2021): online projected gradient descent on the prior, as the authors'
     `RegularOnlineGradientEstimator` with the smooth loss (the default), on per-batch local
     estimates e_t.
@@ -142,16 +143,6 @@ class ROGDTracker:
             lr = (2 / total_steps) ** (1 / 2) / lipschitz
         self.lr = positive_number("lr", lr, "a learning rate > 0")
         self._prior = self.source_prior.copy()
-
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return self.source_prior.size
-
-    @property
-    def prior(self) -> np.ndarray:
-        """The current estimate [C] (the prior for the next batch); p_s before any update."""
-        return self._prior.copy()
 
     @property
     def _scaled_posteriors(self) -> np.ndarray:

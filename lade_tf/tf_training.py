@@ -20,6 +20,7 @@ epoch; a finished run returns at once.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -193,58 +194,53 @@ def train_model(
     schedule = warmup_schedule(config, steps_per_epoch(config, class_counts))
     loss = make_loss(config.loss, list(class_counts), **config.loss_options())
 
+    run = _TrainingRun(
+        config=config,
+        strategy=strategy,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        class_counts=class_counts,
+        input_shape=input_shape,
+        schedule=schedule,
+        loss=loss,
+        checkpoint_dir=checkpoint_dir,
+        log_dir=log_dir,
+        verbose=verbose,
+    )
     if uses_custom_loop(strategy):
-        model = _train_custom_loop(
-            config,
-            strategy,
-            train_ds,
-            val_ds,
-            class_counts,
-            input_shape,
-            schedule,
-            loss,
-            checkpoint_dir,
-            log_dir,
-            verbose,
-        )
+        model = _train_custom_loop(run)
     else:
-        model = _train_fit(
-            config,
-            strategy,
-            train_ds,
-            val_ds,
-            class_counts,
-            input_shape,
-            schedule,
-            loss,
-            checkpoint_dir,
-            log_dir,
-            callbacks,
-            verbose,
-        )
+        model = _train_fit(run, callbacks)
     return _inference_copy(model, config, num_classes, input_shape)
 
 
-def _train_fit(
-    config,
-    strategy,
-    train_ds,
-    val_ds,
-    class_counts,
-    input_shape,
-    schedule,
-    loss,
-    checkpoint_dir,
-    log_dir,
-    callbacks,
-    verbose,
-) -> keras.Model:
+@dataclasses.dataclass(frozen=True)
+class _TrainingRun:
+    """What both training paths take: the arguments of `train_model` and what it derived."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset | None
+    class_counts: Sequence[int]
+    input_shape: tuple[int, int, int]
+    schedule: WarmupSchedule
+    loss: keras.losses.Loss
+    checkpoint_dir: str | os.PathLike | None
+    log_dir: str | os.PathLike | None
+    verbose: int
+
+
+def _train_fit(run: _TrainingRun, callbacks: Sequence[keras.callbacks.Callback]) -> keras.Model:
+    config, strategy, schedule = run.config, run.strategy, run.schedule
+    class_counts = run.class_counts
+    checkpoint_dir, log_dir, val_ds = run.checkpoint_dir, run.log_dir, run.val_ds
     num_classes = len(class_counts)
     with strategy.scope():
-        model = _build_training_model(config, num_classes, input_shape, strategy)
+        model = _build_training_model(config, num_classes, run.input_shape, strategy)
         model.compile(
             optimizer=make_optimizer(config, schedule),
-            loss=loss,
+            loss=run.loss,
             metrics=training_metrics(num_classes),
             jit_compile=config.xla,
         )
@@ -267,42 +263,36 @@ def _train_fit(
         val_steps = int(val_ds.reduce(np.int64(0), lambda count, _: count + 1))
         val_ds = val_ds.repeat() if val_steps else None
     model.fit(
-        train_ds.repeat(),
+        run.train_ds.repeat(),
         steps_per_epoch=steps_per_epoch(config, class_counts),
         validation_data=val_ds,
         validation_steps=val_steps or None,
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         callbacks=all_callbacks,
-        verbose=verbose,
+        verbose=run.verbose,
         shuffle=False,
     )
     return model
 
 
-def _train_custom_loop(
-    config,
-    strategy,
-    train_ds,
-    val_ds,
-    class_counts,
-    input_shape,
-    schedule,
-    loss,
-    checkpoint_dir,
-    log_dir,
-    verbose,
-) -> keras.Model:
+def _train_custom_loop(run: _TrainingRun) -> keras.Model:
     """MultiWorkerMirroredStrategy: strategy.run over the global batches, same logs as fit."""
+    config, strategy, schedule = run.config, run.strategy, run.schedule
+    class_counts = run.class_counts
+    checkpoint_dir, log_dir, val_ds, loss = run.checkpoint_dir, run.log_dir, run.val_ds, run.loss
+    verbose = run.verbose
     num_classes = len(class_counts)
     chief = is_chief(strategy)
     options = tf.data.Options()
     # DATA sharding: every worker reads all files and keeps its slice of each global batch, so
     # the global batches are exactly those of a single worker (FILE sharding would regroup them).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    distributed = strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options))
+    distributed = strategy.experimental_distribute_dataset(
+        run.train_ds.repeat().with_options(options)
+    )
     with strategy.scope():
-        model = _build_training_model(config, num_classes, input_shape, strategy)
+        model = _build_training_model(config, num_classes, run.input_shape, strategy)
         optimizer = make_optimizer(config, schedule)
         if model.dtype_policy.name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

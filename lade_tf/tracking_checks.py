@@ -1,5 +1,5 @@
-"""What the trackers of `lade_tf.prior_tracking` share: the checks of their inputs and the plain
-data of their `state()` documents. NumPy only."""
+"""What the trackers of `lade_tf.prior_tracking` share: the checks of their inputs, the plain
+data of their `state()` documents, and the estimate they hold. NumPy only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,23 @@ from lade_tf.checks import check_labels, check_non_negative, check_probabilities
 #: Version tag of every `state()` document.
 STATE_FORMAT = "lade_tf.prior_tracking/1"
 TINY = np.finfo(np.float64).tiny
+
+
+class HeldPrior:
+    """The estimate a prior tracker holds: `source_prior` [C] and `_prior`, set by the tracker."""
+
+    source_prior: np.ndarray
+    _prior: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return self.source_prior.size
+
+    @property
+    def prior(self) -> np.ndarray:
+        """The current estimate [C] (the prior for the next batch); p_s before any update."""
+        return self._prior.copy()
 
 
 def checked_posteriors(posteriors: Any, num_classes: int) -> np.ndarray:

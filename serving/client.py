@@ -19,6 +19,16 @@ prior for all of them):
 `--grpc` sends the same requests (status, metadata, Predict with the target prior input,
 `estimate_prior`) over TF Serving's gRPC PredictionService instead of REST.
 
+With `--track-prior` the prior follows the traffic (`serving.prior_tracking_client`): each input
+(an image file, or a .npy batch) is one request, in the order given, predicted with the prior a
+tracker keeps here from the inputs before it and the input's own images; the tracker's state
+is read from and saved to `--tracker-state FILE`, so consecutive commands continue one stream.
+Works against any TF Serving. `--prior-stream NAME` asks the embedded server to keep the tracker
+instead (a request per input, naming the stream; `serving.prior_streams`).
+
+    python -m serving.client --model-name lade --track-prior --tracker-state shop.json a.png b.npy
+    python -m serving.client --model-name lade --prior-stream shop-42 a.png b.npy
+
 With `--prior estimate` the target prior is unknown: all inputs go, as one batch of raw pixels, to
 the `estimate_prior` signature (image files are decoded here with Pillow and resized to the model's
 input), which estimates p_t from the batch (calibrated EM, docs/design.md section 7); the client
@@ -37,7 +47,9 @@ from typing import Sequence
 import numpy as np
 
 from serving.grpc_client import GrpcServingClient
+from serving.prior_tracking_client import PriorTrackingClient
 from serving.rest_client import ServingClient, ServingRequestError
+from serving.tracked_prior import DEFAULT_TRACKER, TRACKER_KINDS, parse_tracker_options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 
@@ -210,6 +222,83 @@ def predict_files(
     return [entry for path in paths for entry in results[path]]
 
 
+def predict_files_in_turn(
+    predictor: ServingClient | PriorTrackingClient, paths: Sequence[str]
+) -> list[tuple[str, np.ndarray]]:
+    """(label, probabilities [C]) per input image, in input order: one request per input (an
+    image file, or a .npy batch), in turn, so that each is predicted after the ones before.
+
+    Args:
+        predictor: a `PriorTrackingClient`, or a client with a `prior_stream` (its
+            `predict_images` / `predict_encoded` take no prior).
+        paths: image files and .npy arrays.
+    """
+    _split_inputs(paths)
+    client = predictor.client if isinstance(predictor, PriorTrackingClient) else predictor
+    results: list[tuple[str, np.ndarray]] = []
+    for path in paths:
+        if path.lower().endswith(".npy"):
+            array = _load_array(path, client.input_shapes()["images"][1:])
+            rows = predictor.predict_images(array)["probabilities"]
+            labels = [path] if len(array) == 1 else [f"{path}[{i}]" for i in range(len(array))]
+        else:
+            with open(path, "rb") as handle:
+                rows = predictor.predict_encoded([handle.read()])["probabilities"]
+            labels = [path]
+        results += list(zip(labels, rows))
+    return results
+
+
+def _add_tracking_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("a prior that follows the traffic")
+    way = group.add_mutually_exclusive_group()
+    way.add_argument(
+        "--track-prior",
+        action="store_true",
+        help="keep a tracker of the prior here (any TF Serving): each input is one request, "
+        "predicted with the prior tracked from the inputs before it and its own images",
+    )
+    way.add_argument(
+        "--prior-stream",
+        metavar="NAME",
+        help="name a prior stream the embedded server tracks (one request per input)",
+    )
+    group.add_argument(
+        "--tracker-state",
+        metavar="FILE",
+        help="with --track-prior: read the tracker from FILE if it exists, save it there after",
+    )
+    group.add_argument("--tracker", choices=TRACKER_KINDS, default=DEFAULT_TRACKER)
+    group.add_argument(
+        "--tracker-options", default="", metavar="NAME=VALUE,...", help="e.g. half_life=100"
+    )
+    group.add_argument(
+        "--no-batch-prior",
+        action="store_true",
+        help="predict with the tracked prior alone, not MAP-EM on each input's own images",
+    )
+
+
+def _tracked_predictions(args: argparse.Namespace, client: ServingClient):
+    """(results, the tracked prior after them or None) for --track-prior / --prior-stream."""
+    if args.prior_stream:
+        client.prior_stream = args.prior_stream
+        return predict_files_in_turn(client, args.inputs), None
+    settings = {
+        "tracker": args.tracker,
+        "tracker_options": parse_tracker_options(args.tracker_options),
+        "batch_prior": not args.no_batch_prior,
+    }
+    if args.tracker_state:
+        tracking = PriorTrackingClient.load(client, args.tracker_state, **settings)
+    else:
+        tracking = PriorTrackingClient(client, **settings)
+    results = predict_files_in_turn(tracking, args.inputs)
+    if args.tracker_state:
+        tracking.save(args.tracker_state)
+    return results, tracking.prior
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m serving.client`."""
     parser = argparse.ArgumentParser(
@@ -245,14 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--timeout", type=float, default=30.0)
+    _add_tracking_flags(parser)
     args = parser.parse_args(argv)
+    if args.tracker_state and not args.track_prior:
+        parser.error("--tracker-state needs --track-prior")
     kind, target = (GrpcServingClient, args.grpc) if args.grpc else (ServingClient, args.url)
     client = kind(
         target, args.model_name, version=args.version, label=args.label, timeout=args.timeout
     )
     estimated = None
     try:
-        if args.prior == "estimate":
+        if args.track_prior or args.prior_stream:
+            results, estimated = _tracked_predictions(args, client)
+            num_classes = len(results[0][1])
+        elif args.prior == "estimate":
             estimated, results = estimate_files(client, args.inputs)
             num_classes = len(estimated)
         else:
@@ -262,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             names = [str(n) for n in client.class_info()["class_names"]]
         except (ServingRequestError, ValueError, KeyError):
             names = [str(c) for c in range(num_classes)]
-        if estimated is None:
+        if not (args.track_prior or args.prior_stream or args.prior == "estimate"):
             results = predict_files(client, args.inputs, prior)
     except (ServingRequestError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -295,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if estimated is not None:
         shown = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in enumerate(estimated))
-        print(f"estimated target prior ({len(results)} images): {shown}")
+        what = "tracked prior after" if args.track_prior else "estimated target prior"
+        print(f"{what} ({len(results)} images): {shown}")
     for label, best in rows:
         ranked = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in best)
         print(f"{label}: {ranked}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from typing import Callable, NoReturn, TypeVar
 
@@ -22,91 +21,22 @@ from serving.batching import (
     BatchingOptions,
     read_batching_parameters_file,
 )
+from serving.flag_values import (
+    StartupError,
+    bool_flag,
+    fraction_flag,
+    integer_flag,
+    positive_seconds,
+    seconds_flag,
+)
 from serving.model_manager import ModelConfig, read_model_config_file
 from serving.monitoring import MonitoringOptions, read_monitoring_config_file
+from serving.prior_stream_flags import add_prior_stream_flags, prior_streams_from_args
 from serving.server_core import ServerOptions
 from serving.storage import base_path_problem, is_remote
 
 log = logging.getLogger("serving")
 _T = TypeVar("_T")
-
-
-class StartupError(Exception):
-    """A bad flag, file or port found while starting: `main` prints `error: <message>`, exits 2."""
-
-
-def integer_flag(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer from `minimum` to `maximum` (None: no upper bound)."""
-    expected = (
-        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
-    )
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value
-
-    return parse
-
-
-def seconds_flag(zero: str, negative: str) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds >= 0.
-
-    Args:
-        zero: what 0 means, for the error message.
-        negative: what TF Serving does with a negative value (a clause), rejected here.
-    """
-    expected = f"a finite number of seconds >= 0 (0: {zero})"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value < 0:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected {expected}; {negative}, which this server does not support"
-            )
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
-        return value + 0.0  # -0.0 is 0
-
-    return parse
-
-
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds > 0")
-    return value
-
-
-def bool_flag(text: str) -> bool:
-    """An argparse type: TF Serving's boolean values (true/false, 1/0, any case)."""
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number from 0.0 to 1.0")
-    return value
 
 
 #: TF Serving flags with nothing to do here: name -> (type, TF Serving's default, why).
@@ -174,7 +104,7 @@ DEFAULT_ONLY_FLAGS: dict[str, tuple[Callable, object, str]] = {
         "grpcio-health-checking is not installed; use ModelService/GetModelStatus",
     ),
     "per_process_gpu_memory_fraction": (
-        _fraction,
+        fraction_flag,
         0.0,
         "TensorFlow's default GPU memory allocation is used",
     ),
@@ -336,6 +266,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="both TensorFlow thread counts where the two flags above are 0",
     )
     flag("version", action="store_true", help="print the version and exit")
+    add_prior_stream_flags(parser)
     group = parser.add_argument_group(
         "TF Serving flags accepted with nothing to do here",
         "; ".join(f"--{name}: {why}" for name, (_, _, why) in NO_OP_FLAGS.items()),
@@ -515,4 +446,5 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         enable_cors_support=args.rest_api_enable_cors_support,
         grpc_channel_arguments=channel_arguments_from_args(args),
         serialize_as_tensor_content=args.enable_serialization_as_tensor_content,
+        prior_streams=prior_streams_from_args(args),
     )

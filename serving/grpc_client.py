@@ -3,7 +3,8 @@
 `GrpcServingClient("127.0.0.1:8500", "lade")` has the methods of
 `serving.rest_client.ServingClient` (status and metadata as the JSON the REST API returns,
 predictions as NumPy arrays), sending the same requests as TensorProtos; it works against
-`serving.server` and against real TF Serving.
+`serving.server` and against real TF Serving. A `prior_stream` is named in the call metadata
+(`lade-prior-stream`); reading or resetting a stream's state is REST only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from serving.errors import HTTP_STATUS
+from serving.prior_streams import STREAM_METADATA_KEY, UPDATES_METADATA_KEY
 from serving.rest_client import ServingClient, ServingRequestError, as_prediction_arrays
 
 
@@ -22,7 +24,7 @@ class GrpcServingClient(ServingClient):
 
     Args:
         target: "host:port" of the gRPC server, e.g. "127.0.0.1:8500".
-        model_name, version, label, timeout: as for ServingClient.
+        model_name, version, label, timeout, prior_stream: as for ServingClient.
     """
 
     def __init__(
@@ -33,9 +35,15 @@ class GrpcServingClient(ServingClient):
         version: int | None = None,
         label: str | None = None,
         timeout: float = 30.0,
+        prior_stream: str | None = None,
     ):
         super().__init__(
-            "grpc://" + target, model_name, version=version, label=label, timeout=timeout
+            "grpc://" + target,
+            model_name,
+            version=version,
+            label=label,
+            timeout=timeout,
+            prior_stream=prior_stream,
         )
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -59,11 +67,18 @@ class GrpcServingClient(ServingClient):
         if signature_name:
             spec.signature_name = signature_name
 
-    def _rpc(self, method, request):
+    def _rpc(self, method, request, prior_stream: str | None = None):
         import grpc
 
         try:
-            return method(request, timeout=self.timeout)
+            if not prior_stream:
+                return method(request, timeout=self.timeout)
+            metadata = ((STREAM_METADATA_KEY, prior_stream),)
+            response, call = method.with_call(request, timeout=self.timeout, metadata=metadata)
+            for key, value in call.trailing_metadata() or ():
+                if key == UPDATES_METADATA_KEY:
+                    self.prior_stream_updates = int(value)
+            return response
         except grpc.RpcError as error:
             code = error.code().name
             raise ServingRequestError(
@@ -104,9 +119,15 @@ class GrpcServingClient(ServingClient):
         }
 
     def predict(
-        self, inputs: dict | Any, *, signature_name: str | None = None, row_format: bool = False
+        self,
+        inputs: dict | Any,
+        *,
+        signature_name: str | None = None,
+        row_format: bool = False,
+        prior_stream: str | None = None,
     ) -> Any:
-        """Predict over gRPC; returns the outputs as NumPy arrays (strings decoded as text).
+        """Predict over gRPC (naming `prior_stream` if given); returns the outputs as NumPy
+        arrays (strings decoded as text).
 
         `inputs` maps input names to arrays or nested lists ({"b64": ...} leaves are bytes).
         """
@@ -128,7 +149,7 @@ class GrpcServingClient(ServingClient):
         for key, value in inputs.items():
             dtype = tf.dtypes.as_dtype(self._dtypes[name].get(key, tf.float32.as_datatype_enum))
             request.inputs[key].CopyFrom(tf.make_tensor_proto(_tensor_value(value, dtype), dtype))
-        response = self._rpc(self._predictions.Predict, request)
+        response = self._rpc(self._predictions.Predict, request, prior_stream)
         outputs = {}
         for key, proto in response.outputs.items():
             array = tf.make_ndarray(proto)
@@ -140,11 +161,25 @@ class GrpcServingClient(ServingClient):
             outputs[key] = array
         return outputs
 
-    def predict_images(self, images: np.ndarray, target_prior: Sequence[float]) -> dict:
+    def predict_images(
+        self, images: np.ndarray, target_prior: Sequence[float] | None = None
+    ) -> dict:
         """As ServingClient.predict_images, sending the arrays as tensors."""
         images = np.asarray(images, dtype=np.float32)
-        prior = np.tile(np.asarray(target_prior, dtype=np.float32), (len(images), 1))
-        return as_prediction_arrays(self.predict({"images": images, "target_prior": prior}))
+        inputs = {"images": images}
+        if target_prior is not None or not self.prior_stream:
+            inputs.update(self._prior_inputs(target_prior, len(images)))
+            inputs["target_prior"] = np.asarray(inputs["target_prior"], dtype=np.float32)
+        outputs = self.predict(inputs, prior_stream=self._streamed(target_prior))
+        return as_prediction_arrays(outputs)
+
+    def prior_stream_state(self, stream: str | None = None) -> dict:
+        """REST only: use a ServingClient on the server's REST port."""
+        raise ValueError("a prior stream's state is read over REST: use ServingClient")
+
+    def reset_prior_stream(self, stream: str | None = None) -> dict:
+        """REST only: use a ServingClient on the server's REST port."""
+        raise ValueError("a prior stream is reset over REST: use ServingClient")
 
 
 def _tensor_value(value: Any, dtype) -> Any:

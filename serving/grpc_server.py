@@ -2,6 +2,10 @@
 (GetModelStatus, HandleReloadConfigRequest), over the same `ServerCore` (event loop, models,
 inference path) as the REST API.
 
+A Predict call whose metadata names a prior stream (`lade-prior-stream`, this server's extension,
+see `serving.prior_streams`) may omit target_prior; its answer carries the stream's update count
+in the trailing metadata `lade-prior-stream-updates`.
+
 Tensors are read with `tf.make_ndarray` and written with `tf.make_tensor_proto`; responses use
 the typed value fields (float_val, int64_val, ...) unless --enable_serialization_as_tensor_content
 asks for tensor_content, as in TF Serving. Errors are gRPC statuses with TF Serving's codes and
@@ -28,6 +32,7 @@ from tensorflow_serving.apis import (
 from serving.errors import ServingError, grpc_status_code, invalid_argument
 from serving.model_manager import parse_model_config
 from serving.monitoring import Metrics, RequestRecord, log_access
+from serving.prior_streams import STREAM_METADATA_KEY, UPDATES_METADATA_KEY
 from serving.server_core import ServerCore
 from serving.signature_inputs import DEFAULT_SIGNATURE
 
@@ -125,6 +130,17 @@ class _Rpc:
         await context.abort(grpc_status_code(failure.code), failure.message)
 
 
+def _stream_metadata(context: grpc.aio.ServicerContext) -> str | None:
+    """The prior stream a call's metadata names (lade-prior-stream), or None; one at most."""
+    values = [v for k, v in (context.invocation_metadata() or ()) if k == STREAM_METADATA_KEY]
+    if len(values) > 1:
+        raise invalid_argument(f"{STREAM_METADATA_KEY}: one metadata entry expected")
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _peer_host(peer: str) -> str:
     """The client address of a gRPC peer string ("ipv4:127.0.0.1:5000" -> "127.0.0.1")."""
     kind, _, rest = peer.partition(":")
@@ -152,10 +168,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         """Runs the signature the request's ModelSpec names on its input TensorProtos."""
 
         return await self.rpc.call(
-            _PREDICTION_SERVICE, "Predict", context, lambda record: self._predict(request, record)
+            _PREDICTION_SERVICE,
+            "Predict",
+            context,
+            lambda record: self._predict(request, record, context),
         )
 
-    async def _predict(self, request, record: RequestRecord):
+    async def _predict(self, request, record: RequestRecord, context):
+        stream = _stream_metadata(context)
+        if stream is not None:
+            self.core.require_prior_streams()
         name, version, label = _model_spec(request)
         record.model = name
         loaded = self.core.manager.resolve(name, version, label)
@@ -172,7 +194,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         tensors = await inference.run(
             lambda: {key: to_ndarray(key, value) for key, value in request.inputs.items()}
         )
-        outputs = await inference.predict(loaded, signature, tensors)
+        outputs, updates = await self.core.predict(loaded, signature, tensors, stream)
+        if updates is not None:
+            context.set_trailing_metadata(((UPDATES_METADATA_KEY, str(updates)),))
 
         def respond():
             response = predict_pb2.PredictResponse()

@@ -76,9 +76,14 @@ class InferenceCore:
             raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
 
     async def predict(
-        self, loaded: LoadedVersion, signature: Signature, tensors: dict[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """The signature's outputs for `tensors`, checked by `check_inputs` first.
+        self,
+        loaded: LoadedVersion,
+        signature: Signature,
+        tensors: dict[str, np.ndarray],
+        then: Callable[[dict[str, np.ndarray]], _T] | None = None,
+    ) -> dict[str, np.ndarray] | _T:
+        """The signature's outputs for `tensors`, checked by `check_inputs` first; with
+        `then`, `then(outputs)`, run in the thread that ran the signature when it ran alone.
 
         Raises:
             ServingError: INVALID_ARGUMENT for inputs the signature does not take, the
@@ -86,12 +91,15 @@ class InferenceCore:
         """
         check_inputs(signature.inputs, tensors, self.max_batch_size)
         if self.batching is None or not batchable(signature.name):
-            return await self.run(signature.run, tensors)
+            if then is None:
+                return await self.run(signature.run, tensors)
+            return await self.run(lambda: then(signature.run(tensors)))
         batcher = self._batcher(loaded, signature, tensors)
         try:
-            return await asyncio.wait_for(batcher.submit(tensors), self.timeout_seconds)
+            outputs = await asyncio.wait_for(batcher.submit(tensors), self.timeout_seconds)
         except asyncio.TimeoutError:
             raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+        return outputs if then is None else await self.run(then, outputs)
 
     def _batcher(self, loaded: LoadedVersion, signature: Signature, tensors) -> Batcher:
         shapes = tuple(sorted((name, tensor.shape[1:]) for name, tensor in tensors.items()))

@@ -507,6 +507,7 @@ def decode_predict_request(
     body: bytes,
     signatures: Mapping[str, Mapping[str, TensorSpec]] | ServingError,
     max_batch_size: int | None = None,
+    server_inputs: Mapping[str, str] | None = None,
 ) -> PredictRequest:
     """A REST predict body decoded for the resolved model version, in TF Serving's order: the
     JSON's own errors first, then the version's (not found), the signature's, the inputs'.
@@ -516,10 +517,14 @@ def decode_predict_request(
         signatures: signature name -> its inputs' specs, of the version the path names; or the
             ServingError resolving that version raised, reported once the JSON has been read.
         max_batch_size: the most rows the request may carry (None: any number).
+        server_inputs: inputs the server supplies for this request (a prior stream's
+            target_prior), name -> why: the request must not send them, and is decoded as if
+            the signature did not take them.
 
     Raises:
         ServingError: as `parse_json`, `signature_name_of` and `predict_inputs`; `signatures`
-            itself; INVALID_ARGUMENT for a signature the version does not have.
+            itself; INVALID_ARGUMENT for a signature the version does not have, or for a
+            server-supplied input the request sends.
     """
     document = parse_json(body)
     signature_name = signature_name_of(document) or DEFAULT_SIGNATURE
@@ -529,7 +534,25 @@ def decode_predict_request(
         raise invalid_argument(
             f'Serving signature name: "{snippet(signature_name)}" not found in signature def'
         )
-    tensors, request_format = predict_inputs(
-        document, body, signatures[signature_name], max_batch_size
-    )
+    specs = signatures[signature_name]
+    if server_inputs:
+        for name in sorted(_named_inputs(document) & set(server_inputs)):
+            raise invalid_argument(f"input '{name}' must not be sent: {server_inputs[name]}")
+        specs = {name: spec for name, spec in specs.items() if name not in server_inputs}
+    tensors, request_format = predict_inputs(document, body, specs, max_batch_size)
     return PredictRequest(signature_name, tensors, request_format)
+
+
+def _named_inputs(document: dict) -> set[str]:
+    """The input names a predict request spells out (columnar keys, row objects' keys)."""
+    value = document.get("inputs", document.get("instances"))
+    if isinstance(value, dict) and not _is_base64_object(value):
+        return set(value)
+    if isinstance(value, list):
+        return {
+            key
+            for element in value
+            if isinstance(element, dict) and not _is_base64_object(element)
+            for key in element
+        }
+    return set()

@@ -390,6 +390,10 @@ class ModelManager:
             },
         }
 
+    def available_versions(self) -> dict[str, set[int]]:
+        """Model name -> the versions loaded (AVAILABLE) now."""
+        return {name: set(model.available) for name, model in list(self.models.items())}
+
     def loaded_versions(self) -> dict[str, int]:
         """Model name -> number of versions loaded (AVAILABLE) now."""
         return {name: len(model.available) for name, model in list(self.models.items())}

@@ -16,7 +16,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from serving.flags import StartupError
+from serving.flag_values import StartupError
 from serving.model_manager import ModelManager
 from serving.rest_api import RestApiHandler
 from serving.server_core import ServerCore, ServerOptions

@@ -16,6 +16,16 @@ the Prometheus text exposition of:
   version's directory) and status ("success" or "fail"), TensorFlow's own metric of SavedModel
   loads, which TF Serving exports: a fail count that grows means a pushed version does not load.
 
+With prior streams on (`serving.prior_streams`, not TF Serving's), under `:lade:serving:`:
+`prior_streams` (gauge by model_name: streams held), `prior_stream_updates_total` and
+`prior_stream_images_total` (by model_name and version), `prior_stream_evictions_total` (by
+reason: lru, reset, version_unloaded), `prior_stream_state_errors_total` (saved states that could
+not be restored), `prior_stream_unsaved_updates` (gauge: updates not yet in a state file),
+`prior_stream_tracking_seconds` (histogram of a request's tracker update), and, for the
+--prior_stream_metrics_max_streams most updated streams only, `prior_stream_prior` (gauge by
+model_name, version, stream and class: the tracked prior) and `prior_stream_stream_updates`: the
+label values stay bounded by that number times the classes, however many streams there are.
+
 Every request, metrics on or not, also gets one access-log line on the `serving.access` logger
 (stderr), in the Common Log Format: `host - - [date] "request line" status bytes`.
 """
@@ -25,15 +35,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from serving.storage import read_text_file
 
+if TYPE_CHECKING:
+    from serving.prior_stream_registry import PriorStreamStats
+
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 access_log = logging.getLogger("serving.access")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TRACKING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+_PRIOR_STREAM = ":lade:serving:prior_stream"
 
 
 def _monitoring_config_class():
@@ -104,12 +119,14 @@ class Metrics:
     Args:
         loaded_versions: called at scrape time; model name -> versions AVAILABLE.
         load_attempts: called at scrape time; (version path, "success" | "fail") -> loads.
+        prior_stream_stats: called at scrape time when prior streams are on.
     """
 
     def __init__(
         self,
         loaded_versions: Callable[[], dict[str, int]],
         load_attempts: Callable[[], dict[tuple[str, str], int]],
+        prior_stream_stats: Callable[[], PriorStreamStats] | None = None,
     ):
         from prometheus_client import CollectorRegistry, Counter, Histogram
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -153,6 +170,20 @@ class Metrics:
 
         self.registry.register(LoadedVersions())
         self.registry.register(LoadAttempts())
+        self.prior_stream_tracking = None
+        if prior_stream_stats is not None:
+            self.registry.register(PriorStreamCollector(prior_stream_stats))
+            self.prior_stream_tracking = Histogram(
+                f"{_PRIOR_STREAM}_tracking_seconds",
+                "Seconds of a prior stream request's tracker update (and immediate save).",
+                buckets=_TRACKING_BUCKETS,
+                registry=self.registry,
+            )
+
+    def observe_prior_stream_tracking(self, seconds: float) -> None:
+        """Counts one prior stream update and its duration."""
+        if self.prior_stream_tracking is not None:
+            self.prior_stream_tracking.observe(seconds)
 
     def observe(self, record: RequestRecord) -> None:
         """Counts one finished request and its latency."""
@@ -173,6 +204,72 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class PriorStreamCollector:
+    """The prior stream metrics, read from `StreamRegistry.stats` at scrape time.
+
+    Args:
+        stats: returns the current figures.
+    """
+
+    def __init__(self, stats: Callable[[], PriorStreamStats]):
+        self.stats = stats
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.stats()
+        streams = GaugeMetricFamily(
+            ":lade:serving:prior_streams", "Prior streams held, per model.", labels=["model_name"]
+        )
+        for model, count in sorted(stats.streams.items()):
+            streams.add_metric([model], count)
+        yield streams
+        for what, values in (("updates", stats.updates), ("images", stats.images)):
+            family = CounterMetricFamily(
+                f"{_PRIOR_STREAM}_{what}",
+                f"Prior stream {what} (requests, or their images), per model version.",
+                labels=["model_name", "version"],
+            )
+            for (model, version), count in sorted(values.items()):
+                family.add_metric([model, str(version)], count)
+            yield family
+        evictions = CounterMetricFamily(
+            f"{_PRIOR_STREAM}_evictions",
+            "Prior streams evicted (lru) or reset, and versions' trackers dropped on unload.",
+            labels=["reason"],
+        )
+        for reason in ("lru", "reset", "version_unloaded"):
+            evictions.add_metric([reason], stats.evictions.get(reason, 0))
+        yield evictions
+        yield CounterMetricFamily(
+            f"{_PRIOR_STREAM}_state_errors",
+            "Saved prior stream states that could not be restored (the stream started fresh).",
+            value=stats.state_errors,
+        )
+        yield GaugeMetricFamily(
+            f"{_PRIOR_STREAM}_unsaved_updates",
+            "Prior stream updates not yet written to the state directory.",
+            value=stats.unsaved_updates,
+        )
+        prior = GaugeMetricFamily(
+            f"{_PRIOR_STREAM}_prior",
+            "Tracked prior per class of the most updated streams (--prior_stream_metrics_max_"
+            "streams).",
+            labels=["model_name", "version", "stream", "class"],
+        )
+        updates = GaugeMetricFamily(
+            f"{_PRIOR_STREAM}_stream_updates",
+            "Updates of the most updated streams, per model version.",
+            labels=["model_name", "version", "stream"],
+        )
+        for model, version, name, count, values in stats.top:
+            updates.add_metric([model, str(version), name], count)
+            for index, value in enumerate(values):
+                prior.add_metric([model, str(version), name, str(index)], value)
+        yield prior
+        yield updates
 
 
 @dataclass

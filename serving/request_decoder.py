@@ -59,10 +59,13 @@ class RequestDecoder:
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     async def decode(
-        self, body: bytes, signatures: Mapping[str, Mapping[str, TensorSpec]] | ServingError
+        self,
+        body: bytes,
+        signatures: Mapping[str, Mapping[str, TensorSpec]] | ServingError,
+        server_inputs: Mapping[str, str] | None = None,
     ) -> PredictRequest:
-        """`decode_predict_request(body, signatures, max_batch_size)`, off the event loop and,
-        for a large body, in the decoding process, under the request deadline.
+        """`decode_predict_request(body, signatures, max_batch_size, server_inputs)`, off the
+        event loop and, for a large body, in the decoding process, under the request deadline.
 
         Raises:
             ServingError: the request's own errors (see `decode_predict_request`),
@@ -71,11 +74,11 @@ class RequestDecoder:
         """
         if len(body) <= INLINE_DECODE_MAX_BYTES or self._pool is None:
             return await self.inference.run(
-                decode_predict_request, body, signatures, self.max_batch_size
+                decode_predict_request, body, signatures, self.max_batch_size, server_inputs
             )
         pool = self._pool
         work = asyncio.get_running_loop().run_in_executor(
-            pool, decode_predict_request, body, signatures, self.max_batch_size
+            pool, decode_predict_request, body, signatures, self.max_batch_size, server_inputs
         )
         try:
             return await asyncio.wait_for(work, self.inference.timeout_seconds)

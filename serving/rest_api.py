@@ -1,8 +1,10 @@
 """TF Serving's REST API over a `ServerCore` (tensorflow_serving/g3doc/api_rest.md).
 
 As in TF Serving's http_rest_api_handler.cc, the request path is parsed once, then one small
-function per verb answers it: `predict`, `classify_or_regress`, `model_status`, `model_metadata`;
-the Prometheus endpoint and CORS preflights are answered before the API paths. Bodies are TF
+function per verb answers it: `predict`, `classify_or_regress`, `model_status`, `model_metadata`,
+and this server's prior streams (`prior_stream`: GET and DELETE of `.../prior_streams[/<stream>]`; a
+predict naming a stream in the `Lade-Prior-Stream` header, see `serving.prior_streams`); the
+Prometheus endpoint and CORS preflights are answered before the API paths. Bodies are TF
 Serving's JSON (`serving.json_request`, decoded by `serving.request_decoder`;
 `serving.json_response`), failures `{"error": ...}` with TF Serving's HTTP codes; every request
 is counted and written to the access log. A body must arrive within
@@ -25,6 +27,7 @@ from serving import json_request
 from serving.errors import HTTP_STATUS, ServingError, invalid_argument, snippet
 from serving.json_response import error_body, predict_response
 from serving.monitoring import RequestRecord, log_access
+from serving.prior_streams import STREAM_HEADER, UPDATES_HEADER, server_inputs
 from serving.request_decoder import RequestDecoder
 from serving.server_core import ServerCore
 
@@ -41,6 +44,10 @@ _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE,
 )
+_PRIOR_STREAM_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?/prior_streams(?:/([^/:]+))?",
+    re.IGNORECASE,
+)
 _INT64_MAX = 2**63 - 1
 _JSON = "application/json"
 # TF Serving's AddCORSHeaders (http_rest_api_util.cc).
@@ -48,6 +55,14 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, GET",
     "Access-Control-Allow-Headers": "Content-Type",
+}
+# With prior streams on, a browser may also send the stream header, read the update count and
+# reset a stream.
+_PRIOR_STREAM_CORS_HEADERS = {
+    **_CORS_HEADERS,
+    "Access-Control-Allow-Methods": "POST, GET, DELETE",
+    "Access-Control-Allow-Headers": f"Content-Type, {STREAM_HEADER}",
+    "Access-Control-Expose-Headers": UPDATES_HEADER,
 }
 
 
@@ -66,6 +81,18 @@ def _json_response(payload: bytes, status: int = 200) -> web.Response:
 
 def _error_response(error: ServingError) -> web.Response:
     return _json_response(error_body(error.message), error.http_status)
+
+
+def _json_bytes(document: dict) -> bytes:
+    return json.dumps(document, indent=1).encode("utf-8")
+
+
+def _stream_header(request: web.Request) -> str | None:
+    """The prior stream a request names (Lade-Prior-Stream), or None; one header at most."""
+    values = request.headers.getall(STREAM_HEADER, [])
+    if len(values) > 1:
+        raise invalid_argument(f"{STREAM_HEADER}: one header expected, {len(values)} sent")
+    return values[0] if values else None
 
 
 def _parse_version(text: str | None) -> int | None:
@@ -94,6 +121,9 @@ class RestApiHandler:
         self.core = core
         self.options = core.options
         self.decoder = RequestDecoder(core.inference, core.options.max_request_batch_size)
+        self._cors_headers = (
+            _CORS_HEADERS if core.prior_streams is None else _PRIOR_STREAM_CORS_HEADERS
+        )
 
     def application(self) -> web.Application:
         """The aiohttp application (one catch-all route; dispatch follows TF Serving's regexes);
@@ -161,6 +191,9 @@ class RestApiHandler:
     ) -> web.StreamResponse:
         """Parses the path once, then hands the request to the function of its verb."""
         malformed = invalid_argument(f"Malformed request: {request.method} {snippet(path)}")
+        stream_path = _PRIOR_STREAM_PATH.fullmatch(path)
+        if stream_path is not None and request.method in ("GET", "DELETE"):
+            return await self.prior_stream(request.method, stream_path, record)
         if request.method == "POST":
             match = _PREDICT_PATH.fullmatch(path)
             if match is None:
@@ -186,7 +219,7 @@ class RestApiHandler:
                     ServingError("CANCELLED", "the client closed the connection mid-body")
                 )
             if method == "predict":
-                return await self.predict(body, model, record)
+                return await self.predict(body, model, record, _stream_header(request))
             return await self.classify_or_regress(body, model, method)
         if request.method == "GET":
             match = _STATUS_PATH.fullmatch(path)
@@ -203,20 +236,30 @@ class RestApiHandler:
             return self.model_status(model)
         raise malformed
 
-    async def predict(self, body: bytes, model: _ModelPath, record: RequestRecord) -> web.Response:
-        """POST .../models/{name}[...]:predict: row or columnar JSON in, the same format out."""
+    async def predict(
+        self, body: bytes, model: _ModelPath, record: RequestRecord, stream: str | None = None
+    ) -> web.Response:
+        """POST .../models/{name}[...]:predict: row or columnar JSON in, the same format out;
+        a request naming a prior `stream` omits target_prior, and its answer says the stream's
+        update count in the Lade-Prior-Stream-Updates header."""
+        if stream is not None:
+            self.core.require_prior_streams()
         try:
             loaded = self.core.manager.resolve(model.name, model.version, model.label)
             signatures = loaded.signature_inputs
         except ServingError as error:  # reported after the body's own errors, as in TF Serving
             loaded, signatures = None, error
-        request = await self.decoder.decode(body, signatures)
+        supplied = None if stream is None else server_inputs(stream)
+        request = await self.decoder.decode(body, signatures, supplied)
         signature = loaded.signatures[request.signature_name]
         record.version, record.signature = loaded.version, signature.name
         inference = self.core.inference
-        outputs = await inference.predict(loaded, signature, request.tensors)
+        outputs, updates = await self.core.predict(loaded, signature, request.tensors, stream)
         payload = await inference.run(predict_response, outputs, request.request_format)
-        return _json_response(payload)
+        response = _json_response(payload)
+        if updates is not None:
+            response.headers[UPDATES_HEADER] = str(updates)
+        return response
 
     async def classify_or_regress(
         self, body: bytes, model: _ModelPath, method: str
@@ -247,6 +290,40 @@ class RestApiHandler:
             f"{method} over tf.Example inputs is not supported by this server; use :predict",
         )
 
+    async def prior_stream(
+        self, method: str, match: re.Match, record: RequestRecord
+    ) -> web.Response:
+        """GET .../prior_streams (the model's streams), GET .../prior_streams/<stream> (its state
+        for the version the path names, default the latest), DELETE .../prior_streams/<stream>
+        (reset: the whole stream, or only the version the path names)."""
+        name, version_text, label, stream = match.groups()
+        model = _model_path(name, version_text, label)
+        record.model = model.name
+        streams = self.core.require_prior_streams()
+        inference = self.core.inference
+        if stream is None:
+            record.api = "ListPriorStreams"
+            if method != "GET" or model.version is not None or model.label is not None:
+                raise invalid_argument(
+                    f"{method} of a version's prior stream list: expected GET "
+                    f"/v1/models/{snippet(model.name)}/prior_streams"
+                )
+            return _json_response(_json_bytes(streams.registry.list_json(model.name)))
+        stream = unquote(stream)
+        if method == "DELETE":
+            record.api = "ResetPriorStream"
+            version = model.version
+            if model.label is not None:
+                version = self.core.manager.resolve(model.name, None, model.label).version
+            record.version = version
+            document = await inference.run(streams.registry.reset, model.name, version, stream)
+        else:
+            record.api = "GetPriorStream"
+            loaded = self.core.manager.resolve(model.name, model.version, model.label)
+            record.version = loaded.version
+            document = await inference.run(streams.state_json, loaded, stream)
+        return _json_response(_json_bytes(document))
+
     def model_status(self, model: _ModelPath) -> web.Response:
         """GET .../models/{name}[/versions/{v}|/labels/{l}]: GetModelStatusResponse as JSON."""
         document = self.core.manager.status_json(model.name, model.version, model.label)
@@ -274,7 +351,7 @@ class RestApiHandler:
 
     def _add_cors_headers(self, response: web.StreamResponse) -> None:
         if self.options.enable_cors_support and not response.prepared:
-            response.headers.update(_CORS_HEADERS)
+            response.headers.update(self._cors_headers)
 
     async def _body_timeout(self, request: web.Request) -> web.Response:
         """408, sent, and the connection closed at once: waiting for the rest of a body that is

@@ -6,6 +6,11 @@ Works against `serving.server` and against real TF Serving:
     outputs = client.predict_images(images, prior)  # images float [B, H, W, C] 0..255
     estimated = client.estimate_prior(images)       # p_t unknown: estimated from the batch
 
+With `prior_stream="name"` (the embedded server's prior streams, `serving.prior_streams`), the
+prediction calls name that stream and may leave the prior out: the server tracks it.
+`serving.prior_tracking_client.PriorTrackingClient` keeps the tracker on the client instead, for
+any TF Serving.
+
 `serving.grpc_client.GrpcServingClient` has the same methods over gRPC; `python -m
 serving.client` is the command line over either.
 """
@@ -19,6 +24,8 @@ import urllib.request
 from typing import Any, Sequence
 
 import numpy as np
+
+from serving.prior_streams import STREAM_HEADER, UPDATES_HEADER
 
 
 class ServingRequestError(RuntimeError):
@@ -39,6 +46,7 @@ class ServingClient:
         version: a specific version (default: the latest the server serves).
         label: a version label (exclusive with `version`).
         timeout: seconds per HTTP call.
+        prior_stream: the prior stream the prediction calls name (embedded server only).
     """
 
     def __init__(
@@ -49,6 +57,7 @@ class ServingClient:
         version: int | None = None,
         label: str | None = None,
         timeout: float = 30.0,
+        prior_stream: str | None = None,
     ):
         if version is not None and label is not None:
             raise ValueError(f"give version ({version}) or label ({label!r}), not both")
@@ -63,14 +72,30 @@ class ServingClient:
             else ""
         )
         self._specs: dict[str, dict] = {}
+        self.prior_stream = prior_stream
+        #: The stream's update count the last streamed prediction was answered with.
+        self.prior_stream_updates: int | None = None
 
-    def _call(self, path: str, payload: dict | None = None) -> Any:
+    def _call(
+        self,
+        path: str,
+        payload: dict | None = None,
+        *,
+        method: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
         request = urllib.request.Request(
-            self.url + path, data=data, headers={"Content-Type": "application/json"}
+            self.url + path,
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method=method,
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                updates = response.headers.get(UPDATES_HEADER)
+                if updates is not None:
+                    self.prior_stream_updates = int(updates)
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             body = error.read()
@@ -89,14 +114,46 @@ class ServingClient:
         return self._call(self.model_path + "/metadata")
 
     def predict(
-        self, inputs: dict | Any, *, signature_name: str | None = None, row_format: bool = False
+        self,
+        inputs: dict | Any,
+        *,
+        signature_name: str | None = None,
+        row_format: bool = False,
+        prior_stream: str | None = None,
     ) -> Any:
-        """POST a predict request; returns `outputs` (columnar) or `predictions` (row format)."""
+        """POST a predict request (naming `prior_stream` if given); returns `outputs`
+        (columnar) or `predictions` (row format)."""
         payload: dict[str, Any] = {"instances" if row_format else "inputs": inputs}
         if signature_name:
             payload["signature_name"] = signature_name
-        reply = self._call(self.model_path + ":predict", payload)
+        headers = {STREAM_HEADER: prior_stream} if prior_stream else None
+        reply = self._call(self.model_path + ":predict", payload, headers=headers)
         return reply["predictions" if row_format else "outputs"]
+
+    def _prior_inputs(self, target_prior: Sequence[float] | None, rows: int) -> dict:
+        """{"target_prior": rows x prior}, or {} when the prior stream chooses it."""
+        if target_prior is None:
+            if not self.prior_stream:
+                raise ValueError("give a target prior, or a prior_stream for the server to track")
+            return {}
+        prior = np.asarray(target_prior, dtype=np.float64).tolist()
+        return {"target_prior": [prior] * rows}
+
+    def prior_stream_state(self, stream: str | None = None) -> dict:
+        """GET the state of a prior stream (default this client's) for the model version."""
+        return self._call(f"{self.model_path}/prior_streams/{self._stream_name(stream)}")
+
+    def reset_prior_stream(self, stream: str | None = None) -> dict:
+        """DELETE a prior stream (default this client's): the whole stream, or only the
+        version this client names."""
+        path = f"{self.model_path}/prior_streams/{self._stream_name(stream)}"
+        return self._call(path, method="DELETE")
+
+    def _stream_name(self, stream: str | None) -> str:
+        name = stream or self.prior_stream
+        if not name:
+            raise ValueError("name a prior stream")
+        return name
 
     def input_shapes(self, signature_name: str = "serving_default") -> dict[str, list[int]]:
         """Input name -> shape (-1 for any size) of a signature, from the metadata endpoint."""
@@ -117,42 +174,56 @@ class ServingClient:
         return self.input_shapes()["target_prior"][-1]
 
     def class_info(self) -> dict[str, np.ndarray]:
-        """class_names, source_prior and class_counts of every class (`class_info` signature)."""
+        """class_names, source_prior and class_counts of every class (`class_info` signature),
+        and, from a model that returns them, the tracker constants reference_prior,
+        reference_confusion [C, C] and prior_strength (`serving.tracked_prior`)."""
         outputs = self.predict(
             {"class_ids": list(range(self.num_classes()))}, signature_name="class_info"
         )
-        return {
+        info = {
             "class_names": np.array(outputs["class_names"], dtype=object),
             "source_prior": np.array(outputs["source_prior"], dtype=np.float64),
             "class_counts": np.array(outputs["class_counts"], dtype=np.int64),
         }
+        for name in ("reference_prior", "reference_confusion", "prior_strength"):
+            if name in outputs:
+                info[name] = np.array(outputs[name], dtype=np.float64)
+        return info
 
-    def predict_images(self, images: np.ndarray, target_prior: Sequence[float]) -> dict:
-        """Predictions for raw-pixel images [B, H, W, C] under one prior (tiled over the batch).
+    def predict_images(
+        self, images: np.ndarray, target_prior: Sequence[float] | None = None
+    ) -> dict:
+        """Predictions for raw-pixel images [B, H, W, C] under one prior (tiled over the
+        batch), or the prior the server tracks for this client's `prior_stream` (None).
 
         Returns:
-            probabilities float32 [B, C], logits (adjusted) float32 [B, C], class_ids int64 [B].
+            probabilities float32 [B, C], logits (adjusted) float32 [B, C], class_ids int64 [B],
+            and posteriors float32 [B, C] from a model that returns them.
         """
         images = np.asarray(images, dtype=np.float32)
-        prior = np.asarray(target_prior, dtype=np.float64).tolist()
-        outputs = self.predict({"images": images.tolist(), "target_prior": [prior] * len(images)})
+        inputs = {"images": images.tolist(), **self._prior_inputs(target_prior, len(images))}
+        outputs = self.predict(inputs, prior_stream=self._streamed(target_prior))
         return as_prediction_arrays(outputs)
 
     def predict_encoded(
-        self, encoded_images: Sequence[bytes], target_prior: Sequence[float]
+        self, encoded_images: Sequence[bytes], target_prior: Sequence[float] | None = None
     ) -> dict:
-        """Predictions for PNG/JPEG/GIF/BMP bytes (sent as {"b64": ...}) under one prior."""
-        prior = np.asarray(target_prior, dtype=np.float64).tolist()
+        """Predictions for PNG/JPEG/GIF/BMP bytes (sent as {"b64": ...}) under one prior, or
+        the prior the server tracks for this client's `prior_stream` (None)."""
+        inputs = {
+            "image_bytes": [
+                {"b64": base64.b64encode(data).decode("ascii")} for data in encoded_images
+            ],
+            **self._prior_inputs(target_prior, len(encoded_images)),
+        }
         outputs = self.predict(
-            {
-                "image_bytes": [
-                    {"b64": base64.b64encode(data).decode("ascii")} for data in encoded_images
-                ],
-                "target_prior": [prior] * len(encoded_images),
-            },
-            signature_name="predict_encoded",
+            inputs, signature_name="predict_encoded", prior_stream=self._streamed(target_prior)
         )
         return as_prediction_arrays(outputs)
+
+    def _streamed(self, target_prior: Sequence[float] | None) -> str | None:
+        """The stream a prediction names: this client's, when it sends no prior."""
+        return self.prior_stream if target_prior is None else None
 
     def estimate_prior(self, images: np.ndarray) -> dict:
         """The target prior estimated from a batch of raw-pixel images [B, H, W, C], and the
@@ -180,9 +251,12 @@ class ServingClient:
 
 def as_prediction_arrays(outputs: dict) -> dict:
     """probabilities float32 [B, C], logits float32 [B, C] and class_ids int64 [B] of a
-    predict answer."""
-    return {
+    predict answer, and posteriors float32 [B, C] when it has them."""
+    arrays = {
         "probabilities": np.array(outputs["probabilities"], dtype=np.float32),
         "logits": np.array(outputs["logits"], dtype=np.float32),
         "class_ids": np.array(outputs["class_ids"], dtype=np.int64),
     }
+    if "posteriors" in outputs:
+        arrays["posteriors"] = np.array(outputs["posteriors"], dtype=np.float32)
+    return arrays

@@ -20,6 +20,13 @@ Serving). Built on aiohttp and grpc.aio on one event loop; inference runs in a t
 on the event loop. Binds 127.0.0.1 unless --host says otherwise. Every TF Serving flag is accepted
 in its underscore spelling (see serving/flags.py for those with nothing to do here).
 
+With --enable_prior_streams (this server's extension, off by default), a predict request that
+names a stream in the `Lade-Prior-Stream` header (gRPC metadata `lade-prior-stream`) may omit
+target_prior: the server tracks each stream's class mix from its requests and predicts with it
+(serving/prior_streams.py; --prior_stream_* flags: the tracker, the stream cap with LRU eviction,
+a state directory that survives restarts). Only then does it import lade_tf.prior_tracking (NumPy
+only), where the tracker math lives.
+
 A version that fails to load is END in the model status with TensorFlow's error code, and the
 newest versions that do load are served instead (at start-up too; a model none of whose versions
 loads stops the start-up, exit status 2). Requests are bounded: --max-request-bytes,
@@ -35,7 +42,8 @@ import logging
 import os
 import sys
 
-from serving.flags import StartupError, build_parser, model_configs_from_args, options_from_args
+from serving.flag_values import StartupError
+from serving.flags import build_parser, model_configs_from_args, options_from_args
 from serving.model_manager import ModelManager
 from serving.model_server import bind_socket, serve
 from serving.monitoring import access_log

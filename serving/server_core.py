@@ -2,8 +2,9 @@
 
 The REST (`serving.rest_api`) and gRPC (`serving.grpc_server`) front ends are thin: they turn
 their requests into calls on one `ServerCore`, which owns the model manager, the inference path
-(`serving.inference`), the file-system and model-config polls that keep the served versions
-current, config reloads, and the Prometheus metrics. Nothing here knows a transport.
+(`serving.inference`), the prior streams when they are on (`serving.prior_streams`), the
+file-system and model-config polls that keep the served versions current, config reloads, and the
+Prometheus metrics. Nothing here knows a transport.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from serving.batching import BatchingOptions
+from serving.errors import ServingError
 from serving.inference import InferenceCore
 from serving.model_manager import ModelConfig, ModelManager, read_model_config_file
 from serving.monitoring import Metrics, MonitoringOptions
+from serving.prior_stream_registry import PriorStreamOptions
+from serving.prior_streams import PriorStreams
+
+if TYPE_CHECKING:
+    from serving.servable import LoadedVersion, Signature
 
 log = logging.getLogger("serving")
 
@@ -45,6 +54,7 @@ class ServerOptions:
     enable_cors_support: bool = False
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     serialize_as_tensor_content: bool = False
+    prior_streams: PriorStreamOptions | None = None  # None: off
 
 
 class ServerCore:
@@ -68,17 +78,33 @@ class ServerCore:
             options.batching,
             options.max_request_batch_size,
         )
+        self.prior_streams = (
+            PriorStreams(options.prior_streams) if options.prior_streams is not None else None
+        )
         self.metrics = (
-            Metrics(manager.loaded_versions, manager.load_attempts)
+            Metrics(
+                manager.loaded_versions,
+                manager.load_attempts,
+                None if self.prior_streams is None else self.prior_streams.registry.stats,
+            )
             if options.monitoring.prometheus_path is not None
             else None
         )
+        if self.prior_streams is not None and self.metrics is not None:
+            self.prior_streams.observe_tracking = self.metrics.observe_prior_stream_tracking
         self._poll_executor = ThreadPoolExecutor(1, thread_name_prefix="model-poll")
         self._pollers: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        """Starts the inference path and the polls (call on the serving event loop)."""
+        """Starts the inference path, the prior streams (their saved state read back) and the
+        polls (call on the serving event loop, after the start-up load)."""
         self.inference.start()
+        if self.prior_streams is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._poll_executor,
+                self.prior_streams.registry.start,
+                self.manager.available_versions(),
+            )
         file_system_wait = self.options.file_system_poll_wait_seconds
         if file_system_wait > 0:
             self._pollers.append(asyncio.create_task(self._poll_file_system(file_system_wait)))
@@ -96,13 +122,24 @@ class ServerCore:
         for poller in self._pollers:
             poller.cancel()
         self.inference.shutdown()
+        if self.prior_streams is not None:
+            self.prior_streams.registry.stop()
         self._poll_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _poll_file_system(self, wait: float) -> None:
         """Polls every base path each `wait` seconds (> 0), until cancelled."""
         while True:
             await asyncio.sleep(wait)
-            await self._in_poll_executor(self.manager.poll)
+            await self._in_poll_executor(self._poll)
+
+    def _poll(self) -> None:
+        """One file-system poll; trackers of versions it unloaded are dropped."""
+        self.manager.poll()
+        self._retain_prior_streams()
+
+    def _retain_prior_streams(self) -> None:
+        if self.prior_streams is not None:
+            self.prior_streams.registry.retain(self.manager.available_versions())
 
     async def _poll_model_config_file(self, wait: float) -> None:
         """Re-reads the model config file each `wait` seconds (> 0), until cancelled."""
@@ -135,12 +172,37 @@ class ServerCore:
     def _apply_configs(self, configs: list[ModelConfig]) -> None:
         self.manager.reconfigure(configs)
         self.manager.poll(new_only=True)
+        self._retain_prior_streams()
 
     async def reload(self, configs: list[ModelConfig]) -> None:
         """Serves `configs` from now on (gRPC HandleReloadConfigRequest), in the poll thread."""
         await asyncio.get_running_loop().run_in_executor(
             self._poll_executor, self._apply_configs, configs
         )
+
+    def require_prior_streams(self) -> PriorStreams:
+        """The prior streams, or FAILED_PRECONDITION when they are off."""
+        if self.prior_streams is None:
+            raise ServingError(
+                "FAILED_PRECONDITION",
+                "prior streams are off on this server: start it with --enable_prior_streams, or "
+                "send target_prior without naming a stream",
+            )
+        return self.prior_streams
+
+    async def predict(
+        self,
+        loaded: LoadedVersion,
+        signature: Signature,
+        tensors: dict[str, np.ndarray],
+        stream: str | None = None,
+    ) -> tuple[dict[str, np.ndarray], int | None]:
+        """A signature's outputs for a request, and, for a request naming a prior stream, the
+        stream's update count after it (None otherwise)."""
+        if stream is None:
+            return await self.inference.predict(loaded, signature, tensors), None
+        streams = self.require_prior_streams()
+        return await streams.predict(self.inference, loaded, signature, tensors, stream)
 
     def batching_stats(self) -> dict[tuple[str, int, str], dict[str, int]]:
         """See InferenceCore.batching_stats."""

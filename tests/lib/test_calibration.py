@@ -153,9 +153,11 @@ def test_fit_dirichlet_matches_scipy_on_the_same_objective(digits_classifier):
             _dirichlet_objective, start, args=(features, val_labels, l2), method="BFGS",
             options={"gtol": 1e-10, "maxiter": 5000},
         )  # fmt: skip
-        assert ours == pytest.approx(reference.fun, abs=1e-7)
-        # Nearly separable digits leave the unpenalised diagonal flat: compare what the fits
-        # predict, not their parameters.
+        # Nearly separable digits leave the unpenalised diagonal flat: L-BFGS's 1000 iterations
+        # end 1e-7 to 5e-7 above BFGS's optimum depending on the NumPy build's rounding, so the
+        # objective is compared to 1e-6 and the parameters through what the fits predict.
+        assert ours == pytest.approx(reference.fun, abs=1e-6)
+        assert ours >= reference.fun - 1e-9
         np.testing.assert_allclose(
             softmax(features @ matrix.T + bias, axis=1),
             softmax(features @ reference.x[:100].reshape(10, 10).T + reference.x[100:], axis=1),

@@ -175,3 +175,12 @@ def grpc_target(servers) -> str:
 def batching_server_url(servers) -> str:
     """Root URL of the server started with --enable-batching."""
     return servers["batching"].url
+
+
+@pytest.fixture(scope="session")
+def tracked_digits(digits, tmp_path_factory) -> dict:
+    """A digits model unsure enough for the prior to matter, exported with tracker constants
+    from a validation split (`prior_stream_support.tracked_digits_model`)."""
+    from tests.serving.prior_stream_support import tracked_digits_model
+
+    return tracked_digits_model(digits, tmp_path_factory.mktemp("tracked") / "lade")

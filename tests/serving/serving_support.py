@@ -30,6 +30,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m serving.client ARGS` run to completion (output captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "serving.client", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
 def run_signature(loaded, name: str, **inputs) -> dict[str, np.ndarray]:
     """Calls a signature of an in-process SavedModel with NumPy inputs."""
     import tensorflow as tf
@@ -59,6 +71,24 @@ def http(
             return error.code, json.loads(body)
         except ValueError:
             return error.code, {"raw": body.decode("utf-8", "replace")}
+
+
+def metric_samples(url: str, path: str = "/monitoring/prometheus/metrics") -> list:
+    """Every sample the server's Prometheus endpoint exposes now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}{path}", timeout=60) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """The sum of a metric's samples with these label values."""
+    return sum(
+        sample.value
+        for sample in metric_samples(url)
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class ServerProcess:

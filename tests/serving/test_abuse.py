@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -31,6 +30,8 @@ from tests.serving.serving_support import (
     ServerProcess,
     free_port,
     http,
+    metric,
+    metric_samples,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -82,22 +83,6 @@ def abused(tmp_path_factory, export_base) -> ServerProcess:
     server.url  # noqa: B018 - waits for the start-up line
     yield server
     server.stop()
-
-
-def metric_samples(url: str) -> list:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{url}/monitoring/prometheus/metrics", timeout=60) as response:
-        text = response.read().decode()
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-
-
-def metric(url: str, name: str, **labels) -> float:
-    return sum(
-        sample.value
-        for sample in metric_samples(url)
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def grpc_predict(target: str, inputs: dict, timeout: float = 60.0):

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,20 +11,9 @@ from PIL import Image
 
 from lade_tf.export import read_serving_metadata
 from serving.client import ServingClient, ServingRequestError, resolve_prior, top_k
-from tests.serving.serving_support import CLASS_NAMES, REPO_ROOT, run_signature
+from tests.serving.serving_support import CLASS_NAMES, run_cli, run_signature
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.client", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving.serving_support import REPO_ROOT, http, run_signature
+from tests.serving.serving_support import http, run_cli, run_signature
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -292,17 +289,6 @@ def test_malformed_requests_and_unsupported_methods(stubs):
     assert code == grpc.StatusCode.UNIMPLEMENTED and "use Predict" in message
 
 
-def run_client(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.client", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-
-
 def test_client_sends_the_same_queries_over_grpc(server_url, grpc_target, tmp_path, digits_split):
     images = digits_split["test_x"][[0, 30, 60, 90]]
     paths = []
@@ -314,8 +300,8 @@ def test_client_sends_the_same_queries_over_grpc(server_url, grpc_target, tmp_pa
     paths.append(str(tmp_path / "batch.npy"))
     for prior in ("source", "estimate"):
         common = ("--model-name", "lade", "--prior", prior, "--top-k", "3", "--json", *paths)
-        over_rest = run_client("--url", server_url, *common)
-        over_grpc = run_client("--grpc", grpc_target, "--label", "stable", *common)
+        over_rest = run_cli("--url", server_url, *common)
+        over_grpc = run_cli("--grpc", grpc_target, "--label", "stable", *common)
         assert over_rest.returncode == 0, over_rest.stderr
         assert over_grpc.returncode == 0, over_grpc.stderr
         rest, grpc_answer = json.loads(over_rest.stdout), json.loads(over_grpc.stdout)
@@ -331,7 +317,7 @@ def test_client_sends_the_same_queries_over_grpc(server_url, grpc_target, tmp_pa
                 [e["probability"] for e in grpc_row["top_k"]],
                 atol=1e-6,
             )
-    failed = run_client("--grpc", grpc_target, "--version", "9", "--prior", "uniform", *paths)
+    failed = run_cli("--grpc", grpc_target, "--version", "9", "--prior", "uniform", *paths)
     assert failed.returncode == 1
     assert "HTTP 404: NOT_FOUND: Servable not found for request: Specific(lade, 9)" in failed.stderr
 
