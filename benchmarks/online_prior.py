@@ -1,5 +1,5 @@
 """Online label shift: how close each tracker of `lade_tf.prior_tracking` comes to knowing the
-drifting target prior, on streams as in Baby et al. 2023 (issue 22 item 3).
+drifting target prior, on streams as in Baby et al. 2023.
 
 Streams: the authors' four processes between two priors (their `generate_monotone_shift`,
 `generate_square_shift`, `generate_sinusoidal_shift`, `generate_bernouli_shift`: period sqrt(T),

@@ -1,5 +1,5 @@
 """The tables, targets and picture of `benchmarks/online_prior.py`: accuracy and prior error of
-every row per process, the issue's two targets, the window / half-life sweep, and accuracy and one
+every row per process, the two targets, the window / half-life sweep, and accuracy and one
 class's prior over time."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import harness
 import numpy as np
 
-#: The targets of issue 22: the best online tracker at most this many points below the oracle
+#: The targets: the best online tracker at most this many points below the oracle
 #: (mean of the four processes), and at least this many above the better fixed rule on every
 #: process of F50 <-> B50.
 ORACLE_GAP = 1.5

@@ -1,4 +1,4 @@
-"""Online label shift through the real serving path (issue 23): the streams of
+"""Online label shift through the real serving path: the streams of
 `benchmarks/online_prior.py` sent to a `python -m serving.server` process, once as server-side
 prior streams (REST; one stream also over gRPC) and once through the client-side tracker
 (`serving.prior_tracking_client`, plain TF Serving requests), against the library path on the

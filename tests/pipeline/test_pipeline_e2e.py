@@ -246,7 +246,7 @@ def test_quick_pipeline_writes_report_plot_and_model(first_run):
 # |mean logsumexp f - log C| of the LADE model 0.184 / 0.247 / 0.176 (log_partition_gap).
 # Broken on purpose (seed 0): labels shuffled in training, LADE U 0.112 and Softmax U 0.100; the
 # prior correction skipped, PC Softmax = Softmax (B50 0.131 both); LADER dropped (alpha ignored),
-# accuracies as before (LADE U 0.655) but a log-partition gap of 2.34.
+# accuracies unchanged (LADE U 0.655) but a log-partition gap of 2.34.
 
 
 @pytest.mark.timeout(1500)
