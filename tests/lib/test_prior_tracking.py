@@ -49,32 +49,6 @@ def digits_stream(digits_classifier):
     )
 
 
-@pytest.fixture(scope="module")
-def digits_linear(digits):
-    """Features, Dense-layout kernel and bias of a logistic regression on digits, with the
-    reference (validation) and stream (test) splits' features and labels."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from threadpoolctl import threadpool_limits
-
-    images, labels = digits
-    features = images.reshape(len(images), -1) / 255.0
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        features, labels, train_size=0.5, stratify=labels, random_state=1
-    )
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, train_size=0.4, stratify=y_rest, random_state=1
-    )
-    with threadpool_limits(1):
-        model = LogisticRegression(max_iter=300).fit(x_train, y_train)
-    return dict(
-        kernel=model.coef_.T.copy(),
-        bias=model.intercept_.copy(),
-        val=(x_val, y_val, model.predict_proba(x_val)),
-        test=(x_test, y_test, model.predict_proba(x_test)),
-    )
-
-
 class GivenLocal:
     """A local estimator whose estimate is the batch's mean row: a one-row batch IS e_t."""
 
