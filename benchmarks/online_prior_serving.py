@@ -16,7 +16,7 @@ half-life 100 + batch MAP-EM" (the served default: the forgetting tracker's prio
 on each request's images). Streams: `online_prior.process_priors` and `sample_steps` with the
 seeds of `online_prior.run_model`, both pairs, four processes, T steps of 10 images.
 
-    .venv/bin/python benchmarks/online_prior_serving.py              # about 15 minutes
+    .venv/bin/python benchmarks/online_prior_serving.py              # about 10 minutes
     .venv/bin/python benchmarks/online_prior_serving.py --smoke      # 40 steps, small faults
 
 Writes online_prior_serving.json, .md and .png under benchmarks/results/ and prints the tables.
