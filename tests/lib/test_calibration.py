@@ -154,9 +154,11 @@ def test_fit_dirichlet_matches_scipy_on_the_same_objective(digits_classifier):
             options={"gtol": 1e-10, "maxiter": 5000},
         )  # fmt: skip
         # Nearly separable digits leave the unpenalised diagonal flat: L-BFGS's 1000 iterations
-        # end 1e-7 to 5e-7 above BFGS's optimum depending on the NumPy build's rounding, so the
-        # objective is compared to 1e-6 and the parameters through what the fits predict.
-        assert ours == pytest.approx(reference.fun, abs=1e-6)
+        # end 4e-8 to 4.3e-7 above BFGS's optimum depending on the NumPy build's rounding (and
+        # so on the CPU), so the objective is compared to 1e-5, and the parameters through what
+        # the fits predict. Measured bugs miss by 3e-3 or more: the penalty's gradient without
+        # its factor 2 (3.0e-3), an unpenalised bias (9.1e-3), a penalised diagonal (3.2e-2).
+        assert ours == pytest.approx(reference.fun, abs=1e-5)
         assert ours >= reference.fun - 1e-9
         np.testing.assert_allclose(
             softmax(features @ matrix.T + bias, axis=1),
